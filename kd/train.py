@@ -1,0 +1,190 @@
+"""One unit of work: train a teacher, a student from scratch, or a distilled student.
+
+``run(config, out_dir)`` is called the same way by a test, a notebook, a local process
+and a SLURM task. The output folder holds ``checkpoint.pt`` (after every epoch),
+``model.pt`` (final weights) and ``result.json`` (written last: the job is done).
+Started again on the same folder, a job resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+import kd
+from kd import atomic, data as kd_data, models
+from kd.config import TrainConfig
+from kd.errors import UserError
+from kd.losses import kd_loss
+
+log = logging.getLogger(__name__)
+RESULT, CHECKPOINT, MODEL = "result.json", "checkpoint.pt", "model.pt"
+
+
+def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = None,
+        device: str | None = None, dataset: kd_data.Dataset | None = None,
+        stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+    """Train one job into ``out_dir`` and return its result (None if ``stop()`` asked to stop early).
+
+    ``stop`` is polled after each epoch's checkpoint: a preempted or time-limited job
+    stops there and a later call resumes from that checkpoint.
+    """
+    out = Path(out_dir)
+    if (out / RESULT).exists():  # finished work is never redone
+        return json.loads((out / RESULT).read_text())
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    teacher_file = teacher_model_file(config.teacher) if config.method == "kd" and config.alpha > 0 else None
+    data = dataset or kd_data.load(config.dataset, data_root)
+    teacher = load_teacher(teacher_file, data, dev) if teacher_file else None
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
+
+    torch.manual_seed(config.seed)
+    model = models.build(config.model, data.num_classes, data.input_shape).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    start_epoch, history = 0, []
+    if (out / CHECKPOINT).exists():
+        start_epoch, history = _load_checkpoint(out / CHECKPOINT, model, optimizer, dev)
+        log.info("resuming %s from epoch %d", out, start_epoch)
+
+    train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
+    test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)  # same batches on resume
+        batches = kd_data.batch_indices(len(train_y), config.batch_size, generator=order,
+                                        drop_last=config.drop_last, device=dev)
+        loss_sum, seen = torch.zeros((), device=dev), 0
+        for idx in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None):
+            x, y = kd_data.to_float(train_x[idx]), train_y[idx]
+            logits = model(x)
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+            loss = (F.cross_entropy(logits, y) if config.method != "kd"
+                    else kd_loss(logits, teacher_logits, y, config.alpha, config.temperature))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            seen += len(idx)
+        test_loss, test_acc = evaluate(model, test_x, test_y)
+        seconds = time.perf_counter() - t0
+        history.append({"epoch": epoch + 1, "train_loss": (loss_sum / max(seen, 1)).item(),
+                        "test_loss": test_loss, "test_accuracy": test_acc, "seconds": seconds})
+        log.info("epoch %3d/%d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %.1fs",
+                 epoch + 1, config.epochs, history[-1]["train_loss"], test_loss, test_acc, seconds)
+        _save_checkpoint(out / CHECKPOINT, model, optimizer, epoch + 1, history, config)
+        if stop is not None and epoch + 1 < config.epochs and stop():
+            log.info("stopping after epoch %d at request; rerun to resume", epoch + 1)
+            return None
+
+    atomic.write_with(out / MODEL, lambda f: torch.save(
+        {"config": config.to_dict(), "state_dict": model.state_dict()}, f))
+    result = {
+        "config": config.to_dict(),
+        "metrics": {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
+                    "train_loss": history[-1]["train_loss"]},
+        "history": history,
+        "params": models.count_params(model),
+        "flops_per_sample": flops_per_sample(model, data.input_shape, dev),
+        "wall_seconds": sum(h["seconds"] for h in history),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "versions": versions(),
+    }
+    atomic.write_json(out / RESULT, result)
+    return result
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (a fraction) over a whole split."""
+    model.eval()
+    loss, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
+    for idx in kd_data.batch_indices(len(y), batch_size, device=x.device):
+        logits = model(kd_data.to_float(x[idx]))
+        loss += F.cross_entropy(logits, y[idx], reduction="sum")
+        correct += (logits.argmax(dim=1) == y[idx]).sum()
+    return loss.item() / len(y), correct.item() / len(y)
+
+
+def teacher_model_file(path: str | Path | None) -> Path:
+    """The finished teacher's ``model.pt``, given its job folder or the file itself."""
+    if not path:
+        raise UserError("teacher: method 'kd' with alpha > 0 needs a teacher (--teacher DIR)")
+    p = Path(path)
+    file = p / MODEL if p.is_dir() else p
+    if not file.is_file():
+        hint = "has the teacher job finished?" if p.is_dir() else None
+        raise UserError(f"teacher: {file} not found", hint=hint)
+    return file
+
+
+def load_teacher(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.nn.Module:
+    """A finished teacher from its ``model.pt``, frozen and in eval mode."""
+    try:
+        saved = torch.load(file, map_location=device, weights_only=True)
+        cfg = saved["config"]
+    except Exception as e:
+        raise UserError(f"teacher: {file} is not a kd model file ({e.__class__.__name__}: {e})") from None
+    if cfg["dataset"] != data.name:
+        raise UserError(f"teacher: {file} was trained on '{cfg['dataset']}', not '{data.name}'")
+    teacher = models.build(cfg["model"], data.num_classes, data.input_shape).to(device)
+    teacher.load_state_dict(saved["state_dict"])
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int:
+    """Forward FLOPs for one sample, counted by torch.utils.flop_counter."""
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *input_shape, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def _save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, config: TrainConfig) -> None:
+    state = {"epoch": epoch, "history": history, "config": config.to_dict(),
+             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "rng_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic.write_with(path, lambda f: f.write(buf.getvalue()))
+
+
+def _load_checkpoint(path: Path, model, optimizer, device: torch.device) -> tuple[int, list]:
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_cpu"].cpu())
+    if "rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+    return state["epoch"], state["history"]
+
+
+@functools.cache
+def versions() -> dict[str, str | None]:
+    commit = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(kd.__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"python": platform.python_version(), "torch": torch.__version__, "kd": kd.__version__, "git": commit}

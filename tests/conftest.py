@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool = False) -> Path:
+    """Write ``array`` (uint8) as an IDX file, the format MNIST ships in."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+def make_idx_root(root: Path, folder: str = "MNIST", n_train: int = 60, n_test: int = 20, gz: bool = True) -> Path:
+    """A data root in torchvision's layout with small real-format IDX files."""
+    rng = np.random.RandomState(0)
+    raw = root / folder / "raw"
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.randint(0, 256, size=(n, 28, 28)), gz=gz)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.randint(0, 10, size=n), gz=gz)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    from kd import data
+
+    return data.load("mnist-5k")
+
+
+@pytest.fixture(scope="session")
+def small(mnist5k):
+    """A 1,000 / 200 slice of real MNIST digits: enough to learn something in a second."""
+    from kd.data import Dataset
+
+    d = mnist5k
+    return Dataset("mnist-5k", d.train_x[:1000], d.train_y[:1000], d.test_x[:200], d.test_y[:200], 10)

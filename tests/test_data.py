@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_idx_root, write_idx
+from kd import data
+from kd.errors import UserError
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_dataset_in_torchvision_layout(tmp_path, gz):
+    make_idx_root(tmp_path, "MNIST", n_train=60, n_test=20, gz=gz)
+    d = data.load("mnist", tmp_path)
+    assert d.train_x.shape == (60, 1, 28, 28) and d.train_x.dtype == torch.uint8
+    assert d.test_y.shape == (20,) and d.test_y.dtype == torch.int64
+    raw = tmp_path / "MNIST" / "raw" / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+    import gzip
+    blob = gzip.decompress(raw.read_bytes()) if gz else raw.read_bytes()
+    assert d.train_x[7, 0].numpy().tobytes() == blob[16 + 7 * 784: 16 + 8 * 784]
+
+
+def test_idx_round_trip_values(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    assert (data.read_idx(write_idx(tmp_path / "x-idx3-ubyte", arr)) == arr).all()
+
+
+def test_bad_magic_number(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"\x00\x00\x0d\x03" + b"\x00" * 20)
+    with pytest.raises(UserError, match=f"{p}: not an unsigned-byte IDX file .*bad magic number 00000d03"):
+        data.read_idx(p)
+
+
+def test_truncated_file(tmp_path):
+    p = write_idx(tmp_path / "f", np.zeros((5, 28, 28)))
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(UserError, match=f"{p}: truncated.*header says \\(5, 28, 28\\)"):
+        data.read_idx(p)
+
+
+def test_truncated_gzip(tmp_path):
+    p = write_idx(tmp_path / "f", np.zeros((5, 28, 28)), gz=True)
+    p.write_bytes(p.read_bytes()[:-30])
+    with pytest.raises(UserError, match=f"{p}: cannot read IDX file"):
+        data.read_idx(p)
+
+
+def test_image_label_count_mismatch(tmp_path):
+    raw = make_idx_root(tmp_path, "MNIST", gz=False)
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(59))
+    with pytest.raises(UserError, match="train-images-idx3-ubyte: 60 images but train-labels-idx1-ubyte has 59 labels"):
+        data.load("mnist", tmp_path)
+
+
+def test_missing_files_say_where_and_how(tmp_path):
+    with pytest.raises(UserError, match=f"IDX files not found in {tmp_path}/MNIST/raw") as e:
+        data.load("mnist", tmp_path)
+    assert e.value.hint == f"kdsweep data mnist --root {tmp_path}"
+
+
+def test_fashion_mnist_falls_back_to_debian_copy(tmp_path, monkeypatch):
+    debian = make_idx_root(tmp_path / "debian", "x", n_train=30, n_test=10)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    d = data.load("fashion-mnist", tmp_path / "empty-root")
+    assert len(d.train_y) == 30 and d.name == "fashion-mnist"
+
+
+def test_unknown_dataset_lists_known():
+    with pytest.raises(UserError, match="unknown dataset 'cifar'.*mnist-5k"):
+        data.load("cifar")
+
+
+def test_mnist_5k_split_is_stratified_and_stable(mnist5k):
+    d = mnist5k
+    assert (len(d.train_y), len(d.test_y)) == (4000, 1000)
+    assert torch.bincount(d.test_y).tolist() == [100] * 10
+    assert d.train_x.dtype == torch.uint8 and d.train_x.shape[1:] == (1, 28, 28)
+    assert int(d.train_x.max()) == 255
+    assert d.fingerprint() == data.load("mnist-5k").fingerprint()
+
+
+def test_batches_cover_the_epoch_once():
+    g = torch.Generator().manual_seed(3)
+    batches = list(data.batch_indices(10, 4, generator=g))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(torch.cat(batches).tolist()) == list(range(10))
+    assert [len(b) for b in data.batch_indices(10, 4, drop_last=True)] == [4, 4]
