@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # The torch build that this project is tested with; pip takes it from local disk where it lies there.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -19,12 +19,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch, torchvision, kd, sweep; print('installed torch', torch.__version__)"
 	touch $@
 
+# The demo sweep (sweep/examples/demo.toml) end to end: plan, run, collect, plot.
 demo: venv
-	$(BIN)/kdsweep train --method teacher --out runs/demo/teacher
-	$(BIN)/kdsweep train --method kd --alpha 0.5 --temperature 4 --teacher runs/demo/teacher --out runs/demo/kd-a0.5-T4
+	$(BIN)/kdsweep plan demo
+	$(BIN)/kdsweep run demo
+	$(BIN)/kdsweep collect demo
+	$(BIN)/kdsweep plot demo
+	@echo; echo "table: results/demo/results.parquet, epochs.parquet   plots: results/demo/plots/"
 
 test: venv
 	$(BIN)/python -m pytest -q
 
+bench: venv
+	$(BIN)/python bench/plan_collect.py
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs results/demo

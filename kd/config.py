@@ -9,6 +9,7 @@ from typing import Any
 from kd.errors import UserError
 
 METHODS = ("teacher", "scratch", "kd")
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
 DEFAULT_MODELS = {"teacher": "mnist-cnn", "scratch": "mnist-mlp", "kd": "mnist-mlp"}
 
 
@@ -19,8 +20,8 @@ class TrainConfig:
     dataset: str = "mnist-5k"
     method: str = "kd"
     model: str = ""  # empty: the method's default (teacher CNN or student MLP)
-    alpha: float = 0.5  # weight of the distillation term (reference study's convention)
-    temperature: float = 4.0
+    alpha: float | None = 0.5  # weight of the distillation term (reference study's convention); kd only
+    temperature: float | None = 4.0  # kd only
     epochs: int = 12
     batch_size: int = 256
     lr: float = 1e-3
@@ -29,12 +30,8 @@ class TrainConfig:
     teacher: str | None = None  # teacher job folder (or checkpoint file) for method kd
 
     def __post_init__(self) -> None:
-        if not self.model:
-            object.__setattr__(self, "model", DEFAULT_MODELS.get(self.method, ""))
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))
+        for key, value in resolve({k: getattr(self, k) for k in SETTINGS}).items():
+            object.__setattr__(self, key, value)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -44,11 +41,31 @@ FIELD_TYPES = {"dataset": str, "method": str, "model": str, "alpha": float, "tem
                "epochs": int, "batch_size": int, "lr": float, "seed": int, "drop_last": bool,
                "teacher": (str, type(None))}
 SETTINGS = tuple(FIELD_TYPES)
+DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)
 
 
-def check_value(key: str, value: Any, where: str = "") -> Any:
-    """Check one setting's type and range; returns it normalised (ints to floats where a float is due)."""
-    at = f"{where}{key}"
+def resolve(settings: dict[str, Any]) -> dict[str, Any]:
+    """All settings of a job: defaults filled in, ints made floats where floats are due, and the
+    settings that do not apply to its method cleared (they are not part of the job's identity)."""
+    cfg = {**DEFAULTS, **settings}
+    if not cfg["model"]:
+        cfg["model"] = DEFAULT_MODELS.get(cfg["method"], "")
+    if cfg["method"] != "kd":
+        cfg["alpha"] = cfg["temperature"] = cfg["teacher"] = None
+    for key in FLOAT_SETTINGS:
+        value = cfg[key]
+        if isinstance(value, int) and not isinstance(value, bool):
+            cfg[key] = float(value)
+    return cfg
+
+
+def check_value(key: str, value: Any, where: str = "", at: str | None = None) -> Any:
+    """Check one setting's type and range; returns it normalised (ints to floats where a float is due).
+
+    Errors start with ``at`` (default: ``where`` + key), so they name the file and key path.
+    """
+    at = at or f"{where}{key}"
     if key not in FIELD_TYPES:
         close = difflib.get_close_matches(key, SETTINGS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(SETTINGS)})"

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kd.config import DATASETS
 from kd.errors import UserError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -29,7 +30,6 @@ IDX_FILES = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 IDX_DIRS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
 
 
 @dataclass(frozen=True)

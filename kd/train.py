@@ -60,6 +60,9 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
 
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
     test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
+    # The teacher is frozen, in eval mode, and sees un-augmented inputs: its logits for the
+    # training set are the same every epoch, so one pass replaces a forward at every step.
+    teacher_logits_all = logits_of(teacher, train_x) if teacher is not None else None
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -70,10 +73,7 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
         for idx in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None):
             x, y = kd_data.to_float(train_x[idx]), train_y[idx]
             logits = model(x)
-            teacher_logits = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
+            teacher_logits = teacher_logits_all[idx] if teacher_logits_all is not None else None
             loss = (F.cross_entropy(logits, y) if config.method != "kd"
                     else kd_loss(logits, teacher_logits, y, config.alpha, config.temperature))
             optimizer.zero_grad(set_to_none=True)
@@ -113,11 +113,9 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (a fraction) over a whole split."""
     model.eval()
-    loss, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
-    for idx in kd_data.batch_indices(len(y), batch_size, device=x.device):
-        logits = model(kd_data.to_float(x[idx]))
-        loss += F.cross_entropy(logits, y[idx], reduction="sum")
-        correct += (logits.argmax(dim=1) == y[idx]).sum()
+    logits = logits_of(model, x, batch_size)
+    loss = F.cross_entropy(logits, y, reduction="sum")
+    correct = (logits.argmax(dim=1) == y).sum()
     return loss.item() / len(y), correct.item() / len(y)
 
 
@@ -133,13 +131,21 @@ def teacher_model_file(path: str | Path | None) -> Path:
     return file
 
 
+@torch.no_grad()
+def logits_of(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The model's logits (eval mode) for every image of a uint8 split."""
+    model.eval()
+    return torch.cat([model(kd_data.to_float(x[idx])) for idx in kd_data.batch_indices(len(x), batch_size, device=x.device)])
+
+
 def load_teacher(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.nn.Module:
     """A finished teacher from its ``model.pt``, frozen and in eval mode."""
     try:
         saved = torch.load(file, map_location=device, weights_only=True)
         cfg = saved["config"]
     except Exception as e:
-        raise UserError(f"teacher: {file} is not a kd model file ({e.__class__.__name__}: {e})") from None
+        why = (str(e).splitlines() or [""])[0][:100]
+        raise UserError(f"teacher: {file} is not a kd model file ({e.__class__.__name__}: {why})") from None
     if cfg["dataset"] != data.name:
         raise UserError(f"teacher: {file} was trained on '{cfg['dataset']}', not '{data.name}'")
     teacher = models.build(cfg["model"], data.num_classes, data.input_shape).to(device)

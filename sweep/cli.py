@@ -73,7 +73,174 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": (_add_train, _cmd_train), "data": (_add_data, _cmd_data)}
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [header, *rows])
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="a sweep file (TOML), or a bundled example's name: demo, reference-mnist")
+    p.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+                   help="results root; the sweep writes to DIR/<sweep name>/ (default: results)")
+
+
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="dry run: the jobs a sweep expands to; writes and submits nothing")
+    _sweep_args(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="also print each job's full config")
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from sweep import api
+
+    plan = api.plan(args.sweep)
+    sw = plan.sweep
+    counts = Counter(j.method for j in plan.jobs)
+    print(f"sweep {sw.name}" + (f": {sw.description}" if sw.description else "") + f"  [{sw.path}]")
+    print(f"{len(plan.jobs)} jobs from {plan.n_points} grid points ("
+          + ", ".join(f"{n} {m}" for m, n in counts.items()) + f"), {plan.excluded} excluded")
+    for _, why in plan.merged():
+        print(f"merged: {why}")
+    axes = [k for k in sw.axes if k not in ("alpha", "temperature", "seed")]
+    header = ["id", "name", "method", "alpha", "T", "seed", *axes, "epochs", "depends on"]
+    names = {j.id: j.name for j in plan.jobs}
+    rows = [[j.id, j.name, j.method, _fmt(j.config["alpha"]), _fmt(j.config["temperature"]), _fmt(j.config["seed"]),
+             *[_fmt(j.config[a]) for a in axes], _fmt(j.config["epochs"]),
+             ", ".join(names[d] for d in j.depends_on) or "-"] for j in plan.jobs]
+    print()
+    print(_table(header, rows))
+    print()
+    levels = plan.levels()
+    print("order: " + "; then ".join(f"{len(lvl)} jobs " + ("that need nothing" if not lvl[0].depends_on
+                                                             else "that wait for their teacher") for lvl in levels))
+    out = api.folder(plan, args.results)
+    print(f"each job runs: python -m sweep.worker {out}/jobs/<id>   (kd.train.run(config, folder))")
+    if args.verbose:
+        import json
+
+        for j in plan.jobs:
+            print(f"{j.id} {j.name}: {json.dumps(j.config, sort_keys=True)}")
+    return 0
+
+
+def _add_run(sub, name: str = "run") -> None:
+    helps = {"run": "run every job of the sweep that is not done (teachers first)",
+             "resume": "run again exactly the jobs that are not done (failed, interrupted, never started)"}
+    p = sub.add_parser(name, help=helps[name])
+    _sweep_args(p)
+    p.add_argument("-j", "--jobs", type=int, default=1, help="processes at once (default 1)")
+    p.add_argument("--data-root", type=Path, help="where datasets live (default $KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from sweep import api, local, state, status
+
+    if args.jobs < 1:
+        raise UserError(f"--jobs: {args.jobs} must be >= 1")
+    plan = api.plan(args.sweep)
+    folder = api.folder(plan, args.results)
+    states = status.job_states(plan, folder)
+    todo = [j for j, s in states if s.state != state.DONE]
+    if not todo:
+        print(f"nothing to do: {status.totals(states)} in {folder}")
+        return 0
+    verb = "resuming" if args.command == "resume" else "running"
+    print(f"{verb} {len(todo)} of {len(plan.jobs)} jobs of {plan.sweep.name} "
+          f"({len(plan.jobs) - len(todo)} already done) in {folder}, {args.jobs} at a time")
+    bar = tqdm(total=len(todo), unit="job", disable=None)
+
+    def on_event(e: local.Event) -> None:
+        if e.state == "started":
+            return
+        tail = f" in {e.seconds:.0f} s" if e.seconds else ""
+        line = f"{e.state:7s} {e.job.id} {e.job.name}{tail}"
+        if e.state == "done":
+            r = state.read_json(state.job_dir(folder, e.job) / "result.json") or {}
+            acc = r.get("metrics", {}).get("test_accuracy")
+            line += f"  test accuracy {acc:.2%}" if acc is not None else ""
+        else:
+            line += f": {e.detail}"
+        bar.write(line)
+        bar.update(1)
+
+    summary = local.run(plan, folder, jobs=args.jobs, data_root=args.data_root, device=args.device,
+                        on_event=on_event)
+    bar.close()
+    print(f"{status.totals(status.job_states(plan, folder))}  ->  kdsweep collect {args.sweep}")
+    return 1 if summary.failed or summary.skipped else 0
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser("status", help="done / running / failed / pending per job and in total")
+    _sweep_args(p)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from sweep import api, status
+
+    plan = api.plan(args.sweep)
+    states = status.job_states(plan, api.folder(plan, args.results))
+    rows = [[j.id, j.name, s.state, s.detail] for j, s in states]
+    print(_table(["id", "name", "state", "detail"], rows))
+    print(status.totals(states))
+    return 0
+
+
+def _add_collect(sub) -> None:
+    p = sub.add_parser("collect", help="aggregate finished jobs into results.parquet and epochs.parquet")
+    _sweep_args(p)
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from sweep import api
+
+    c = api.collect(args.sweep, results_root=args.results)
+    if 0 < c.rows <= 60:
+        import pandas as pd
+
+        df = pd.read_parquet(c.results).sort_values(["method", "alpha", "temperature", "seed"], na_position="first")
+        rows = [[r.name, r.method, _fmt(r.alpha if r.method == "kd" else None),
+                 _fmt(r.temperature if r.method == "kd" else None), f"{100 * r.test_accuracy:.2f}%"]
+                for r in df.itertuples()]
+        print(_table(["name", "method", "alpha", "T", "test accuracy"], rows))
+        print()
+    print(f"{c.rows} finished jobs -> {c.results}")
+    print(f"{' ' * len(str(c.rows))} per-epoch rows  -> {c.epochs}")
+    if c.missing:
+        print(f"not finished ({len(c.missing)}), not in the table:")
+        for name, st, detail in c.missing:
+            print(f"  {name}: {st}" + (f" ({detail})" if detail else ""))
+    return 0
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="draw the summary figures (PNG) from the Parquet files")
+    _sweep_args(p)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from sweep import api
+
+    for path in api.plot(args.sweep, results_root=args.results):
+        print(path)
+    return 0
+
+
+COMMANDS = {"train": (_add_train, _cmd_train), "data": (_add_data, _cmd_data),
+            "plan": (_add_plan, _cmd_plan), "run": (_add_run, _cmd_run),
+            "resume": (lambda sub: _add_run(sub, "resume"), _cmd_run), "status": (_add_status, _cmd_status),
+            "collect": (_add_collect, _cmd_collect), "plot": (_add_plot, _cmd_plot)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head or less, which closed early
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,160 @@
+"""The planner: sweep in, ordered jobs out. Pure: no I/O, no torch.
+
+Each job's id is a short hash of its canonical resolved config, so the same sweep file
+always gives the same ids and resume is "plan again, skip what is done". Grid points
+that are the same computation are one job: a student with alpha = 0 ignores the
+temperature and the teacher, so it is the student from scratch.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kd.config import DEFAULTS, resolve
+from kd.errors import UserError
+from sweep.spec import Sweep
+
+# Axes that change what a method computes; the others are ignored for it.
+TEACHER_AXES = ("dataset", "seed")
+NOT_FOR_SCRATCH = ("alpha", "temperature")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    name: str
+    method: str
+    config: dict[str, Any] = field(hash=False)  # canonical settings; "teacher" is the teacher's job id
+    depends_on: tuple[str, ...] = ()
+    points: tuple[dict[str, Any], ...] = field(default=(), hash=False)  # grid points that are this job
+
+
+@dataclass(frozen=True)
+class Plan:
+    sweep: Sweep
+    jobs: tuple[Job, ...]  # teachers first, then students, each in grid order
+    excluded: int = 0
+
+    @property
+    def by_id(self) -> dict[str, Job]:
+        return {j.id: j for j in self.jobs}
+
+    def levels(self) -> list[list[Job]]:
+        """Jobs grouped so that each level depends only on earlier ones: first the jobs that need
+        nothing (teachers, students from scratch), then the students that wait for a teacher."""
+        free = [j for j in self.jobs if not j.depends_on]
+        waiting = [j for j in self.jobs if j.depends_on]
+        return [lvl for lvl in (free, waiting) if lvl]
+
+    def merged(self) -> list[tuple[Job, str]]:
+        """Jobs that stand for more than one grid point, with a reason a person can read."""
+        out = []
+        for job in self.jobs:
+            kd_points = [p for p in job.points if p.get("method") == "kd"]
+            if job.method == "scratch" and kd_points:
+                temps = sorted({p["temperature"] for p in kd_points if "temperature" in p})
+                out.append((job, f"{len(kd_points)} kd points with alpha = 0 (temperature "
+                                 f"{', '.join(f'{t:g}' for t in temps)}) into 1 job, {job.name}: "
+                                 "without the distillation term the temperature has no effect"))
+        return out
+
+    @property
+    def n_points(self) -> int:
+        return sum(len(j.points) for j in self.jobs)
+
+
+def job_id(config: dict[str, Any]) -> str:
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _name(config: dict[str, Any], varying: list[str]) -> str:
+    parts = [config["method"]]
+    if config["method"] == "kd":
+        parts += [f"a{config['alpha']:g}", f"T{config['temperature']:g}"]
+    for key in varying:
+        if key in ("alpha", "temperature", "seed") or config.get(key) is None:
+            continue
+        if config["method"] == "teacher" and key not in TEACHER_AXES:
+            continue
+        value = config[key]
+        parts.append(f"{key}{value:g}" if isinstance(value, float) else f"{key}{value}")
+    parts.append(f"s{config['seed']}")
+    return "-".join(str(p) for p in parts)
+
+
+def plan(sweep: Sweep) -> Plan:
+    """Expand the grid into jobs: teachers first, students after, in grid order."""
+    axes = sweep.axes
+    varying = [k for k, v in axes.items() if len(v) > 1]
+    base = dict(sweep.train)
+    if not axes.get("dataset"):
+        base["dataset"] = sweep.dataset
+    teacher_base = {**base, **dict(sweep.teacher)}
+    jobs: dict[str, dict[str, Any]] = {}  # id -> {"config", "depends_on", "points"}
+    order: dict[str, list[str]] = {"teacher": [], "student": []}
+    excluded = 0
+
+    def add(config: dict[str, Any], point: dict[str, Any], depends_on: tuple[str, ...]) -> str:
+        jid = job_id(config)
+        if jid not in jobs:
+            jobs[jid] = {"config": config, "depends_on": depends_on, "points": []}
+            order["teacher" if config["method"] == "teacher" else "student"].append(jid)
+        jobs[jid]["points"].append(point)
+        return jid
+
+    teachers: dict[tuple, str] = {}
+
+    def teacher_of(point: dict[str, Any]) -> str:
+        key = tuple((k, point[k]) for k in TEACHER_AXES if k in point)
+        if key not in teachers:
+            config = resolve({**teacher_base, **dict(key), "method": "teacher"})
+            teachers[key] = add(config, {"method": "teacher", **dict(key)}, ())
+        return teachers[key]
+
+    methods = list(sweep.methods)
+    if "kd" in methods and "teacher" not in methods:
+        methods.insert(0, "teacher")  # students need their teacher: it is part of the plan
+    for method in methods:
+        relevant = [k for k in axes if method == "kd"
+                    or (method == "scratch" and k not in NOT_FOR_SCRATCH)
+                    or (method == "teacher" and k in TEACHER_AXES)]
+        for values in itertools.product(*(axes[k] for k in relevant)):
+            point = {"method": method, **dict(zip(relevant, values))}
+            if _excluded(point, sweep.exclude):
+                excluded += 1
+                continue
+            if method == "teacher":
+                teacher_of(point)
+                continue
+            settings = {**base, **{k: v for k, v in point.items() if k != "method"}}
+            if method == "kd" and settings.get("alpha", DEFAULTS["alpha"]) == 0:
+                settings["method"] = "scratch"  # alpha = 0 ignores the teacher: the same computation
+                settings.pop("alpha", None)
+                settings.pop("temperature", None)
+                add(resolve(settings), point, ())
+                continue
+            settings["method"] = method
+            deps: tuple[str, ...] = ()
+            if method == "kd":
+                deps = (teacher_of(point),)
+                settings["teacher"] = deps[0]
+            add(resolve(settings), point, deps)
+
+    ordered = order["teacher"] + order["student"]
+    if not any(jobs[j]["config"]["method"] != "teacher" or "teacher" in sweep.methods for j in ordered):
+        raise UserError(f"{sweep.path or sweep.name}: no jobs left: every grid point is excluded")
+    names = [_name(jobs[j]["config"], varying) for j in ordered]
+    if len(set(names)) != len(names):  # settings outside the grid differ: keep names unique with the id
+        names = [f"{n}-{j[:6]}" for n, j in zip(names, ordered)]
+    return Plan(sweep=sweep, excluded=excluded, jobs=tuple(
+        Job(id=j, name=n, method=jobs[j]["config"]["method"], config=jobs[j]["config"],
+            depends_on=jobs[j]["depends_on"], points=tuple(jobs[j]["points"]))
+        for j, n in zip(ordered, names)))
+
+
+def _excluded(point: dict[str, Any], exclude: tuple[tuple[tuple[str, Any], ...], ...]) -> bool:
+    return any(all(k in point and point[k] == v for k, v in rule) for rule in exclude)

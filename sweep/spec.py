@@ -1,0 +1,192 @@
+"""Sweep files (TOML): loaded once into frozen dataclasses; errors name file, key, value and expectation.
+
+    name = "demo"
+    dataset = "mnist-5k"
+    methods = ["teacher", "scratch", "kd"]
+    [train]            # fixed settings for every job
+    epochs = 12
+    [teacher]          # settings for the teacher jobs only (override [train])
+    [grid]             # the axes: any training setting (a list of values each)
+    alpha = [0, 0.5, 1]
+    temperature = [1, 4, 16]
+    seed = [0]
+    [[exclude]]        # points to leave out: every key given must match
+    alpha = 1
+    temperature = 1
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kd.config import DATASETS, METHODS, SETTINGS, check_value
+from kd.errors import UserError
+
+TOP_KEYS = ("name", "description", "dataset", "methods", "train", "teacher", "grid", "exclude")
+NOT_SETTABLE = ("method", "teacher")  # the plan sets these
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+EXAMPLES = Path(__file__).parent / "examples"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    dataset: str
+    methods: tuple[str, ...]
+    train: tuple[tuple[str, Any], ...]  # fixed settings, (key, value) pairs
+    teacher: tuple[tuple[str, Any], ...]
+    grid: tuple[tuple[str, tuple[Any, ...]], ...]  # ordered axes
+    exclude: tuple[tuple[tuple[str, Any], ...], ...]
+    path: Path | None = None
+    description: str = ""
+
+    @property
+    def axes(self) -> dict[str, tuple[Any, ...]]:
+        return dict(self.grid)
+
+
+def resolve_path(arg: str | Path) -> Path:
+    """A sweep file path, or the name of a bundled example (``demo``, ``reference-mnist``)."""
+    p = Path(arg)
+    if p.is_file():
+        return p
+    example = EXAMPLES / f"{p.stem}.toml"
+    if p.parent == Path(".") and example.is_file():
+        return example
+    known = ", ".join(sorted(e.stem for e in EXAMPLES.glob("*.toml")))
+    raise UserError(f"{p}: no such sweep file (bundled examples: {known})")
+
+
+def load(arg: str | Path) -> Sweep:
+    path = resolve_path(arg)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: invalid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    return parse(raw, path)
+
+
+def _unknown(where: str, key: str, known: tuple[str, ...] | list[str]) -> UserError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
+    return UserError(f"{where}{key}: unknown key ({hint})")
+
+
+def _settings(table: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    if not isinstance(table, dict):
+        raise UserError(f"{where.rstrip('.')}: expected a table of settings, got {table!r}")
+    out = []
+    for key, value in table.items():
+        if key in NOT_SETTABLE:
+            raise UserError(f"{where}{key}: set by the plan, not by the sweep file"
+                            + (" (use 'methods')" if key == "method" else ""))
+        if key not in SETTINGS:
+            raise _unknown(where, key, [s for s in SETTINGS if s not in NOT_SETTABLE])
+        out.append((key, check_value(key, value, where)))
+    return tuple(out)
+
+
+def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
+    """Validate a parsed sweep file; every error names the file and the key path."""
+    f = f"{path}: " if path else ""
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise _unknown(f, key, TOP_KEYS)
+    name = raw.get("name")
+    if name is None:
+        raise UserError(f"{f}name: missing (the sweep's name, used as its results folder)")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise UserError(f"{f}name: {name!r} is not a plain folder name "
+                        "(letters, digits, '.', '_', '-'; no '/' or '..': it must stay inside the results folder)")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"{f}description: expected a string, got {description!r}")
+
+    grid_raw = raw.get("grid", {})
+    if not isinstance(grid_raw, dict):
+        raise UserError(f"{f}grid: expected a table of axes, got {grid_raw!r}")
+    grid = []
+    for key, values in grid_raw.items():
+        where = f"{f}grid."
+        if key in NOT_SETTABLE:
+            raise UserError(f"{where}{key}: not an axis" + (" (list methods in 'methods')" if key == "method" else ""))
+        if key not in SETTINGS:
+            raise _unknown(where, key, [s for s in SETTINGS if s not in NOT_SETTABLE])
+        if not isinstance(values, list):
+            raise UserError(f"{where}{key}: expected a list of values, got {values!r}")
+        if not values:
+            raise UserError(f"{where}{key}: empty list (an axis needs at least one value)")
+        checked = tuple(check_value(key, v, at=f"{where}{key}[{i}]") for i, v in enumerate(values))
+        seen = set()
+        for v in checked:
+            if v in seen:
+                raise UserError(f"{where}{key}: value {v!r} appears twice")
+            seen.add(v)
+        grid.append((key, checked))
+    axes = dict(grid)
+
+    dataset = raw.get("dataset")
+    if "dataset" in axes:
+        if dataset is not None:
+            raise UserError(f"{f}dataset: given both as a key and as grid.dataset; keep one")
+        dataset = ""
+    elif dataset is None:
+        raise UserError(f"{f}dataset: missing (mnist-5k, mnist, fashion-mnist)")
+    else:
+        dataset = check_value("dataset", dataset, f)
+        _check_dataset(dataset, f"{f}dataset")
+    for i, d in enumerate(axes.get("dataset", ())):
+        _check_dataset(d, f"{f}grid.dataset[{i}]")
+
+    methods = raw.get("methods")
+    if methods is None:
+        raise UserError(f"{f}methods: missing (a list of: {', '.join(METHODS)})")
+    if not isinstance(methods, list) or not methods:
+        raise UserError(f"{f}methods: expected a non-empty list of: {', '.join(METHODS)}; got {methods!r}")
+    for i, m in enumerate(methods):
+        if m not in METHODS:
+            close = difflib.get_close_matches(str(m), METHODS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(METHODS)}"
+            raise UserError(f"{f}methods[{i}]: unknown method {m!r} ({hint})")
+    if len(set(methods)) != len(methods):
+        raise UserError(f"{f}methods: a method appears twice: {methods!r}")
+
+    train = _settings(raw.get("train", {}), f"{f}train.")
+    teacher = _settings(raw.get("teacher", {}), f"{f}teacher.")
+    for key, _ in train:
+        if key in axes:
+            raise UserError(f"{f}train.{key}: also a grid axis; keep one")
+
+    exclude_raw = raw.get("exclude", [])
+    if not isinstance(exclude_raw, list):
+        raise UserError(f"{f}exclude: expected a list of tables ([[exclude]]), got {exclude_raw!r}")
+    exclude = []
+    for i, entry in enumerate(exclude_raw):
+        where = f"{f}exclude[{i}]."
+        if not isinstance(entry, dict) or not entry:
+            raise UserError(f"{where.rstrip('.')}: expected a non-empty table of axis = value")
+        pairs = []
+        for key, value in entry.items():
+            if key == "method":
+                if value not in methods:
+                    raise UserError(f"{where}method: {value!r} is not one of the sweep's methods {methods}")
+                pairs.append((key, value))
+                continue
+            if key not in axes:
+                raise _unknown(where, key, list(axes) + ["method"])
+            pairs.append((key, check_value(key, value, where)))
+        exclude.append(tuple(pairs))
+
+    return Sweep(name=name, dataset=dataset, methods=tuple(methods), train=train, teacher=teacher,
+                 grid=tuple(grid), exclude=tuple(exclude), path=path, description=description)
+
+
+def _check_dataset(name: str, where: str) -> None:
+    if name not in DATASETS:
+        raise UserError(f"{where}: unknown dataset {name!r} (known: {', '.join(DATASETS)})")
