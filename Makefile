@@ -27,8 +27,9 @@ demo: venv
 	$(BIN)/kdsweep plot demo
 	@echo; echo "table: results/demo/results.parquet, epochs.parquet   plots: results/demo/plots/"
 
+# As root, the SLURM tests run against a real one-node cluster (slurm/testcluster) started here.
 test: venv
-	$(BIN)/python -m pytest -q
+	slurm/testcluster/with-cluster.sh $(BIN)/python -m pytest -q
 
 bench: venv
 	$(BIN)/python bench/plan_collect.py

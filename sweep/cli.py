@@ -93,6 +93,9 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 def _add_plan(sub) -> None:
     p = sub.add_parser("plan", help="dry run: the jobs a sweep expands to; writes and submits nothing")
     _sweep_args(p)
+    p.add_argument("--profile", help="also print the sbatch script of each job array for this cluster profile "
+                   "(a name under slurm/profiles/ or a TOML file)")
+    p.add_argument("--data-root", type=Path, help="data root the jobs will use (mounted into the container)")
     p.add_argument("-v", "--verbose", action="store_true", help="also print each job's full config")
 
 
@@ -123,6 +126,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                                                              else "that wait for their teacher") for lvl in levels))
     out = api.folder(plan, args.results)
     print(f"each job runs: python -m sweep.worker {out}/jobs/<id>   (kd.train.run(config, folder))")
+    if args.profile:
+        from sweep import profile, submit
+
+        prof = profile.load(args.profile)
+        for level, jobs, text in submit.preview(plan, prof, out.resolve(), args.data_root):
+            print(f"\n# ---- array '{level}': {len(jobs)} tasks, profile {prof.name} ({prof.path}) ----")
+            print(text.rstrip())
     if args.verbose:
         import json
 
@@ -136,7 +146,9 @@ def _add_run(sub, name: str = "run") -> None:
              "resume": "run again exactly the jobs that are not done (failed, interrupted, never started)"}
     p = sub.add_parser(name, help=helps[name])
     _sweep_args(p)
-    p.add_argument("-j", "--jobs", type=int, default=1, help="processes at once (default 1)")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="local processes at once (default 1)")
+    p.add_argument("--profile", help="submit to SLURM with this cluster profile (a name under slurm/profiles/ "
+                   "or a TOML file) instead of running locally")
     p.add_argument("--data-root", type=Path, help="where datasets live (default $KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
 
@@ -150,6 +162,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--jobs: {args.jobs} must be >= 1")
     plan = api.plan(args.sweep)
     folder = api.folder(plan, args.results)
+    if args.profile:
+        return _submit(args, plan, folder)
     states = status.job_states(plan, folder)
     todo = [j for j, s in states if s.state != state.DONE]
     if not todo:
@@ -179,6 +193,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     bar.close()
     print(f"{status.totals(status.job_states(plan, folder))}  ->  kdsweep collect {args.sweep}")
     return 1 if summary.failed or summary.skipped else 0
+
+
+def _submit(args: argparse.Namespace, plan, folder: Path) -> int:
+    from sweep import profile, status, submit
+
+    prof = profile.load(args.profile)
+    out = submit.submit(plan, prof, folder.resolve(), args.data_root)
+    for level, array_id, n in out.arrays:
+        print(f"submitted {level} array {array_id}: {n} tasks (profile {prof.name})")
+    if not out.arrays:
+        print(f"nothing to submit: {out.already_done} done, {out.skipped_active} queued or running")
+    elif out.skipped_active or out.already_done:
+        print(f"not submitted again: {out.already_done} done, {out.skipped_active} queued or running")
+    print(f"{status.totals(status.job_states(plan, folder))}  ->  kdsweep status {args.sweep}")
+    return 0
 
 
 def _add_status(sub) -> None:

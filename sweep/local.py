@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kd.errors import UserError
-from sweep import state
+from sweep import state, status
 from sweep.plan import Job, Plan
 
 
@@ -61,7 +61,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, data_root: Path | None = Non
     summary = Summary()
     with sweep_lock(folder):
         state.write_plan(folder, plan)
-        states = {j.id: state.job_state(state.job_dir(folder, j)) for j in plan.jobs}
+        states = dict((j.id, s) for j, s in status.job_states(plan, folder))
         todo = [j for j in plan.jobs if states[j.id].state != state.DONE]
         summary.already_done = len(plan.jobs) - len(todo)
         threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -90,7 +90,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, data_root: Path | None = Non
                         blocked.add(job.id)
                         summary.skipped.append(job.id)
                         emit(Event(job, "skipped", "its teacher did not finish"))
-                    elif states[job.id].state == state.RUNNING:
+                    elif status.active(states[job.id]):
                         todo.remove(job)
                         blocked.add(job.id)
                         summary.skipped.append(job.id)

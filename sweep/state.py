@@ -23,6 +23,7 @@ from kd import atomic
 from sweep.plan import Job, Plan
 
 DONE, RUNNING, FAILED, INTERRUPTED, PENDING = "done", "running", "failed", "interrupted", "pending"
+QUEUED, CANCELLED = "queued", "cancelled"  # from Slurm
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,32 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class SlurmTask:
+    """The callable that submitit pickles into each SLURM array task.
+
+    On the warning signal (time limit or preemption) submitit calls ``checkpoint`` and
+    requeues the task with the same arguments; the requeued task resumes from the job's
+    last epoch checkpoint, so at most the epoch in flight is lost.
+    """
+
+    def __call__(self, folder: str, data_root: str | None = None) -> str:
+        import os
+
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cpus:
+            import torch
+
+            torch.set_num_threads(int(cpus))
+        slurm_id = (f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+                    if "SLURM_ARRAY_JOB_ID" in os.environ else os.environ.get("SLURM_JOB_ID"))
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S", force=True)
+        run_job(Path(folder), data_root=Path(data_root) if data_root else None, slurm_job_id=slurm_id)
+        return "done"
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)

@@ -48,3 +48,28 @@ def small(mnist5k):
 
     d = mnist5k
     return Dataset("mnist-5k", d.train_x[:1000], d.train_y[:1000], d.test_x[:200], d.test_y[:200], 10)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The real test cluster (slurm/testcluster), or a skip that says why it is absent."""
+    import shutil
+    import subprocess
+
+    required = os.environ.get("KDSWEEP_SLURM_REQUIRED") == "1" or os.environ.get("CI") == "true"
+    if os.environ.get("KDSWEEP_NO_SLURM"):
+        pytest.skip("KDSWEEP_NO_SLURM is set")
+    why = None
+    if not shutil.which("sinfo"):
+        why = "Slurm is not installed (as root: make test installs and starts the test cluster)"
+    elif not os.environ.get("SLURM_CONF"):
+        why = "no test cluster: SLURM_CONF is not set (run through make test, or slurm/testcluster/start.sh)"
+    else:
+        p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+        if p.returncode != 0 or not p.stdout.strip():
+            why = f"the test cluster does not answer: {p.stderr.strip()}"
+    if why:
+        if required:
+            pytest.fail(why)
+        pytest.skip(why)
+    return os.environ["SLURM_CONF"]

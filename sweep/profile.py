@@ -1,0 +1,172 @@
+"""Cluster profiles (TOML under slurm/profiles/, or a user's own file), validated like sweep files.
+
+    name = "my-cluster"
+    partition = "gpu"
+    account = "proj123"            # optional, as are qos and constraint
+    time = "02:00:00"              # per job: minutes, "HH:MM:SS" or "D-HH:MM:SS"
+    gpus = 1                       # per job
+    cpus = 8
+    mem_gb = 32
+    array_parallelism = 16         # array tasks running at once
+    signal_delay_s = 120           # warning signal (USR2) this long before the time limit
+    max_requeue = 3                # requeues after time limits (preemptions requeue always)
+    sbatch = { mail-type = "FAIL" }  # any other sbatch option
+    setup = ["module load cuda"]   # shell lines before the job
+    [container]
+    runtime = "apptainer"          # none | apptainer | pyxis
+    image = "/shared/images/kd.sif"
+    binds = ["/scratch"]
+    nv = true
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kd.errors import UserError
+
+RUNTIMES = ("none", "apptainer", "pyxis")
+PROFILE_DIRS = (Path("slurm/profiles"), Path(__file__).resolve().parent.parent / "slurm" / "profiles")
+KEYS = {"name": str, "description": str, "partition": str, "account": str, "qos": str, "constraint": str,
+        "time": (str, int), "gpus": int, "cpus": int, "mem_gb": (int, float), "array_parallelism": int,
+        "signal_delay_s": int, "max_requeue": int, "sbatch": dict, "setup": list, "python": str, "container": dict}
+CONTAINER_KEYS = {"runtime": str, "image": str, "binds": list, "nv": bool, "python": str}
+WORD = re.compile(r"[A-Za-z0-9_.,:+@%-]+")  # partition, account, qos names: no spaces or shell characters
+
+
+@dataclass(frozen=True)
+class Container:
+    runtime: str = "none"
+    image: str = ""
+    binds: tuple[str, ...] = ()
+    nv: bool = True
+    python: str = "python3"  # the python inside the image
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    time_min: int = 60
+    gpus: int = 1
+    cpus: int = 4
+    mem_gb: float | None = None
+    array_parallelism: int = 64
+    signal_delay_s: int = 120
+    max_requeue: int = 3
+    sbatch: tuple[tuple[str, Any], ...] = ()
+    setup: tuple[str, ...] = ()
+    python: str | None = None  # host python (runtime none); default: the submitting interpreter
+    container: Container = field(default_factory=Container)
+    description: str = ""
+    path: Path | None = None
+
+
+def resolve_path(arg: str | Path) -> Path:
+    p = Path(arg)
+    if p.is_file():
+        return p
+    if p.parent == Path("."):
+        for d in PROFILE_DIRS:
+            if (d / f"{p.stem}.toml").is_file():
+                return d / f"{p.stem}.toml"
+    known = sorted({f.stem for d in PROFILE_DIRS if d.is_dir() for f in d.glob("*.toml")})
+    raise UserError(f"{p}: no such profile file (bundled profiles: {', '.join(known)})")
+
+
+def load(arg: str | Path) -> Profile:
+    path = resolve_path(arg)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: invalid TOML: {e}") from None
+    return parse(raw, path)
+
+
+def _check_types(raw: dict[str, Any], types: dict[str, Any], where: str) -> None:
+    for key, value in raw.items():
+        if key not in types:
+            close = difflib.get_close_matches(key, list(types), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(types)}"
+            raise UserError(f"{where}{key}: unknown key ({hint})")
+        want = types[key]
+        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
+            names = "/".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
+            raise UserError(f"{where}{key}: expected {names}, got {value!r}")
+
+
+def parse_time(value: str | int, where: str) -> int:
+    """Minutes from 90, "90", "01:30:00", "1-00:00:00" (sbatch's forms)."""
+    if isinstance(value, int):
+        minutes = value
+    else:
+        m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value.strip())
+        if not m:
+            raise UserError(f"{where}time: {value!r} is not a time (minutes, 'HH:MM:SS' or 'D-HH:MM:SS')")
+        d, a, b, c = (int(x) if x else 0 for x in m.groups())
+        if m.group(3) is None:  # "MM" or "D-HH"
+            minutes = d * 1440 + (a * 60 if m.group(1) else a)
+        elif m.group(4) is None:  # "HH:MM" or "MM:SS"
+            minutes = d * 1440 + (a * 60 + b if m.group(1) else a + (b > 0))
+        else:
+            minutes = d * 1440 + a * 60 + b + (c > 0)
+    if minutes < 1:
+        raise UserError(f"{where}time: {value!r} must be at least one minute")
+    return minutes
+
+
+def parse(raw: dict[str, Any], path: Path | None = None) -> Profile:
+    f = f"{path}: " if path else ""
+    _check_types(raw, KEYS, f)
+    name = raw.get("name") or (path.stem if path else "profile")
+    for key in ("partition", "account", "qos", "constraint"):
+        value = raw.get(key)
+        if value is not None and (key != "constraint" and not WORD.fullmatch(value)):
+            raise UserError(f"{f}{key}: {value!r} is not a valid Slurm name (no spaces or shell characters)")
+    for key, low in (("gpus", 0), ("cpus", 1), ("array_parallelism", 1), ("signal_delay_s", 0), ("max_requeue", 0)):
+        if key in raw and raw[key] < low:
+            raise UserError(f"{f}{key}: {raw[key]} must be >= {low}")
+    if "mem_gb" in raw and raw["mem_gb"] <= 0:
+        raise UserError(f"{f}mem_gb: {raw['mem_gb']} must be > 0")
+    sbatch = raw.get("sbatch", {})
+    for key, value in sbatch.items():
+        if not isinstance(value, (str, int, bool)) or not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+            raise UserError(f"{f}sbatch.{key}: expected an sbatch option name = string, number or true")
+    setup = raw.get("setup", [])
+    if not all(isinstance(line, str) for line in setup):
+        raise UserError(f"{f}setup: expected a list of shell lines")
+    container_raw = raw.get("container", {})
+    _check_types(container_raw, CONTAINER_KEYS, f"{f}container.")
+    runtime = container_raw.get("runtime", "none")
+    if runtime not in RUNTIMES:
+        raise UserError(f"{f}container.runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime != "none" and not container_raw.get("image"):
+        raise UserError(f"{f}container.image: runtime '{runtime}' needs an image")
+    binds = container_raw.get("binds", [])
+    if not all(isinstance(b, str) and b for b in binds):
+        raise UserError(f"{f}container.binds: expected a list of paths ('SRC' or 'SRC:DST')")
+    container = Container(runtime=runtime, image=container_raw.get("image", ""), binds=tuple(binds),
+                          nv=container_raw.get("nv", True), python=container_raw.get("python", "python3"))
+    return Profile(
+        name=name, partition=raw.get("partition"), account=raw.get("account"), qos=raw.get("qos"),
+        constraint=raw.get("constraint"), time_min=parse_time(raw.get("time", 60), f),
+        gpus=raw.get("gpus", 1), cpus=raw.get("cpus", 4), mem_gb=raw.get("mem_gb"),
+        array_parallelism=raw.get("array_parallelism", 64), signal_delay_s=raw.get("signal_delay_s", 120),
+        max_requeue=raw.get("max_requeue", 3), sbatch=tuple(sbatch.items()), setup=tuple(setup),
+        python=raw.get("python"), container=container, description=raw.get("description", ""), path=path)
+
+
+def check_for_submission(profile: Profile) -> None:
+    """What can only be checked where the jobs are submitted: the image file exists."""
+    c = profile.container
+    if c.runtime == "apptainer" and not c.image.startswith(("docker://", "oras://", "library://")):
+        if not Path(c.image).is_file():
+            raise UserError(f"{profile.path or profile.name}: container.image: {c.image} does not exist",
+                            hint="build it: apptainer build kd.sif docker-daemon://kd-sweep:latest")

@@ -1,0 +1,114 @@
+"""What Slurm knows of a sweep: the saved submissions, and sacct's (or squeue's) view of them.
+
+``results/<sweep>/slurm/submissions.json`` maps each submitted job to its Slurm id
+(``ARRAY_TASK`` for arrays); it is written before ``run`` returns, so any later shell can
+ask Slurm about the sweep.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from kd import atomic
+
+RECORD = "slurm/submissions.json"
+# sacct state -> (our state, reason)
+SACCT = {
+    "PENDING": ("queued", ""), "REQUEUED": ("queued", "requeued"), "REQUEUE_HOLD": ("queued", "requeued, held"),
+    "REQUEUE_FED": ("queued", "requeued"), "RESIZING": ("running", ""), "SUSPENDED": ("running", "suspended"),
+    "RUNNING": ("running", ""), "COMPLETING": ("running", "completing"), "CONFIGURING": ("running", ""),
+    "PREEMPTED": ("queued", "preempted"), "COMPLETED": ("failed", "ended without a result"),
+    "FAILED": ("failed", "exit code"), "OUT_OF_MEMORY": ("failed", "out of memory"),
+    "TIMEOUT": ("failed", "time limit"), "NODE_FAIL": ("failed", "node failure"), "BOOT_FAIL": ("failed", "boot failure"),
+    "DEADLINE": ("failed", "deadline"), "CANCELLED": ("cancelled", ""), "REVOKED": ("cancelled", "revoked"),
+}
+SQUEUE = {"PD": "queued", "R": "running", "CG": "running", "CF": "running", "S": "running", "RQ": "queued",
+          "RH": "queued", "RS": "running", "PR": "queued", "SE": "queued"}
+
+
+def read_record(folder: Path) -> list[dict[str, Any]]:
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except FileNotFoundError:
+        return []
+
+
+def add_submission(folder: Path, level: str, slurm_ids: dict[str, str], profile: str) -> None:
+    record = read_record(folder)
+    record.append({"level": level, "profile": profile, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   "jobs": slurm_ids})
+    atomic.write_json(folder / RECORD, record)
+
+
+def latest_ids(folder: Path) -> dict[str, str]:
+    """Each submitted job's latest Slurm id."""
+    out: dict[str, str] = {}
+    for sub in read_record(folder):
+        out.update(sub["jobs"])
+    return out
+
+
+def query(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Slurm id -> (our state, reason); sacct where accounting exists, squeue otherwise."""
+    if not slurm_ids:
+        return {}
+    found = (_sacct(slurm_ids) if shutil.which("sacct") else None) or {}
+    missing = [i for i in slurm_ids if i not in found]  # no accounting, or not yet recorded by slurmdbd
+    if missing and shutil.which("squeue"):
+        found.update(_squeue(missing))
+    return found
+
+
+def _expand(jobid: str) -> list[str]:
+    """``12_[0-3,5%2]`` (a pending array in sacct) -> 12_0 .. 12_3, 12_5."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", jobid)
+    if not m:
+        return [jobid]
+    out = []
+    for part in m.group(2).split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def _sacct(slurm_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    arrays = sorted({i.split("_")[0] for i in slurm_ids})
+    try:
+        p = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "--format=JobID,State,ExitCode",
+                            "-j", ",".join(arrays)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if p.returncode != 0:
+        return None
+    found: dict[str, tuple[str, str]] = {}
+    for line in p.stdout.splitlines():  # with -D, one line per attempt, oldest first: the last one wins
+        parts = line.split("|")
+        if len(parts) < 3:
+            continue
+        jobid, st, code = parts[0], parts[1].split()[0], parts[2]
+        ours, reason = SACCT.get(st, ("running", st.lower()))
+        if st == "FAILED":
+            reason = f"exit code {code.split(':')[0]}"
+        for jid in _expand(jobid):
+            found[jid] = (ours, reason)
+    return {i: found[i] for i in slurm_ids if i in found}
+
+
+def _squeue(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
+    try:
+        p = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%t", "-j", ",".join(sorted({i.split('_')[0] for i in slurm_ids}))],
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    found = {}
+    for line in p.stdout.splitlines():
+        jobid, _, st = line.partition("|")
+        for jid in _expand(jobid.strip()):
+            found[jid] = (SQUEUE.get(st.strip(), "running"), "")
+    # squeue forgets finished jobs: an id it does not list has ended (the job folder says how)
+    return {i: found[i] for i in slurm_ids if i in found}

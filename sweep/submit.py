@@ -1,0 +1,139 @@
+"""SLURM submission through submitit: each level of the plan is one job array.
+
+The first array holds the jobs that need nothing (teachers, students from scratch); the
+second the students, depending ``afterok`` on exactly the teacher tasks they need. The
+container is applied through submitit's own means: the job's python command is prefixed
+by ``apptainer exec``, or pyxis options are given to srun. submitit renders the sbatch
+text (``_make_sbatch_string``); this module only turns a profile into its parameters.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kd.errors import UserError
+from sweep import local, profile as prof, slurm, state, status
+from sweep.plan import Job, Plan
+
+LEVEL_NAMES = ("first", "students")
+
+
+def python_command(p: prof.Profile, mounts: list[str]) -> str:
+    """The command that starts python for a job: inside the container where the profile has one."""
+    c = p.container
+    if c.runtime == "apptainer":
+        binds = [*c.binds, *mounts]
+        parts = ["apptainer", "exec", *(["--nv"] if c.nv else []),
+                 *[a for b in binds for a in ("--bind", b)], c.image, c.python]
+        return shlex.join(parts)
+    if c.runtime == "pyxis":
+        return shlex.quote(c.python)
+    return shlex.quote(p.python or sys.executable)
+
+
+def executor_parameters(p: prof.Profile, name: str, mounts: list[str]) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters for one array of this profile."""
+    params: dict[str, Any] = {"job_name": name, "time": p.time_min, "nodes": 1, "ntasks_per_node": 1,
+                              "cpus_per_task": p.cpus, "array_parallelism": p.array_parallelism,
+                              "signal_delay_s": p.signal_delay_s, "stderr_to_stdout": True}
+    if p.gpus:
+        params["gpus_per_node"] = p.gpus
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(p, key):
+            params[key] = getattr(p, key)
+    if p.mem_gb:
+        params["mem"] = f"{int(p.mem_gb)}GB" if p.mem_gb == int(p.mem_gb) else f"{int(p.mem_gb * 1024)}MB"
+    if p.setup:
+        params["setup"] = list(p.setup)
+    if p.sbatch:
+        params["additional_parameters"] = dict(p.sbatch)
+    if p.container.runtime == "pyxis":
+        mount_list = ",".join(m if ":" in m else f"{m}:{m}" for m in [*p.container.binds, *mounts])
+        params["srun_args"] = [f"--container-image={p.container.image}",
+                               *([f"--container-mounts={mount_list}"] if mount_list else []),
+                               "--container-workdir=" + str(Path.cwd())]
+    return params
+
+
+def _mounts(folder: Path, data_root: Path | None) -> list[str]:
+    """Paths the job must see inside the container: the results folder and the data root."""
+    paths = [Path(folder).resolve().parent]
+    if data_root:
+        paths.append(Path(data_root).resolve())
+    return [str(p) for p in paths]
+
+
+def preview(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = None) -> list[tuple[str, list[Job], str]]:
+    """The sbatch script each array would get, rendered by submitit without submitting anything."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    mounts = _mounts(folder, data_root)
+    command = " ".join([python_command(p, mounts), "-u -m submitit.core._submit", shlex.quote(str(folder / "slurm" / "%j"))])
+    out = []
+    for i, level in enumerate(plan.levels()):
+        params = executor_parameters(p, f"{plan.sweep.name}-{LEVEL_NAMES[i]}", mounts)
+        if i > 0:
+            params["dependency"] = "afterok:<the teacher tasks they need, e.g. 1234_0>"
+        text = _make_sbatch_string(command=command, folder=folder / "slurm" / "%j", map_count=len(level), **params)
+        out.append((LEVEL_NAMES[i], level, text))
+    return out
+
+
+@dataclass
+class Submitted:
+    arrays: list[tuple[str, str, int]] = field(default_factory=list)  # (level, slurm array id, tasks)
+    skipped_active: int = 0
+    already_done: int = 0
+
+
+def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = None) -> Submitted:
+    """Submit every job that is neither done nor queued/running; never submits a job twice."""
+    prof.check_for_submission(p)
+    import submitit
+
+    out = Submitted()
+    with local.sweep_lock(folder):
+        state.write_plan(folder, plan)
+        states = dict((j.id, s) for j, s in status.job_states(plan, folder))
+        out.already_done = sum(s.state == state.DONE for s in states.values())
+        out.skipped_active = sum(status.active(s) for s in states.values())
+        todo = {j.id for j in plan.jobs if states[j.id].state != state.DONE and not status.active(states[j.id])}
+        if not todo:
+            return out
+        known = slurm.latest_ids(folder)
+        mounts = _mounts(folder, data_root)
+        try:
+            executor = submitit.SlurmExecutor(folder=folder / "slurm" / "%j", python=python_command(p, mounts),
+                                              max_num_timeout=p.max_requeue)
+        except RuntimeError as e:  # no srun on this machine
+            raise UserError(f"cannot submit to SLURM here: {e}") from None
+        task = _task()
+        for i, level in enumerate(plan.levels()):
+            jobs = [j for j in level if j.id in todo]
+            if not jobs:
+                continue
+            params = executor_parameters(p, f"{plan.sweep.name}-{LEVEL_NAMES[i]}", mounts)
+            deps = sorted({known[d] for j in jobs for d in j.depends_on if states[d].state != state.DONE and d in known})
+            if deps:
+                params["dependency"] = "afterok:" + ":".join(deps)
+            executor.update_parameters(**params)
+            args = [(str(state.job_dir(folder, j).resolve()), str(Path(data_root).resolve()) if data_root else None)
+                    for j in jobs]
+            try:
+                submitted = executor.map_array(task, *zip(*args))
+            except Exception as e:  # sbatch refused: its message says why
+                raise UserError(f"sbatch refused the {LEVEL_NAMES[i]} array: {str(e).strip().splitlines()[-1]}") from None
+            ids = {j.id: s.job_id for j, s in zip(jobs, submitted)}
+            slurm.add_submission(folder, LEVEL_NAMES[i], ids, p.name)
+            known.update(ids)
+            out.arrays.append((LEVEL_NAMES[i], submitted[0].job_id.split("_")[0], len(jobs)))
+    return out
+
+
+def _task():
+    from sweep.worker import SlurmTask
+
+    return SlurmTask()

@@ -1,0 +1,142 @@
+"""End to end against the real one-node Slurm cluster of slurm/testcluster (started by make test)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import make_idx_root
+from sweep import api, state
+
+pytestmark = pytest.mark.slurm
+
+
+def kdsweep(*args, env=None, check=True):
+    p = subprocess.run([sys.executable, "-m", "sweep.cli", *map(str, args)], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})}, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def wait_until(sweep_file, results, predicate, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {j.name: s for j, s in api.status(sweep_file, results_root=results)}
+        if predicate(states):
+            return states
+        time.sleep(0.5)
+    raise AssertionError(f"timed out; states: {states}\n" + kdsweep("status", sweep_file, "--results", results).stdout)
+
+
+def all_final(states):
+    return all(s.state in (state.DONE, state.FAILED, state.CANCELLED) for s in states.values())
+
+
+def sacct_times(array_ids):
+    p = subprocess.run(["sacct", "-n", "-P", "-X", "--format=JobID,Start,End", "-j", ",".join(array_ids)],
+                       capture_output=True, text=True, check=True)
+    return {line.split("|")[0]: line.split("|")[1:] for line in p.stdout.splitlines()}
+
+
+def test_sweep_on_slurm_equals_local_and_teacher_first(slurm_cluster, tmp_path):
+    from test_sweep_local import TINY as tiny_text
+
+    sweep_file = tmp_path / "tiny.toml"
+    sweep_file.write_text(tiny_text)
+    out = kdsweep("run", sweep_file, "--results", tmp_path / "slurm", "--profile", "local-slurm").stdout
+    assert "submitted first array" in out and "submitted students array" in out
+    again = kdsweep("run", sweep_file, "--results", tmp_path / "slurm", "--profile", "local-slurm").stdout
+    assert "nothing to submit" in again  # running `run` twice never submits a job twice
+    # the same sweep locally, two processes of one thread each: as on the cluster (1 CPU per job)
+    kdsweep("run", sweep_file, "--results", tmp_path / "local", "--jobs", "2")
+    states = wait_until(sweep_file, tmp_path / "slurm", all_final)
+    assert {s.state for s in states.values()} == {state.DONE}, states
+
+    a = api.collect(sweep_file, results_root=tmp_path / "slurm")
+    b = api.collect(sweep_file, results_root=tmp_path / "local")
+    cols = ["job_id", "name", "method", "alpha", "temperature", "test_accuracy", "test_loss", "params"]
+    pd.testing.assert_frame_equal(pd.read_parquet(a.results)[cols], pd.read_parquet(b.results)[cols])
+
+    record = json.loads((tmp_path / "slurm" / "tiny" / "slurm" / "submissions.json").read_text())
+    first, students = record[0]["jobs"], record[1]["jobs"]
+    plan = api.plan(sweep_file)
+    teacher = next(j for j in plan.jobs if j.method == "teacher")
+    times = sacct_times(sorted({i.split("_")[0] for i in [*first.values(), *students.values()]}))
+    teacher_end = times[first[teacher.id]][1]
+    for sid in students.values():
+        assert times[sid][0] >= teacher_end, (times, teacher_end)  # ISO times compare as strings
+
+
+def test_preempted_job_requeues_and_cancelled_job_reruns_alone(slurm_cluster, tmp_path):
+    sweep_file = tmp_path / "long.toml"
+    sweep_file.write_text('name = "long"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n'
+                          "[train]\nepochs = 40\nbatch_size = 64\n[grid]\nseed = [0, 1]\n")
+    results = tmp_path / "results"
+    kdsweep("run", sweep_file, "--results", results, "--profile", "local-slurm")
+    plan = api.plan(sweep_file)
+    s0, s1 = plan.jobs
+    ids = json.loads((results / "long" / "slurm" / "submissions.json").read_text())[0]["jobs"]
+    ckpt = state.job_dir(results / "long", s0) / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ckpt.exists(), "the job never wrote its first checkpoint"
+    time.sleep(1.0)  # into the next epoch: the signal lands mid-epoch
+    subprocess.run(["scancel", ids[s1.id]], check=True)
+    subprocess.run(["scancel", "--signal=USR2", ids[s0.id]], check=True)  # as a preemption does
+    wait_until(sweep_file, results, lambda st: st[s0.name].state == state.QUEUED, timeout=60)
+    # Slurm holds a requeued job for 120 s (BeginTime); on the test cluster, release it now
+    subprocess.run(["scontrol", "update", f"JobId={ids[s0.id]}", "StartTime=now"], check=True)
+    states = wait_until(sweep_file, results, lambda st: st[s0.name].state == state.DONE
+                        and st[s1.name].state == state.CANCELLED)
+    assert states[s1.name].detail.startswith(f"slurm {ids[s1.id]}")
+    result = json.loads((state.job_dir(results / "long", s0) / "result.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == list(range(1, 41))
+    task_log = (results / "long" / "slurm" / ids[s0.id] / f"{ids[s0.id]}_0_log.out").read_text()
+    assert "Caught signal SIGUSR2" in task_log and "Requeued" in task_log
+    assert "resuming" in task_log and "from epoch" in task_log  # resumed from its checkpoint, not from scratch
+
+    out = kdsweep("resume", sweep_file, "--results", results, "--profile", "local-slurm").stdout
+    assert "submitted first array" in out and ": 1 tasks" in out and "1 done" in out
+    states = wait_until(sweep_file, results, all_final)
+    assert states[s1.name].state == state.DONE
+
+
+def test_failing_job_shows_failed_with_its_error_line(slurm_cluster, tmp_path):
+    root = tmp_path / "data"
+    raw = make_idx_root(root, "MNIST")
+    (raw / "train-labels-idx1-ubyte.gz").write_bytes(b"\x00\x00\x08\x01garbage")  # corrupt
+    sweep_file = tmp_path / "bad.toml"
+    sweep_file.write_text('name = "bad"\ndataset = "mnist"\nmethods = ["scratch"]\n[train]\nepochs = 1\n')
+    kdsweep("run", sweep_file, "--results", tmp_path / "r", "--profile", "local-slurm", "--data-root", root)
+    states = wait_until(sweep_file, tmp_path / "r", all_final)
+    (s,) = states.values()
+    assert s.state == state.FAILED
+    assert "cannot read IDX file" in s.detail and "train-labels-idx1-ubyte.gz" in s.detail
+    out = kdsweep("status", sweep_file, "--results", tmp_path / "r").stdout
+    assert "0/1 done, 1 failed" in out
+
+
+def test_container_path_through_an_apptainer_stand_in(slurm_cluster, tmp_path):
+    image = tmp_path / "kd-sweep.sif"
+    image.write_bytes(b"stand-in image")
+    profile = tmp_path / "apptainer-test.toml"
+    profile.write_text(f'name = "apptainer-test"\npartition = "debug"\ntime = 10\ngpus = 1\ncpus = 1\n'
+                       f'[container]\nruntime = "apptainer"\nimage = "{image}"\nbinds = ["{tmp_path}"]\n'
+                       f'python = "{sys.executable}"\n')
+    sweep_file = tmp_path / "one.toml"
+    sweep_file.write_text('name = "one"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n[train]\nepochs = 1\n')
+    log = tmp_path / "apptainer-args.log"
+    env = {"PATH": f"{Path(__file__).parent / 'standin'}:{os.environ['PATH']}", "APPTAINER_STANDIN_LOG": str(log)}
+    kdsweep("run", sweep_file, "--results", tmp_path / "r", "--profile", profile, env=env)
+    states = wait_until(sweep_file, tmp_path / "r", all_final)
+    assert [s.state for s in states.values()] == [state.DONE]
+    args = log.read_text().split()
+    assert args[:2] == ["exec", "--nv"]
+    assert ["--bind", str(tmp_path), "--bind", str((tmp_path / "r").resolve())] == args[2:6]
+    assert args[6:9] == [str(image), sys.executable, "-u"] and "submitit.core._submit" in args
