@@ -1,0 +1,107 @@
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweep import profile as prof
+from sweep.cli import main
+
+ROOT = Path(__file__).parent.parent
+GOLDEN = Path(__file__).parent / "golden" / "sbatch-reference-mnist-generic-apptainer.txt"
+GOOD = 'name = "p"\npartition = "gpu"\ntime = "01:00:00"\ngpus = 1\n[container]\nruntime = "none"\n'
+
+BAD = [
+    (GOOD.replace('gpus = 1', 'gpu = 1'), "gpu: unknown key (did you mean 'gpus'?)"),
+    (GOOD.replace('gpus = 1', 'gpus = -1'), "gpus: -1 must be >= 0"),
+    (GOOD.replace('partition = "gpu"', 'partition = "gpu large"'), "partition: 'gpu large' is not a valid Slurm name"),
+    (GOOD.replace('time = "01:00:00"', 'time = "soon"'), "time: 'soon' is not a time"),
+    (GOOD.replace('gpus = 1', 'gpus = "one"'), "gpus: expected int, got 'one'"),
+    (GOOD.replace('runtime = "none"', 'runtime = "docker"'), "container.runtime: 'docker' is not one of none, apptainer, pyxis"),
+    (GOOD.replace('runtime = "none"', 'runtime = "apptainer"'), "container.image: runtime 'apptainer' needs an image"),
+    (GOOD.replace('runtime = "none"', 'runtme = "none"'), "container.runtme: unknown key (did you mean 'runtime'?)"),
+    (GOOD + "", None),
+]
+
+
+@pytest.mark.parametrize("text, message", [b for b in BAD if b[1]], ids=[b[1][:30] for b in BAD if b[1]])
+def test_bad_profile_one_line_before_anything(tmp_path, capsys, text, message):
+    p = tmp_path / "p.toml"
+    p.write_text(text)
+    assert main(["run", "demo", "--profile", str(p), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"error: {p}: ") and message in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_image_is_refused_at_submission_only(tmp_path, capsys):
+    p = tmp_path / "p.toml"
+    p.write_text(GOOD.replace('runtime = "none"', f'runtime = "apptainer"\nimage = "{tmp_path}/nope.sif"'))
+    assert main(["plan", "demo", "--profile", str(p)]) == 0  # a dry run on a login node needs no image
+    capsys.readouterr()
+    assert main(["run", "demo", "--profile", str(p), "--results", str(tmp_path / "r")]) == 2
+    assert f"container.image: {tmp_path}/nope.sif does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("value, minutes", [(90, 90), ("90", 90), ("01:30:00", 90), ("1-00:00:00", 1440),
+                                            ("2-12", 3600), ("10:30", 11)])
+def test_time_formats(value, minutes):
+    assert prof.parse_time(value, "") == minutes
+
+
+def test_bundled_profiles_load():
+    for name in ("local-slurm", "generic-apptainer", "pyxis-enroot"):
+        assert prof.load(name).name == name
+
+
+def _sbatch_text(capsys, monkeypatch, tmp_path) -> str:
+    monkeypatch.chdir(ROOT)
+    assert main(["plan", "reference-mnist", "--profile", "generic-apptainer", "--results", "/shared/results"]) == 0
+    out = capsys.readouterr().out
+    return out[out.index("# ---- array"):]
+
+
+def test_sbatch_scripts_match_golden(capsys, monkeypatch, tmp_path):
+    """Refresh with: KDSWEEP_REFRESH_GOLDEN=1 pytest tests/test_profile.py"""
+    text = _sbatch_text(capsys, monkeypatch, tmp_path)
+    if os.environ.get("KDSWEEP_REFRESH_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_sbatch_scripts_say_what_matters(capsys, monkeypatch, tmp_path):
+    text = _sbatch_text(capsys, monkeypatch, tmp_path)
+    first, students = text.split("# ---- array 'students'")
+    assert "2 tasks" in first and "#SBATCH --array=0-1%2" in first and "--dependency" not in first
+    assert "24 tasks" in students and "#SBATCH --array=0-23%16" in students
+    assert re.search(r"#SBATCH --dependency='?afterok:", students)
+    for script in (first, students):
+        assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --time=120" in script
+        assert "#SBATCH --signal=USR2@120" in script and "#SBATCH --partition=gpu" in script
+        assert ("apptainer exec --nv --bind /scratch --bind /shared/results /shared/containers/kd-sweep.sif "
+                "python3 -u -m submitit.core._submit") in script
+
+
+def test_pyxis_profile_puts_the_image_on_srun(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["plan", "demo", "--profile", "pyxis-enroot", "--results", "/shared/results"]) == 0
+    out = capsys.readouterr().out
+    assert "srun --unbuffered" in out and "--container-image=/shared/containers/kd-sweep.sqsh" in out
+    assert "--container-mounts=/scratch:/scratch,/shared/results:/shared/results" in out
+
+
+def test_plan_with_profile_needs_no_slurm(tmp_path):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # no sbatch, srun or sacct on PATH
+    p = subprocess.run([sys.executable, "-m", "sweep.cli", "plan", "demo", "--profile", "local-slurm"],
+                       capture_output=True, text=True, env=env, cwd=ROOT)
+    assert p.returncode == 0 and "#SBATCH --partition=debug" in p.stdout
+
+
+def test_dockerfile_lints_clean():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    p = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "", p.stdout + p.stderr
