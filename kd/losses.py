@@ -39,3 +39,22 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, l
     if alpha == 1:
         return soft
     return alpha * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def packed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
+                   alpha: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """``kd_loss`` for N students at once: logits [N, B, C], alpha and temperature [N]; returns [N].
+
+    Student i's loss is exactly ``kd_loss(student_logits[i], teacher_logits, labels, alpha[i],
+    temperature[i])`` (alpha 0 contributes no distillation term, alpha 1 no hard-label term).
+    Without teacher logits every student is trained on hard labels alone.
+    """
+    n = student_logits.shape[0]
+    log_p = F.log_softmax(student_logits, dim=-1)
+    hard = -log_p.gather(-1, labels.expand(n, -1).unsqueeze(-1)).squeeze(-1).mean(dim=1)
+    if teacher_logits is None:
+        return hard
+    t = temperature.view(n, 1, 1)
+    soft_targets = F.softmax(teacher_logits.unsqueeze(0) / t, dim=-1)
+    soft = -(soft_targets * F.log_softmax(student_logits / t, dim=-1)).sum(dim=-1).mean(dim=1) * temperature ** 2
+    return alpha * soft + (1.0 - alpha) * hard

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
+from kd.data import to_float
 from kd.errors import UserError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -71,3 +73,10 @@ def mnist_mlp(num_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28),
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The model's logits (eval mode) for every image of a uint8 split."""
+    model.eval()
+    return torch.cat([model(to_float(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])

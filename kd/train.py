@@ -24,30 +24,36 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import kd
-from kd import atomic, data as kd_data, models
+from kd import atomic, data as kd_data, models, teacher as kd_teacher
 from kd.config import TrainConfig
-from kd.errors import UserError
 from kd.losses import kd_loss
 
 log = logging.getLogger(__name__)
-RESULT, CHECKPOINT, MODEL = "result.json", "checkpoint.pt", "model.pt"
+RESULT, CHECKPOINT, MODEL = "result.json", "checkpoint.pt", kd_teacher.MODEL
+TEACHER_MODES = ("cached", "online")
 
 
 def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = None,
         device: str | None = None, dataset: kd_data.Dataset | None = None,
-        stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+        stop: Callable[[], bool] | None = None, teacher_mode: str = "cached") -> dict[str, Any] | None:
     """Train one job into ``out_dir`` and return its result (None if ``stop()`` asked to stop early).
 
     ``stop`` is polled after each epoch's checkpoint: a preempted or time-limited job
-    stops there and a later call resumes from that checkpoint.
+    stops there and a later call resumes from that checkpoint. ``teacher_mode`` "cached"
+    reads the teacher's logits from its cache (exact here: no augmentation), "online"
+    runs the teacher on every batch.
     """
     out = Path(out_dir)
     if (out / RESULT).exists():  # finished work is never redone
         return json.loads((out / RESULT).read_text())
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    teacher_file = teacher_model_file(config.teacher) if config.method == "kd" and config.alpha > 0 else None
+    teacher_file = kd_teacher.model_file(config.teacher) if config.method == "kd" and config.alpha > 0 else None
     data = dataset or kd_data.load(config.dataset, data_root)
-    teacher = load_teacher(teacher_file, data, dev) if teacher_file else None
+    teacher_net, teacher_logits_all = None, None
+    if teacher_file and teacher_mode == "online":
+        teacher_net = kd_teacher.load(teacher_file, data, dev)
+    elif teacher_file:
+        teacher_logits_all = kd_teacher.cached_logits(teacher_file, data, dev).to(dev)
     out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
 
     torch.manual_seed(config.seed)
@@ -55,25 +61,24 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     start_epoch, history = 0, []
     if (out / CHECKPOINT).exists():
-        start_epoch, history = _load_checkpoint(out / CHECKPOINT, model, optimizer, dev)
+        state = load_checkpoint(out / CHECKPOINT, dev)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], state["history"]
         log.info("resuming %s from epoch %d", out, start_epoch)
 
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
     test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
-    # The teacher is frozen, in eval mode, and sees un-augmented inputs: its logits for the
-    # training set are the same every epoch, so one pass replaces a forward at every step.
-    teacher_logits_all = logits_of(teacher, train_x) if teacher is not None else None
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         model.train()
-        order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)  # same batches on resume
-        batches = kd_data.batch_indices(len(train_y), config.batch_size, generator=order,
-                                        drop_last=config.drop_last, device=dev)
         loss_sum, seen = torch.zeros((), device=dev), 0
-        for idx in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None):
+        for idx in tqdm(epoch_batches(config, epoch, len(train_y), dev), desc=f"epoch {epoch + 1}/{config.epochs}",
+                        leave=False, disable=None):
             x, y = kd_data.to_float(train_x[idx]), train_y[idx]
             logits = model(x)
-            teacher_logits = teacher_logits_all[idx] if teacher_logits_all is not None else None
+            teacher_logits = (teacher_logits_all[idx] if teacher_logits_all is not None
+                              else kd_teacher.forward(teacher_net, train_x[idx]) if teacher_net is not None else None)
             loss = (F.cross_entropy(logits, y) if config.method != "kd"
                     else kd_loss(logits, teacher_logits, y, config.alpha, config.temperature))
             optimizer.zero_grad(set_to_none=True)
@@ -82,16 +87,32 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
         test_loss, test_acc = evaluate(model, test_x, test_y)
-        seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "train_loss": (loss_sum / max(seen, 1)).item(),
-                        "test_loss": test_loss, "test_accuracy": test_acc, "seconds": seconds})
-        log.info("epoch %3d/%d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %.1fs",
-                 epoch + 1, config.epochs, history[-1]["train_loss"], test_loss, test_acc, seconds)
-        _save_checkpoint(out / CHECKPOINT, model, optimizer, epoch + 1, history, config)
+        history.append(epoch_record(epoch, config, (loss_sum / max(seen, 1)).item(), test_loss, test_acc,
+                                    time.perf_counter() - t0))
+        save_checkpoint(out / CHECKPOINT, model.state_dict(), optimizer.state_dict(), history, config)
         if stop is not None and epoch + 1 < config.epochs and stop():
             log.info("stopping after epoch %d at request; rerun to resume", epoch + 1)
             return None
+    return finish(config, out, model, history, data, dev)
 
+
+def epoch_batches(config: TrainConfig, epoch: int, n: int, device: torch.device):
+    """The epoch's batches: a permutation seeded by (seed, epoch), the same on resume and in a pack."""
+    order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    return kd_data.batch_indices(n, config.batch_size, generator=order, drop_last=config.drop_last, device=device)
+
+
+def epoch_record(epoch: int, config: TrainConfig, train_loss: float, test_loss: float, test_acc: float,
+                 seconds: float) -> dict[str, Any]:
+    log.info("epoch %3d/%d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %.1fs",
+             epoch + 1, config.epochs, train_loss, test_loss, test_acc, seconds)
+    return {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_acc,
+            "seconds": seconds}
+
+
+def finish(config: TrainConfig, out: Path, model: torch.nn.Module, history: list[dict], data: kd_data.Dataset,
+           dev: torch.device, **extra: Any) -> dict[str, Any]:
+    """Write the final weights, then ``result.json`` (last, atomically: the job is done)."""
     atomic.write_with(out / MODEL, lambda f: torch.save(
         {"config": config.to_dict(), "state_dict": model.state_dict()}, f))
     result = {
@@ -104,6 +125,7 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
         "wall_seconds": sum(h["seconds"] for h in history),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
         "versions": versions(),
+        **extra,
     }
     atomic.write_json(out / RESULT, result)
     return result
@@ -112,46 +134,10 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (a fraction) over a whole split."""
-    model.eval()
-    logits = logits_of(model, x, batch_size)
+    logits = models.logits_of(model, x, batch_size)
     loss = F.cross_entropy(logits, y, reduction="sum")
     correct = (logits.argmax(dim=1) == y).sum()
     return loss.item() / len(y), correct.item() / len(y)
-
-
-def teacher_model_file(path: str | Path | None) -> Path:
-    """The finished teacher's ``model.pt``, given its job folder or the file itself."""
-    if not path:
-        raise UserError("teacher: method 'kd' with alpha > 0 needs a teacher (--teacher DIR)")
-    p = Path(path)
-    file = p / MODEL if p.is_dir() else p
-    if not file.is_file():
-        hint = "has the teacher job finished?" if p.is_dir() else None
-        raise UserError(f"teacher: {file} not found", hint=hint)
-    return file
-
-
-@torch.no_grad()
-def logits_of(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """The model's logits (eval mode) for every image of a uint8 split."""
-    model.eval()
-    return torch.cat([model(kd_data.to_float(x[idx])) for idx in kd_data.batch_indices(len(x), batch_size, device=x.device)])
-
-
-def load_teacher(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.nn.Module:
-    """A finished teacher from its ``model.pt``, frozen and in eval mode."""
-    try:
-        saved = torch.load(file, map_location=device, weights_only=True)
-        cfg = saved["config"]
-    except Exception as e:
-        why = (str(e).splitlines() or [""])[0][:100]
-        raise UserError(f"teacher: {file} is not a kd model file ({e.__class__.__name__}: {why})") from None
-    if cfg["dataset"] != data.name:
-        raise UserError(f"teacher: {file} was trained on '{cfg['dataset']}', not '{data.name}'")
-    teacher = models.build(cfg["model"], data.num_classes, data.input_shape).to(device)
-    teacher.load_state_dict(saved["state_dict"])
-    teacher.eval().requires_grad_(False)
-    return teacher
 
 
 def flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int:
@@ -164,10 +150,9 @@ def flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], devic
     return int(counter.get_total_flops())
 
 
-def _save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, config: TrainConfig) -> None:
-    state = {"epoch": epoch, "history": history, "config": config.to_dict(),
-             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "rng_cpu": torch.get_rng_state()}
+def save_checkpoint(path: Path, model_state: dict, optimizer_state: dict, history: list, config: TrainConfig) -> None:
+    state = {"epoch": len(history), "history": history, "config": config.to_dict(), "model": model_state,
+             "optimizer": optimizer_state, "rng_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["rng_cuda"] = torch.cuda.get_rng_state_all()
     buf = io.BytesIO()
@@ -175,14 +160,13 @@ def _save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, co
     atomic.write_with(path, lambda f: f.write(buf.getvalue()))
 
 
-def _load_checkpoint(path: Path, model, optimizer, device: torch.device) -> tuple[int, list]:
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A checkpoint's contents; restores the RNG states it saved (dropout continues as if uninterrupted)."""
     state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng_cpu"].cpu())
     if "rng_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
-    return state["epoch"], state["history"]
+    return state
 
 
 @functools.cache

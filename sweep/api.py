@@ -28,6 +28,7 @@ def run(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS, j
     from sweep import local
 
     p = plan(sweep_file)
+    kwargs.setdefault("pack", p.sweep.pack or "auto")
     return local.run(p, folder(p, results_root), jobs=jobs, **kwargs)
 
 

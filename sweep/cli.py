@@ -122,6 +122,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print(_table(header, rows))
     print()
     levels = plan.levels()
+    from sweep.plan import units
+
+    packs = units(plan, plan.sweep.pack or "auto")
+    print(f"local run: {len(packs)} processes (pack {plan.sweep.pack or 'auto'}: students that share a teacher "
+          f"train together); largest pack {max(len(u) for u in packs)} jobs")
     print("order: " + "; then ".join(f"{len(lvl)} jobs " + ("that need nothing" if not lvl[0].depends_on
                                                              else "that wait for their teacher") for lvl in levels))
     out = api.folder(plan, args.results)
@@ -130,8 +135,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         from sweep import profile, submit
 
         prof = profile.load(args.profile)
-        for level, jobs, text in submit.preview(plan, prof, out.resolve(), args.data_root):
-            print(f"\n# ---- array '{level}': {len(jobs)} tasks, profile {prof.name} ({prof.path}) ----")
+        pack = plan.sweep.pack or prof.pack or "auto"
+        for level, tasks, text in submit.preview(plan, prof, out.resolve(), args.data_root, pack=pack):
+            jobs = sum(len(t) for t in tasks)
+            print(f"\n# ---- array '{level}': {len(tasks)} tasks ({jobs} jobs, pack {pack}), "
+                  f"profile {prof.name} ({prof.path}) ----")
             print(text.rstrip())
     if args.verbose:
         import json
@@ -149,6 +157,8 @@ def _add_run(sub, name: str = "run") -> None:
     p.add_argument("-j", "--jobs", type=int, default=1, help="local processes at once (default 1)")
     p.add_argument("--profile", help="submit to SLURM with this cluster profile (a name under slurm/profiles/ "
                    "or a TOML file) instead of running locally")
+    p.add_argument("--pack", help="students trained together in one process: 'auto' (default) or a number; "
+                   "1 runs each job in its own process")
     p.add_argument("--data-root", type=Path, help="where datasets live (default $KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
 
@@ -188,18 +198,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         bar.write(line)
         bar.update(1)
 
-    summary = local.run(plan, folder, jobs=args.jobs, data_root=args.data_root, device=args.device,
-                        on_event=on_event)
+    summary = local.run(plan, folder, jobs=args.jobs, pack=_pack(args, plan), data_root=args.data_root,
+                        device=args.device, on_event=on_event)
     bar.close()
     print(f"{status.totals(status.job_states(plan, folder))}  ->  kdsweep collect {args.sweep}")
     return 1 if summary.failed or summary.skipped else 0
+
+
+def _pack(args: argparse.Namespace, plan, prof=None) -> int | str:
+    """--pack, else the sweep file's pack, else the profile's, else auto."""
+    from sweep.spec import check_pack
+
+    given = args.pack if args.pack is None or args.pack == "auto" else (int(args.pack) if args.pack.isdigit() else args.pack)
+    return check_pack(given, "--pack") or plan.sweep.pack or (prof.pack if prof else None) or "auto"
 
 
 def _submit(args: argparse.Namespace, plan, folder: Path) -> int:
     from sweep import profile, status, submit
 
     prof = profile.load(args.profile)
-    out = submit.submit(plan, prof, folder.resolve(), args.data_root)
+    out = submit.submit(plan, prof, folder.resolve(), args.data_root, pack=_pack(args, plan, prof))
     for level, array_id, n in out.arrays:
         print(f"submitted {level} array {array_id}: {n} tasks (profile {prof.name})")
     if not out.arrays:

@@ -1,7 +1,7 @@
 """Run a plan's unfinished jobs as local processes, teachers before their students.
 
-Each job runs in its own process (``python -m sweep.worker``), so one crash does not take
-the sweep down; ``jobs`` processes run at once. A lock in the sweep's folder keeps two
+Each unit (a teacher, or a pack of students) runs in its own process (``python -m
+sweep.worker``), so one crash does not take the sweep down; ``jobs`` processes run at once. A lock in the sweep's folder keeps two
 ``kdsweep run`` from running the same sweep on one machine.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kd.errors import UserError
 from sweep import state, status
-from sweep.plan import Job, Plan
+from sweep.plan import Job, Plan, units
 
 
 @dataclass
@@ -54,69 +54,84 @@ def sweep_lock(folder: Path) -> Iterator[None]:
         yield
 
 
-def run(plan: Plan, folder: Path, *, jobs: int = 1, data_root: Path | None = None, device: str | None = None,
-        on_event: Callable[[Event], None] | None = None, poll: float = 0.2) -> Summary:
-    """Run every job of ``plan`` that is not done; returns what happened."""
+def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", data_root: Path | None = None,
+        device: str | None = None, on_event: Callable[[Event], None] | None = None, poll: float = 0.2) -> Summary:
+    """Run every job of ``plan`` that is not done, ``jobs`` units at a time; returns what happened.
+
+    A unit is a teacher, or a pack of students trained together in one process (``pack``).
+    """
     emit = on_event or (lambda e: None)
     summary = Summary()
     with sweep_lock(folder):
         state.write_plan(folder, plan)
         states = dict((j.id, s) for j, s in status.job_states(plan, folder))
-        todo = [j for j in plan.jobs if states[j.id].state != state.DONE]
-        summary.already_done = len(plan.jobs) - len(todo)
+        finished = {jid for jid, s in states.items() if s.state == state.DONE}
+        summary.already_done = len(finished)
+        todo: list[list[Job]] = []
+        for unit in units(plan, pack):
+            members = [j for j in unit if j.id not in finished]
+            busy = [j for j in members if status.active(states[j.id])]
+            for j in busy:
+                summary.skipped.append(j.id)
+                emit(Event(j, "skipped", f"already running ({states[j.id].detail})"))
+            if members and not busy:
+                todo.append(members)
+        blocked = set(summary.skipped)
         threads = max(1, (os.cpu_count() or 1) // jobs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
-        running: dict[str, tuple[Job, subprocess.Popen, float]] = {}
-        finished = {j.id for j in plan.jobs if states[j.id].state == state.DONE}
-        blocked: set[str] = set()
+        running: list[tuple[list[Job], subprocess.Popen, float]] = []
         try:
             while todo or running:
-                for jid, (job, proc, t0) in list(running.items()):
+                for item in list(running):
+                    members, proc, t0 = item
                     if proc.poll() is None:
                         continue
-                    del running[jid]
-                    s = state.job_state(state.job_dir(folder, job))
-                    if s.state == state.DONE:
-                        finished.add(jid)
-                        summary.done.append(jid)
-                        emit(Event(job, "done", seconds=time.monotonic() - t0))
-                    else:
-                        blocked.add(jid)
-                        summary.failed.append(jid)
-                        emit(Event(job, "failed", s.detail or f"exit status {proc.returncode}", time.monotonic() - t0))
-                for job in list(todo):
-                    if any(d in blocked for d in job.depends_on):
-                        todo.remove(job)
-                        blocked.add(job.id)
-                        summary.skipped.append(job.id)
-                        emit(Event(job, "skipped", "its teacher did not finish"))
-                    elif status.active(states[job.id]):
-                        todo.remove(job)
-                        blocked.add(job.id)
-                        summary.skipped.append(job.id)
-                        emit(Event(job, "skipped", f"already running ({states[job.id].detail})"))
-                    elif len(running) < jobs and all(d in finished for d in job.depends_on):
-                        todo.remove(job)
-                        running[job.id] = (job, _start(job, folder, data_root, device, env), time.monotonic())
-                        summary.ran.append(job.id)
-                        emit(Event(job, "started"))
+                    running.remove(item)
+                    for job in members:
+                        s = state.job_state(state.job_dir(folder, job))
+                        if s.state == state.DONE:
+                            finished.add(job.id)
+                            summary.done.append(job.id)
+                            emit(Event(job, "done", seconds=time.monotonic() - t0))
+                        else:
+                            blocked.add(job.id)
+                            summary.failed.append(job.id)
+                            emit(Event(job, "failed", s.detail or f"exit status {proc.returncode}", time.monotonic() - t0))
+                for members in list(todo):
+                    deps = {d for j in members for d in j.depends_on}
+                    if deps & blocked:
+                        todo.remove(members)
+                        for job in members:
+                            blocked.add(job.id)
+                            summary.skipped.append(job.id)
+                            emit(Event(job, "skipped", "its teacher did not finish"))
+                    elif len(running) < jobs and deps <= finished:
+                        todo.remove(members)
+                        running.append((members, _start(members, folder, data_root, device, env), time.monotonic()))
+                        summary.ran.extend(j.id for j in members)
+                        for job in members:
+                            emit(Event(job, "started"))
                 time.sleep(poll if running else 0)
         finally:
-            for _, proc, _ in running.values():  # interrupted: stop the children, their checkpoints stay
+            for _, proc, _ in running:  # interrupted: stop the children, their checkpoints stay
                 proc.terminate()
-            for _, proc, _ in running.values():
+            for _, proc, _ in running:
                 proc.wait()
     return summary
 
 
-def _start(job: Job, folder: Path, data_root: Path | None, device: str | None, env: dict) -> subprocess.Popen:
-    jdir = state.job_dir(folder, job)
-    cmd = [sys.executable, "-m", "sweep.worker", str(jdir)]
+def _start(members: list[Job], folder: Path, data_root: Path | None, device: str | None, env: dict) -> subprocess.Popen:
+    dirs = [state.job_dir(folder, j) for j in members]
+    cmd = [sys.executable, "-m", "sweep.worker", *map(str, dirs)]
     if data_root:
         cmd += ["--data-root", str(data_root)]
     if device:
         cmd += ["--device", device]
-    with open(jdir / "log", "ab") as log:
-        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+    header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode()
+    with open(dirs[0] / "log", "ab") as log:
+        for d in dirs[1:]:  # a pack logs into its first job's log; the others say where
+            with open(d / "log", "ab") as other:
+                other.write(header + f"(packed with {len(dirs)} students: see {dirs[0] / 'log'})\n".encode())
+        log.write(header)
         log.flush()
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)

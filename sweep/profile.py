@@ -8,6 +8,7 @@
     cpus = 8
     mem_gb = 32
     array_parallelism = 16         # array tasks running at once
+    pack = "auto"                  # students per array task (one GPU), unless the sweep file says
     signal_delay_s = 120           # warning signal (USR2) this long before the time limit
     max_requeue = 3                # requeues after time limits (preemptions requeue always)
     sbatch = { mail-type = "FAIL" }  # any other sbatch option
@@ -28,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from kd.errors import UserError
+from sweep.spec import check_pack
 
 RUNTIMES = ("none", "apptainer", "pyxis")
 PROFILE_DIRS = (Path("slurm/profiles"), Path(__file__).resolve().parent.parent / "slurm" / "profiles")
 KEYS = {"name": str, "description": str, "partition": str, "account": str, "qos": str, "constraint": str,
         "time": (str, int), "gpus": int, "cpus": int, "mem_gb": (int, float), "array_parallelism": int,
-        "signal_delay_s": int, "max_requeue": int, "sbatch": dict, "setup": list, "python": str, "container": dict}
+        "signal_delay_s": int, "max_requeue": int, "pack": (int, str), "sbatch": dict, "setup": list, "python": str, "container": dict}
 CONTAINER_KEYS = {"runtime": str, "image": str, "binds": list, "nv": bool, "python": str}
 WORD = re.compile(r"[A-Za-z0-9_.,:+@%-]+")  # partition, account, qos names: no spaces or shell characters
 
@@ -65,6 +67,7 @@ class Profile:
     setup: tuple[str, ...] = ()
     python: str | None = None  # host python (runtime none); default: the submitting interpreter
     container: Container = field(default_factory=Container)
+    pack: int | str | None = None  # students per array task, unless the sweep file says
     description: str = ""
     path: Path | None = None
 
@@ -160,7 +163,8 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Profile:
         gpus=raw.get("gpus", 1), cpus=raw.get("cpus", 4), mem_gb=raw.get("mem_gb"),
         array_parallelism=raw.get("array_parallelism", 64), signal_delay_s=raw.get("signal_delay_s", 120),
         max_requeue=raw.get("max_requeue", 3), sbatch=tuple(sbatch.items()), setup=tuple(setup),
-        python=raw.get("python"), container=container, description=raw.get("description", ""), path=path)
+        python=raw.get("python"), container=container, pack=check_pack(raw.get("pack"), f"{f}pack"),
+        description=raw.get("description", ""), path=path)
 
 
 def check_for_submission(profile: Profile) -> None:

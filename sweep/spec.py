@@ -11,6 +11,7 @@
     temperature = [1, 4, 16]
     seed = [0]
     [[exclude]]        # points to leave out: every key given must match
+    (top level) pack = "auto"   # students trained together in one process: "auto", or a number (1: off)
     alpha = 1
     temperature = 1
 """
@@ -26,7 +27,7 @@ from typing import Any
 from kd.config import DATASETS, METHODS, SETTINGS, check_value
 from kd.errors import UserError
 
-TOP_KEYS = ("name", "description", "dataset", "methods", "train", "teacher", "grid", "exclude")
+TOP_KEYS = ("name", "description", "dataset", "methods", "pack", "train", "teacher", "grid", "exclude")
 NOT_SETTABLE = ("method", "teacher")  # the plan sets these
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 EXAMPLES = Path(__file__).parent / "examples"
@@ -43,6 +44,7 @@ class Sweep:
     exclude: tuple[tuple[tuple[str, Any], ...], ...]
     path: Path | None = None
     description: str = ""
+    pack: int | str | None = None  # students per process: an int, "auto", or None (the profile's, else auto)
 
     @property
     def axes(self) -> dict[str, tuple[Any, ...]]:
@@ -183,8 +185,15 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
             pairs.append((key, check_value(key, value, where)))
         exclude.append(tuple(pairs))
 
+    pack = check_pack(raw.get("pack"), f"{f}pack")
     return Sweep(name=name, dataset=dataset, methods=tuple(methods), train=train, teacher=teacher,
-                 grid=tuple(grid), exclude=tuple(exclude), path=path, description=description)
+                 grid=tuple(grid), exclude=tuple(exclude), path=path, description=description, pack=pack)
+
+
+def check_pack(value: Any, where: str) -> int | str | None:
+    if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise UserError(f"{where}: {value!r} must be \"auto\" or a number of students >= 1 (1: no packing)")
 
 
 def _check_dataset(name: str, where: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from kd.errors import UserError
 from sweep import local, profile as prof, slurm, state, status
-from sweep.plan import Job, Plan
+from sweep.plan import Job, Plan, units
 
 LEVEL_NAMES = ("first", "students")
 
@@ -66,19 +66,26 @@ def _mounts(folder: Path, data_root: Path | None) -> list[str]:
     return [str(p) for p in paths]
 
 
-def preview(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = None) -> list[tuple[str, list[Job], str]]:
+def _level_units(plan: Plan, pack: int | str) -> list[list[tuple[Job, ...]]]:
+    """Array tasks per level: the units (a teacher, or a pack of students) in each level of the plan."""
+    all_units = units(plan, pack)
+    return [[u for u in all_units if u[0] in level] for level in plan.levels()]
+
+
+def preview(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = None,
+            pack: int | str = "auto") -> list[tuple[str, list[tuple[Job, ...]], str]]:
     """The sbatch script each array would get, rendered by submitit without submitting anything."""
     from submitit.slurm.slurm import _make_sbatch_string
 
     mounts = _mounts(folder, data_root)
     command = " ".join([python_command(p, mounts), "-u -m submitit.core._submit", shlex.quote(str(folder / "slurm" / "%j"))])
     out = []
-    for i, level in enumerate(plan.levels()):
+    for i, tasks in enumerate(_level_units(plan, pack)):
         params = executor_parameters(p, f"{plan.sweep.name}-{LEVEL_NAMES[i]}", mounts)
         if i > 0:
             params["dependency"] = "afterok:<the teacher tasks they need, e.g. 1234_0>"
-        text = _make_sbatch_string(command=command, folder=folder / "slurm" / "%j", map_count=len(level), **params)
-        out.append((LEVEL_NAMES[i], level, text))
+        text = _make_sbatch_string(command=command, folder=folder / "slurm" / "%j", map_count=len(tasks), **params)
+        out.append((LEVEL_NAMES[i], tasks, text))
     return out
 
 
@@ -89,7 +96,8 @@ class Submitted:
     already_done: int = 0
 
 
-def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = None) -> Submitted:
+def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = None,
+           pack: int | str = "auto") -> Submitted:
     """Submit every job that is neither done nor queued/running; never submits a job twice."""
     prof.check_for_submission(p)
     import submitit
@@ -111,25 +119,27 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
         except RuntimeError as e:  # no srun on this machine
             raise UserError(f"cannot submit to SLURM here: {e}") from None
         task = _task()
-        for i, level in enumerate(plan.levels()):
-            jobs = [j for j in level if j.id in todo]
-            if not jobs:
+        root = str(Path(data_root).resolve()) if data_root else None
+        for i, level_units in enumerate(_level_units(plan, pack)):
+            tasks = [[j for j in u if j.id in todo] for u in level_units]
+            tasks = [t for t in tasks if t]
+            if not tasks:
                 continue
             params = executor_parameters(p, f"{plan.sweep.name}-{LEVEL_NAMES[i]}", mounts)
-            deps = sorted({known[d] for j in jobs for d in j.depends_on if states[d].state != state.DONE and d in known})
+            deps = sorted({known[d] for t in tasks for j in t for d in j.depends_on
+                           if states[d].state != state.DONE and d in known})
             if deps:
                 params["dependency"] = "afterok:" + ":".join(deps)
             executor.update_parameters(**params)
-            args = [(str(state.job_dir(folder, j).resolve()), str(Path(data_root).resolve()) if data_root else None)
-                    for j in jobs]
+            folders = [[str(state.job_dir(folder, j).resolve()) for j in t] for t in tasks]
             try:
-                submitted = executor.map_array(task, *zip(*args))
+                submitted = executor.map_array(task, folders, [root] * len(tasks))
             except Exception as e:  # sbatch refused: its message says why
                 raise UserError(f"sbatch refused the {LEVEL_NAMES[i]} array: {str(e).strip().splitlines()[-1]}") from None
-            ids = {j.id: s.job_id for j, s in zip(jobs, submitted)}
+            ids = {j.id: s.job_id for t, s in zip(tasks, submitted) for j in t}
             slurm.add_submission(folder, LEVEL_NAMES[i], ids, p.name)
             known.update(ids)
-            out.arrays.append((LEVEL_NAMES[i], submitted[0].job_id.split("_")[0], len(jobs)))
+            out.arrays.append((LEVEL_NAMES[i], submitted[0].job_id.split("_")[0], len(tasks)))
     return out
 
 

@@ -1,7 +1,8 @@
-"""What runs inside one job's process (a local child process or a SLURM task).
+"""What runs inside one unit's process (a local child process or a SLURM array task).
 
-Reads the job's ``config.json``, records the attempt, calls ``kd.train.run``, and on an
-exception writes ``error.json`` with its last line before failing.
+A unit is one job, or a pack of students trained together. Reads each job's ``config.json``,
+records the attempt, calls ``kd.train.run`` (or ``kd.pack.run``), and on an exception writes
+``error.json`` with its last line into every unfinished job of the unit before failing.
 """
 from __future__ import annotations
 
@@ -28,33 +29,44 @@ def train_config(folder: Path) -> TrainConfig:
     return TrainConfig(**config)
 
 
-def run_job(folder: Path, *, data_root: Path | None = None, device: str | None = None,
-            stop: Callable[[], bool] | None = None, **attempt: object) -> dict | None:
-    """Run one job folder to its result; errors are recorded in the folder, then raised."""
-    folder = Path(folder)
-    if (folder / "result.json").exists():
-        return state.read_json(folder / "result.json")
-    state.record_attempt(folder, **attempt)
+def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str | None = None,
+             stop: Callable[[], bool] | None = None, **attempt: object) -> list[dict | None]:
+    """Run job folders (one job, or a pack of students) to their results; errors are recorded
+    in each unfinished folder, then raised."""
+    folders = [Path(f) for f in folders]
+    todo = [f for f in folders if not (f / "result.json").exists()]
+    for f in todo:
+        state.record_attempt(f, pack_size=len(todo), **attempt)
     try:
-        from kd import train
+        if not todo:
+            pass
+        elif len(todo) == 1:
+            from kd import train
 
-        return train.run(train_config(folder), folder, data_root=data_root, device=device, stop=stop)
+            train.run(train_config(todo[0]), todo[0], data_root=data_root, device=device, stop=stop)
+        else:
+            from kd import pack
+
+            pack.run([train_config(f) for f in todo], todo, data_root=data_root, device=device, stop=stop)
     except Exception as e:  # a kill or Ctrl-C leaves no error.json: the job shows as interrupted
         line = f"{e.__class__.__name__}: {e}".splitlines()[0] if str(e) else e.__class__.__name__
-        atomic.write_json(folder / "error.json", {"line": line, "traceback": traceback.format_exc()})
+        for f in todo:
+            if not (f / "result.json").exists():
+                atomic.write_json(f / "error.json", {"line": line, "traceback": traceback.format_exc()})
         raise
+    return [state.read_json(f / "result.json") for f in folders]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="run one kd-sweep job folder (used by kdsweep run)")
-    p.add_argument("folder", type=Path)
+    p = argparse.ArgumentParser(description="run kd-sweep job folders as one unit (used by kdsweep run)")
+    p.add_argument("folders", type=Path, nargs="+", help="one job, or the students of one pack")
     p.add_argument("--data-root", type=Path)
     p.add_argument("--device")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        run_job(args.folder, data_root=args.data_root, device=args.device)
+        run_unit(args.folders, data_root=args.data_root, device=args.device)
     except Exception:
         traceback.print_exc()
         return 1
@@ -73,7 +85,7 @@ class SlurmTask:
     last epoch checkpoint, so at most the epoch in flight is lost.
     """
 
-    def __call__(self, folder: str, data_root: str | None = None) -> str:
+    def __call__(self, folders: list[str], data_root: str | None = None) -> str:
         import os
 
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
@@ -85,7 +97,7 @@ class SlurmTask:
                     if "SLURM_ARRAY_JOB_ID" in os.environ else os.environ.get("SLURM_JOB_ID"))
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
                             datefmt="%H:%M:%S", force=True)
-        run_job(Path(folder), data_root=Path(data_root) if data_root else None, slurm_job_id=slurm_id)
+        run_unit([Path(f) for f in folders], data_root=Path(data_root) if data_root else None, slurm_job_id=slurm_id)
         return "done"
 
     def checkpoint(self, *args, **kwargs):

@@ -76,14 +76,25 @@ def test_sbatch_scripts_match_golden(capsys, monkeypatch, tmp_path):
 def test_sbatch_scripts_say_what_matters(capsys, monkeypatch, tmp_path):
     text = _sbatch_text(capsys, monkeypatch, tmp_path)
     first, students = text.split("# ---- array 'students'")
-    assert "2 tasks" in first and "#SBATCH --array=0-1%2" in first and "--dependency" not in first
-    assert "24 tasks" in students and "#SBATCH --array=0-23%16" in students
+    assert "2 tasks (2 jobs" in first and "#SBATCH --array=0-1%2" in first and "--dependency" not in first
+    assert "1 tasks (24 jobs, pack auto)" in students and "#SBATCH --array=0-0%1" in students  # one packed task
     assert re.search(r"#SBATCH --dependency='?afterok:", students)
     for script in (first, students):
         assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --time=120" in script
         assert "#SBATCH --signal=USR2@120" in script and "#SBATCH --partition=gpu" in script
         assert ("apptainer exec --nv --bind /scratch --bind /shared/results /shared/containers/kd-sweep.sif "
                 "python3 -u -m submitit.core._submit") in script
+
+
+def test_pack_one_gives_one_task_per_student(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["plan", "reference-mnist", "--profile", "generic-apptainer"]) == 0
+    capsys.readouterr()
+    p = prof.load("generic-apptainer")
+    from sweep import api, submit
+
+    (_, first, _), (_, students, text) = submit.preview(api.plan("reference-mnist"), p, Path("/r"), pack=1)
+    assert len(students) == 24 and "#SBATCH --array=0-23%16" in text
 
 
 def test_pyxis_profile_puts_the_image_on_srun(capsys, monkeypatch):

@@ -1,0 +1,79 @@
+"""A finished teacher: its frozen model, and its logits cached next to its checkpoint.
+
+The cache (FKD-style, Shen & Xing, ECCV 2022) holds the teacher's logits for the training and
+test images, computed once and used by every student of that teacher. It is exact when the
+teacher is frozen, in eval mode, and sees the same un-augmented inputs the students see; it
+stores logits, not probabilities, so one cache serves every temperature. It is keyed by the
+checkpoint's hash and the dataset's fingerprint, and rebuilt when either changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from pathlib import Path
+
+import torch
+
+from kd import atomic, data as kd_data, models
+from kd.errors import UserError
+
+log = logging.getLogger(__name__)
+MODEL = "model.pt"
+# counters for the benchmark: how many images went through a teacher's forward pass in this process
+FORWARD_IMAGES = {"count": 0}
+
+
+def model_file(path: str | Path | None) -> Path:
+    """The finished teacher's ``model.pt``, given its job folder or the file itself."""
+    if not path:
+        raise UserError("teacher: method 'kd' with alpha > 0 needs a teacher (--teacher DIR)")
+    p = Path(path)
+    file = p / MODEL if p.is_dir() else p
+    if not file.is_file():
+        hint = "has the teacher job finished?" if p.is_dir() else None
+        raise UserError(f"teacher: {file} not found", hint=hint)
+    return file
+
+
+def load(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.nn.Module:
+    """A finished teacher from its ``model.pt``, frozen and in eval mode."""
+    try:
+        saved = torch.load(file, map_location=device, weights_only=True)
+        cfg = saved["config"]
+    except Exception as e:
+        why = (str(e).splitlines() or [""])[0][:100]
+        raise UserError(f"teacher: {file} is not a kd model file ({e.__class__.__name__}: {why})") from None
+    if cfg["dataset"] != data.name:
+        raise UserError(f"teacher: {file} was trained on '{cfg['dataset']}', not '{data.name}'")
+    teacher = models.build(cfg["model"], data.num_classes, data.input_shape).to(device)
+    teacher.load_state_dict(saved["state_dict"])
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def forward(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    FORWARD_IMAGES["count"] += len(x)
+    return models.logits_of(teacher, x)
+
+
+def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.Tensor:
+    """The teacher's logits on the training set, from the cache beside ``file`` or computed and cached."""
+    model_hash = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    cache = file.parent / f"logits-{data.name}-{data.fingerprint()}.pt"
+    if cache.exists():
+        try:
+            saved = torch.load(cache, map_location=device, weights_only=True)
+            if saved["model_sha256"] == model_hash and saved["train"].shape[0] == len(data.train_y):
+                return saved["train"]
+            log.info("teacher cache %s is stale: recomputing", cache)
+        except Exception as e:  # a damaged cache is rebuilt, never trusted
+            log.warning("teacher cache %s unreadable (%s): recomputing", cache, e)
+    teacher = load(file, data, device)
+    train = forward(teacher, data.train_x.to(device))
+    test = forward(teacher, data.test_x.to(device))
+    buf = io.BytesIO()
+    torch.save({"model_sha256": model_hash, "dataset": data.name, "train": train.cpu(), "test": test.cpu()}, buf)
+    atomic.write_with(cache, lambda f: f.write(buf.getvalue()))
+    log.info("teacher logits cached in %s", cache)
+    return train
