@@ -15,24 +15,30 @@ from typing import IO, Any, Iterator
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``."""
+def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``.
+
+    ``fsync=False`` still never shows a reader a half-written file after a process dies (the
+    rename is atomic); only an operating-system crash can lose the last write. Checkpoints
+    use it (a damaged one is detected on load and training restarts); results do not.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_with(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+def write_with(path: Path, write: Callable[[IO[bytes]], Any], fsync: bool = True) -> None:
+    with atomic_path(path, fsync) as tmp, open(tmp, "wb") as f:
         write(f)
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kd import data as kd_data, models, teacher as kd_teacher, train
@@ -47,8 +49,9 @@ def run(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Pa
     results: dict[Path, dict | None] = {o: json.loads((o / train.RESULT).read_text())
                                         for o in outs if (o / train.RESULT).exists()}
     todo = [(c, o) for c, o in zip(configs, outs) if o not in results]
+    seen_by_teacher = kd_teacher.FORWARD_IMAGES["count"]
     if todo:
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dev = train.pick_device(device)
         needs_teacher = any(c.method == "kd" and c.alpha > 0 for c, _ in todo)
         teacher_file = kd_teacher.model_file(todo[0][0].teacher) if needs_teacher else None
         data = dataset or kd_data.load(todo[0][0].dataset, data_root)
@@ -56,16 +59,16 @@ def run(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Pa
         # members resumed from different epochs train in separate groups
         groups: dict[int, list] = {}
         for c, o in todo:
-            epoch = train.load_checkpoint(o / train.CHECKPOINT, dev)["epoch"] if (o / train.CHECKPOINT).exists() else 0
-            groups.setdefault(epoch, []).append((c, o))
+            state = train.load_checkpoint(o / train.CHECKPOINT, dev)
+            groups.setdefault(state["epoch"] if state else 0, []).append((c, o))
         for members in groups.values():
-            for o, r in zip([o for _, o in members], _train(members, data, teacher_logits, dev, stop)):
+            for o, r in zip([o for _, o in members], _train(members, data, teacher_logits, dev, stop, seen_by_teacher)):
                 results[o] = r
     return [results[o] for o in outs]
 
 
 def _train(members: list[tuple[TrainConfig, Path]], data: kd_data.Dataset, teacher_logits: torch.Tensor | None,
-           dev: torch.device, stop: Callable[[], bool] | None) -> list[dict[str, Any] | None]:
+           dev: torch.device, stop: Callable[[], bool] | None, seen_by_teacher: int) -> list[dict[str, Any] | None]:
     cfg0 = members[0][0]
     n = len(members)
     nets = []
@@ -73,23 +76,24 @@ def _train(members: list[tuple[TrainConfig, Path]], data: kd_data.Dataset, teach
         torch.manual_seed(c.seed)  # the same initialisation the student gets when trained alone
         nets.append(models.build(c.model, data.num_classes, data.input_shape).to(dev))
     histories: list[list] = [[] for _ in members]
-    solo_opts = [torch.optim.Adam(net.parameters(), lr=c.lr) for net, (c, _) in zip(nets, members)]
+    opt_states = []
     for i, (c, o) in enumerate(members):
-        if (o / train.CHECKPOINT).exists():
-            state = train.load_checkpoint(o / train.CHECKPOINT, dev)
+        state = train.load_checkpoint(o / train.CHECKPOINT, dev)
+        if state is not None:
             nets[i].load_state_dict(state["model"])
-            solo_opts[i].load_state_dict(state["optimizer"])
+            opt_states.append(state["optimizer"])
             histories[i] = state["history"]
     start = len(histories[0])
     if start:
         log.info("resuming a pack of %d from epoch %d", n, start)
     params, buffers = stack_module_state(nets)
     names = list(params)
-    optimizer = torch.optim.Adam(list(params.values()), lr=cfg0.lr)
+    optimizer = train.adam(params.values(), cfg0.lr)
     if start:
-        optimizer.load_state_dict(_stack_optimizer([o.state_dict() for o in solo_opts]))
+        optimizer.load_state_dict(_stack_optimizer(opt_states))
     base = copy.deepcopy(nets[0]).to("meta")
-    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None), randomness="different")
+    forward = _stacked_mlp(base) or vmap(lambda p, b, x: functional_call(base, (p, b), (x,)),
+                                         in_dims=(0, 0, None), randomness="different")
     alpha = torch.tensor([c.alpha if c.method == "kd" else 0.0 for c, _ in members], device=dev)
     temperature = torch.tensor([c.temperature if c.method == "kd" else 1.0 for c, _ in members], device=dev)
     use_teacher = teacher_logits if any(c.method == "kd" and c.alpha > 0 for c, _ in members) else None
@@ -99,7 +103,7 @@ def _train(members: list[tuple[TrainConfig, Path]], data: kd_data.Dataset, teach
     log.info("training a pack of %d students on %s", n, dev)
     for epoch in range(start, cfg0.epochs):
         t0 = time.perf_counter()
-        base.train()  # the vmapped call runs base's modules: their mode is the students' mode
+        base.train()  # the stacked call runs base's modules: their mode is the students' mode
         loss_sum, seen = torch.zeros(n, device=dev), 0
         for idx in train.epoch_batches(cfg0, epoch, len(train_y), dev):
             logits = forward(params, buffers, kd_data.to_float(train_x[idx]))
@@ -126,8 +130,35 @@ def _train(members: list[tuple[TrainConfig, Path]], data: kd_data.Dataset, teach
     for i, (c, o) in enumerate(members):
         nets[i].load_state_dict({**{k: params[k][i].detach() for k in names},
                                  **{k: v[i] for k, v in buffers.items()}})
-        results.append(train.finish(c, o, nets[i], histories[i], data, dev, pack_size=n))
+        results.append(train.finish(c, o, nets[i], histories[i], data, dev, pack_size=n,
+                                    teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher))
     return results
+
+
+def _stacked_mlp(base: nn.Module):
+    """For plain MLPs (Flatten, Linear, ReLU, Dropout, as the reference student is): the students'
+    layers as batched products (torch.baddbmm) on the stacked weights. Same arithmetic as vmap's
+    batching of the same model, with a fraction of its per-step Python work, which is what bounds
+    a step of small students on a GPU. None for other models: they use vmap."""
+    layers = list(base) if isinstance(base, nn.Sequential) else []
+    if not layers or not all(isinstance(m, (nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout)) for m in layers):
+        return None
+
+    def forward(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        n = params[next(iter(params))].shape[0]
+        h = x.unsqueeze(0).expand(n, *x.shape)  # every student sees the same batch: a view, no copy
+        for i, m in enumerate(layers):
+            if isinstance(m, nn.Flatten):
+                h = h.flatten(2)
+            elif isinstance(m, nn.Linear):
+                h = torch.baddbmm(params[f"{i}.bias"].unsqueeze(1), h, params[f"{i}.weight"].transpose(1, 2))
+            elif isinstance(m, nn.ReLU):
+                h = torch.relu(h)
+            else:  # dropout: independent masks per student, as each would draw alone
+                h = F.dropout(h, m.p, training=m.training)
+        return h
+
+    return forward
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -46,7 +47,8 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
     out = Path(out_dir)
     if (out / RESULT).exists():  # finished work is never redone
         return json.loads((out / RESULT).read_text())
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
+    seen_by_teacher = kd_teacher.FORWARD_IMAGES["count"]
     teacher_file = kd_teacher.model_file(config.teacher) if config.method == "kd" and config.alpha > 0 else None
     data = dataset or kd_data.load(config.dataset, data_root)
     teacher_net, teacher_logits_all = None, None
@@ -58,10 +60,10 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
 
     torch.manual_seed(config.seed)
     model = models.build(config.model, data.num_classes, data.input_shape).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = adam(model.parameters(), config.lr)
     start_epoch, history = 0, []
-    if (out / CHECKPOINT).exists():
-        state = load_checkpoint(out / CHECKPOINT, dev)
+    state = load_checkpoint(out / CHECKPOINT, dev)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
@@ -93,7 +95,30 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
         if stop is not None and epoch + 1 < config.epochs and stop():
             log.info("stopping after epoch %d at request; rerun to resume", epoch + 1)
             return None
-    return finish(config, out, model, history, data, dev)
+    return finish(config, out, model, history, data, dev,
+                  teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher)
+
+
+def pick_device(device: str | None) -> torch.device:
+    """The device to train on (CUDA when present), with TF32 matmuls allowed on CUDA unless
+    ``KDSWEEP_TF32=0``: about 3x the float32 matmul rate of an H100 for a 10-bit mantissa in the
+    products' inputs, which leaves accuracy as it is for these models."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        tf32 = os.environ.get("KDSWEEP_TF32", "1") != "0"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    return dev
+
+
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam (Kingma & Ba 2015) with the fused kernel where the device has one: the same update,
+    in one pass over memory instead of several (8x faster on a CPU for the packed students)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.Adam(params, lr=lr)
 
 
 def epoch_batches(config: TrainConfig, epoch: int, n: int, device: torch.device):
@@ -123,7 +148,8 @@ def finish(config: TrainConfig, out: Path, model: torch.nn.Module, history: list
         "params": models.count_params(model),
         "flops_per_sample": flops_per_sample(model, data.input_shape, dev),
         "wall_seconds": sum(h["seconds"] for h in history),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": (f"{torch.cuda.get_device_name(dev)} (tf32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})"
+                   if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"),
         "versions": versions(),
         **extra,
     }
@@ -157,12 +183,20 @@ def save_checkpoint(path: Path, model_state: dict, optimizer_state: dict, histor
         state["rng_cuda"] = torch.cuda.get_rng_state_all()
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic.write_with(path, lambda f: f.write(buf.getvalue()))
+    atomic.write_with(path, lambda f: f.write(buf.getvalue()), fsync=False)
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """A checkpoint's contents; restores the RNG states it saved (dropout continues as if uninterrupted)."""
-    state = torch.load(path, map_location=device, weights_only=True)
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
+    """A checkpoint's contents, restoring the RNG states it saved (dropout continues as if
+    uninterrupted); None where there is none, or, with a warning, a damaged one (training then
+    starts over)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        log.warning("checkpoint %s is damaged (%s: %s): starting this job over", path, e.__class__.__name__, e)
+        return None
     torch.set_rng_state(state["rng_cpu"].cpu())
     if "rng_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])

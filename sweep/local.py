@@ -87,6 +87,10 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                     if proc.poll() is None:
                         continue
                     running.remove(item)
+                    if proc.returncode != 0:  # units waiting on this one would wait for ever
+                        for other, other_proc, _ in running:
+                            if {j.id for j in members} & {d for j in other for d in j.depends_on}:
+                                other_proc.terminate()
                     for job in members:
                         s = state.job_state(state.job_dir(folder, job))
                         if s.state == state.DONE:
@@ -97,6 +101,8 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                             blocked.add(job.id)
                             summary.failed.append(job.id)
                             emit(Event(job, "failed", s.detail or f"exit status {proc.returncode}", time.monotonic() - t0))
+                in_flight = {j.id for members, _, _ in running for j in members}
+                waiting = sum(1 for members, _, _ in running if {d for j in members for d in j.depends_on} - finished)
                 for members in list(todo):
                     deps = {d for j in members for d in j.depends_on}
                     if deps & blocked:
@@ -105,9 +111,17 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                             blocked.add(job.id)
                             summary.skipped.append(job.id)
                             emit(Event(job, "skipped", "its teacher did not finish"))
-                    elif len(running) < jobs and deps <= finished:
+                        continue
+                    ready = deps <= finished and len(running) - waiting < jobs
+                    # a unit whose teacher is training here may start early: it imports, loads
+                    # its data, then waits for the teacher (at most `jobs` units wait at once)
+                    early = not ready and deps <= finished | in_flight and waiting < jobs
+                    if ready or early:
                         todo.remove(members)
-                        running.append((members, _start(members, folder, data_root, device, env), time.monotonic()))
+                        after = [state.job_dir(folder, d) for d in deps - finished]
+                        running.append((members, _start(members, folder, data_root, device, env, after),
+                                        time.monotonic()))
+                        waiting += bool(after)
                         summary.ran.extend(j.id for j in members)
                         for job in members:
                             emit(Event(job, "started"))
@@ -120,9 +134,12 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
     return summary
 
 
-def _start(members: list[Job], folder: Path, data_root: Path | None, device: str | None, env: dict) -> subprocess.Popen:
+def _start(members: list[Job], folder: Path, data_root: Path | None, device: str | None, env: dict,
+           after: list[Path]) -> subprocess.Popen:
     dirs = [state.job_dir(folder, j) for j in members]
     cmd = [sys.executable, "-m", "sweep.worker", *map(str, dirs)]
+    if after:
+        cmd += ["--after", *map(str, after)]
     if data_root:
         cmd += ["--data-root", str(data_root)]
     if device:

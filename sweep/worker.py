@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -30,24 +31,37 @@ def train_config(folder: Path) -> TrainConfig:
 
 
 def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str | None = None,
-             stop: Callable[[], bool] | None = None, **attempt: object) -> list[dict | None]:
+             stop: Callable[[], bool] | None = None, after: list[Path] = (), **attempt: object) -> list[dict | None]:
     """Run job folders (one job, or a pack of students) to their results; errors are recorded
-    in each unfinished folder, then raised."""
+    in each unfinished folder, then raised.
+
+    ``after``: folders of jobs still running (the students' teacher). The unit starts up
+    meanwhile (imports, CUDA, data), then waits for their results: a unit started early
+    hides its start-up behind its teacher's training.
+    """
     folders = [Path(f) for f in folders]
     todo = [f for f in folders if not (f / "result.json").exists()]
     for f in todo:
         state.record_attempt(f, pack_size=len(todo), **attempt)
     try:
         if not todo:
-            pass
-        elif len(todo) == 1:
-            from kd import train
+            return [state.read_json(f / "result.json") for f in folders]
+        configs = [train_config(f) for f in todo]
+        import torch
 
-            train.run(train_config(todo[0]), todo[0], data_root=data_root, device=device, stop=stop)
+        from kd import data as kd_data, pack, train
+
+        dataset = None
+        if after:
+            dev = train.pick_device(device)
+            dataset = kd_data.load(configs[0].dataset, data_root)
+            # the first optimiser imports torch._dynamo (seconds): do it while the teacher trains
+            train.adam([torch.zeros(1, device=dev, requires_grad=True)], 1e-3)
+            _wait_for([Path(a) for a in after])
+        if len(todo) == 1:
+            train.run(configs[0], todo[0], data_root=data_root, device=device, stop=stop, dataset=dataset)
         else:
-            from kd import pack
-
-            pack.run([train_config(f) for f in todo], todo, data_root=data_root, device=device, stop=stop)
+            pack.run(configs, todo, data_root=data_root, device=device, stop=stop, dataset=dataset)
     except Exception as e:  # a kill or Ctrl-C leaves no error.json: the job shows as interrupted
         line = f"{e.__class__.__name__}: {e}".splitlines()[0] if str(e) else e.__class__.__name__
         for f in todo:
@@ -57,16 +71,32 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
     return [state.read_json(f / "result.json") for f in folders]
 
 
+def _wait_for(folders: list[Path], poll: float = 0.2) -> None:
+    """Until every folder has its result; a failure there fails this unit."""
+    from kd.errors import UserError
+
+    while True:
+        waiting = [f for f in folders if not (f / "result.json").exists()]
+        if not waiting:
+            return
+        for f in waiting:
+            error = state.read_json(f / "error.json")
+            if error is not None:
+                raise UserError(f"its teacher {f.name} failed: {error.get('line', '')}")
+        time.sleep(poll)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="run kd-sweep job folders as one unit (used by kdsweep run)")
     p.add_argument("folders", type=Path, nargs="+", help="one job, or the students of one pack")
+    p.add_argument("--after", type=Path, nargs="*", default=[], help="wait for these jobs' results first")
     p.add_argument("--data-root", type=Path)
     p.add_argument("--device")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        run_unit(args.folders, data_root=args.data_root, device=args.device)
+        run_unit(args.folders, data_root=args.data_root, device=args.device, after=args.after)
     except Exception:
         traceback.print_exc()
         return 1

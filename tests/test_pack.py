@@ -92,3 +92,15 @@ def test_units_pack_students_that_share_a_teacher():
         ["kd-a0.5-T1-s1", "kd-a0.5-T4-s1", "kd-a1-T1-s1", "kd-a1-T4-s1"]]
     assert [len(u) for u in _units(GRID, 3)] == [1, 1, 1, 1, 3, 3, 1, 1]
     assert all(len(u) == 1 for u in _units(GRID, 1))
+
+
+def test_a_pack_of_cnn_students_uses_vmap_and_learns(tmp_path, small, teacher_dir):
+    from kd import models
+    from kd.pack import _stacked_mlp
+
+    assert _stacked_mlp(models.build("mnist-cnn", 10, (1, 28, 28))) is None  # not a plain MLP: vmap path
+    configs = [make_config(method="kd", model="mnist-cnn", alpha=a, temperature=4.0, teacher=str(teacher_dir),
+                           epochs=1, batch_size=100) for a in (0.5, 0.9)]
+    results = pack.run(configs, [tmp_path / "a", tmp_path / "b"], dataset=small, device="cpu")
+    assert [r["params"] for r in results] == [1_404_682] * 2
+    assert all(r["metrics"]["test_accuracy"] > 0.5 for r in results)

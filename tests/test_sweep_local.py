@@ -60,6 +60,7 @@ def killed_and_resumed(tmp_path_factory):
         pytest.fail(f"sweep did not get going: {proc.communicate()[0]}")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    _wait_group_dead(proc.pid)
     done_before = {j.id: (state.job_dir(folder, j) / "result.json").stat().st_mtime_ns for j in plan.jobs
                    if (state.job_dir(folder, j) / "result.json").exists()}
     status_after_kill = _run_main(["status", str(sweep_file), "--results", str(results)])
@@ -67,6 +68,26 @@ def killed_and_resumed(tmp_path_factory):
     resume_out = resume.communicate(timeout=300)[0]
     return dict(root=root, sweep_file=sweep_file, results=results, folder=folder, plan=plan, done_before=done_before,
                 status_after_kill=status_after_kill, resume_out=resume_out, resume_rc=resume.returncode)
+
+
+def _wait_group_dead(pgid, timeout=20):
+    """Until no process of the group is alive (SIGKILL is delivered at once, but dying takes a moment)."""
+    from pathlib import Path
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] not in "ZX":
+                alive.append(stat)
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the killed sweep's processes did not die")
 
 
 def _run_main(argv):
