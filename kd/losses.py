@@ -58,3 +58,53 @@ def packed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | 
     soft_targets = F.softmax(teacher_logits.unsqueeze(0) / t, dim=-1)
     soft = -(soft_targets * F.log_softmax(student_logits / t, dim=-1)).sum(dim=-1).mean(dim=1) * temperature ** 2
     return alpha * soft + (1.0 - alpha) * hard
+
+
+def class_logits(subclass_logits: torch.Tensor, subclasses: int) -> torch.Tensor:
+    """Class logits from C x S subclass logits: logsumexp over each class's block of S
+    (Mueller, Kornblith & Hinton 2020, arXiv 2002.03936), so that softmax over classes is the
+    sum of the softmax over that class's subclasses. Outputs are ordered class-major."""
+    *lead, cs = subclass_logits.shape
+    return torch.logsumexp(subclass_logits.reshape(*lead, cs // subclasses, subclasses), dim=-1)
+
+
+def subclass_aux_loss(subclass_logits: torch.Tensor, aux_temperature: float = 1.0) -> torch.Tensor:
+    """The auxiliary loss of subclass distillation (Mueller, Kornblith & Hinton 2020, eq. 3).
+
+    Each example's vector of subclass logits z_i (length D = C * S) is normalised to zero mean
+    and unit variance over its D entries and scaled by 1 / sqrt(T_aux * D), so that
+    v_i . v_i = 1 / T_aux. With G_ij = v_i . v_j over the batch of B examples:
+
+        L_aux = mean_i logsumexp_j G_ij - 1 / T_aux - log B
+
+    a contrastive loss that pushes different examples' subclass vectors apart, so the teacher
+    spreads examples over its subclasses instead of collapsing each class onto one. This is the
+    paper's per-example normalisation (the reference study normalised over the whole batch).
+    """
+    b, d = subclass_logits.shape
+    z = subclass_logits - subclass_logits.mean(dim=1, keepdim=True)
+    z = z / z.std(dim=1, unbiased=False, keepdim=True).clamp_min(1e-6)
+    v = z / (aux_temperature * d) ** 0.5
+    gram = v @ v.T
+    return torch.logsumexp(gram, dim=1).mean() - 1.0 / aux_temperature - torch.log(torch.tensor(float(b)))
+
+
+def subclass_teacher_loss(subclass_logits: torch.Tensor, labels: torch.Tensor, subclasses: int, beta: float,
+                          aux_temperature: float = 1.0) -> torch.Tensor:
+    """CE(class logits, labels) + beta * L_aux: the subclass teacher's objective."""
+    ce = F.cross_entropy(class_logits(subclass_logits, subclasses), labels)
+    return ce + beta * subclass_aux_loss(subclass_logits, aux_temperature) if beta else ce
+
+
+def subclass_student_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
+                          subclasses: int, alpha: float, temperature: float) -> torch.Tensor:
+    """alpha * T^2 * CE(softmax(teacher subclass logits / T), student subclass logits / T)
+    + (1 - alpha) * CE(student class logits, labels): distillation on the teacher's subclasses,
+    hard labels on the classes (alpha weights the distillation term, as in ``kd_loss``)."""
+    hard = F.cross_entropy(class_logits(student_logits, subclasses), labels)
+    if alpha == 0:
+        return hard
+    if teacher_logits is None:
+        raise ValueError("subclass_student_loss with alpha > 0 needs teacher logits")
+    soft = distillation_loss(student_logits, teacher_logits, temperature)
+    return soft if alpha == 1 else alpha * soft + (1.0 - alpha) * hard

@@ -30,7 +30,7 @@ from kd.errors import UserError
 from kd.losses import packed_kd_loss
 
 log = logging.getLogger(__name__)
-SHARED = ("dataset", "model", "teacher", "epochs", "batch_size", "lr", "seed", "drop_last")
+SHARED = ("dataset", "model", "epochs", "batch_size", "lr", "seed", "drop_last")
 
 
 def run(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Path | None = None,
@@ -41,9 +41,11 @@ def run(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Pa
     if not configs or len(configs) != len(outs):
         raise ValueError("pack.run needs one output folder per config")
     for c in configs:
-        if c.method == "teacher":
-            raise UserError("a pack holds students (scratch, kd), not teachers")
+        if c.method not in ("kd", "scratch"):
+            raise UserError(f"a pack holds kd and scratch students, not {c.method} jobs")
         differ = [k for k in SHARED if getattr(c, k) != getattr(configs[0], k)]
+        if len({c.teacher for c in configs} - {None}) > 1:  # students without a teacher may join
+            differ.append("teacher")
         if differ:
             raise UserError(f"students in one pack must share {', '.join(differ)}")
     results: dict[Path, dict | None] = {o: json.loads((o / train.RESULT).read_text())
@@ -52,8 +54,8 @@ def run(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Pa
     seen_by_teacher = kd_teacher.FORWARD_IMAGES["count"]
     if todo:
         dev = train.pick_device(device)
-        needs_teacher = any(c.method == "kd" and c.alpha > 0 for c, _ in todo)
-        teacher_file = kd_teacher.model_file(todo[0][0].teacher) if needs_teacher else None
+        teacher = next((c.teacher for c, _ in todo if c.teacher), None)
+        teacher_file = kd_teacher.model_file(teacher) if teacher else None
         data = dataset or kd_data.load(todo[0][0].dataset, data_root)
         teacher_logits = kd_teacher.cached_logits(teacher_file, data, dev).to(dev) if teacher_file else None
         # members resumed from different epochs train in separate groups
@@ -94,9 +96,9 @@ def _train(members: list[tuple[TrainConfig, Path]], data: kd_data.Dataset, teach
     base = copy.deepcopy(nets[0]).to("meta")
     forward = _stacked_mlp(base) or vmap(lambda p, b, x: functional_call(base, (p, b), (x,)),
                                          in_dims=(0, 0, None), randomness="different")
-    alpha = torch.tensor([c.alpha if c.method == "kd" else 0.0 for c, _ in members], device=dev)
-    temperature = torch.tensor([c.temperature if c.method == "kd" else 1.0 for c, _ in members], device=dev)
-    use_teacher = teacher_logits if any(c.method == "kd" and c.alpha > 0 for c, _ in members) else None
+    alpha = torch.tensor([c.alpha or 0.0 for c, _ in members], device=dev)  # scratch: alpha 0
+    temperature = torch.tensor([c.temperature or 1.0 for c, _ in members], device=dev)
+    use_teacher = teacher_logits if any(c.teacher for c, _ in members) else None
 
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
     test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)

@@ -46,7 +46,8 @@ def load(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.nn.Mo
         raise UserError(f"teacher: {file} is not a kd model file ({e.__class__.__name__}: {why})") from None
     if cfg["dataset"] != data.name:
         raise UserError(f"teacher: {file} was trained on '{cfg['dataset']}', not '{data.name}'")
-    teacher = models.build(cfg["model"], data.num_classes, data.input_shape).to(device)
+    outputs = data.num_classes * (cfg.get("subclasses") or 1)  # a subclass teacher has C x S outputs
+    teacher = models.build(cfg["model"], outputs, data.input_shape).to(device)
     teacher.load_state_dict(saved["state_dict"])
     teacher.eval().requires_grad_(False)
     return teacher

@@ -27,7 +27,7 @@ from tqdm import tqdm
 import kd
 from kd import atomic, data as kd_data, models, teacher as kd_teacher
 from kd.config import TrainConfig
-from kd.losses import kd_loss
+from kd.losses import class_logits, kd_loss, subclass_student_loss, subclass_teacher_loss
 
 log = logging.getLogger(__name__)
 RESULT, CHECKPOINT, MODEL = "result.json", "checkpoint.pt", kd_teacher.MODEL
@@ -49,7 +49,7 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
         return json.loads((out / RESULT).read_text())
     dev = pick_device(device)
     seen_by_teacher = kd_teacher.FORWARD_IMAGES["count"]
-    teacher_file = kd_teacher.model_file(config.teacher) if config.method == "kd" and config.alpha > 0 else None
+    teacher_file = kd_teacher.model_file(config.teacher) if config.teacher else None
     data = dataset or kd_data.load(config.dataset, data_root)
     teacher_net, teacher_logits_all = None, None
     if teacher_file and teacher_mode == "online":
@@ -59,7 +59,8 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
     out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
 
     torch.manual_seed(config.seed)
-    model = models.build(config.model, data.num_classes, data.input_shape).to(dev)
+    model = models.build(config.model, outputs(config, data), data.input_shape).to(dev)
+    loss_fn = objective(config)
     optimizer = adam(model.parameters(), config.lr)
     start_epoch, history = 0, []
     state = load_checkpoint(out / CHECKPOINT, dev)
@@ -81,14 +82,13 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
             logits = model(x)
             teacher_logits = (teacher_logits_all[idx] if teacher_logits_all is not None
                               else kd_teacher.forward(teacher_net, train_x[idx]) if teacher_net is not None else None)
-            loss = (F.cross_entropy(logits, y) if config.method != "kd"
-                    else kd_loss(logits, teacher_logits, y, config.alpha, config.temperature))
+            loss = loss_fn(logits, teacher_logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
-        test_loss, test_acc = evaluate(model, test_x, test_y)
+        test_loss, test_acc = evaluate(model, test_x, test_y, config.subclasses if is_subclass(config) else 1)
         history.append(epoch_record(epoch, config, (loss_sum / max(seen, 1)).item(), test_loss, test_acc,
                                     time.perf_counter() - t0))
         save_checkpoint(out / CHECKPOINT, model.state_dict(), optimizer.state_dict(), history, config)
@@ -97,6 +97,27 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
             return None
     return finish(config, out, model, history, data, dev,
                   teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher)
+
+
+def is_subclass(config: TrainConfig) -> bool:
+    return config.method in ("subclass", "subclass-teacher")
+
+
+def outputs(config: TrainConfig, data: kd_data.Dataset) -> int:
+    """The model's outputs: one per class, or C x S subclass logits for the subclass methods."""
+    return data.num_classes * (config.subclasses if is_subclass(config) else 1)
+
+
+def objective(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]:
+    """The method's loss as f(logits, teacher logits or None, labels)."""
+    c = config
+    if c.method == "kd":
+        return lambda s, t, y: kd_loss(s, t, y, c.alpha, c.temperature)
+    if c.method == "subclass-teacher":
+        return lambda s, t, y: subclass_teacher_loss(s, y, c.subclasses, c.beta, c.aux_temperature)
+    if c.method == "subclass":
+        return lambda s, t, y: subclass_student_loss(s, t, y, c.subclasses, c.alpha, c.temperature or 1.0)
+    return lambda s, t, y: F.cross_entropy(s, y)
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -138,7 +159,7 @@ def epoch_record(epoch: int, config: TrainConfig, train_loss: float, test_loss: 
 def finish(config: TrainConfig, out: Path, model: torch.nn.Module, history: list[dict], data: kd_data.Dataset,
            dev: torch.device, **extra: Any) -> dict[str, Any]:
     """Write the final weights, then ``result.json`` (last, atomically: the job is done)."""
-    atomic.write_with(out / MODEL, lambda f: torch.save(
+    atomic.write_with(out / MODEL, lambda f: torch.save(  # config saved: a teacher knows its own outputs
         {"config": config.to_dict(), "state_dict": model.state_dict()}, f))
     result = {
         "config": config.to_dict(),
@@ -158,9 +179,13 @@ def finish(config: TrainConfig, out: Path, model: torch.nn.Module, history: list
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (a fraction) over a whole split."""
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, subclasses: int = 1,
+             batch_size: int = 1000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (a fraction) over a whole split, on class predictions
+    (for a subclass model: the logsumexp of each class's subclass logits)."""
     logits = models.logits_of(model, x, batch_size)
+    if subclasses > 1:
+        logits = class_logits(logits, subclasses)
     loss = F.cross_entropy(logits, y, reduction="sum")
     correct = (logits.argmax(dim=1) == y).sum()
     return loss.item() / len(y), correct.item() / len(y)

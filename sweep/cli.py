@@ -17,21 +17,29 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train(sub) -> None:
-    from kd.config import METHODS, TrainConfig
+    from types import SimpleNamespace
 
-    d = TrainConfig()
+    from kd.config import DEFAULTS, METHODS
+
+    d = SimpleNamespace(**DEFAULTS)
     p = sub.add_parser("train", help="train one teacher or student into an output folder",
                        description="Train one job: a teacher, a student from scratch, or a distilled student. "
                                    "Rerun on the same --out to resume from the last epoch checkpoint.",
                        epilog="example: kdsweep train --method teacher --out runs/teacher && "
                               "kdsweep train --method kd --teacher runs/teacher --alpha 0.5 --temperature 4 --out runs/kd")
-    p.add_argument("--dataset", default=d.dataset, help="mnist-5k (built in, offline), mnist, fashion-mnist "
-                   f"(default {d.dataset})")
+    p.add_argument("--dataset", default=d.dataset, help="mnist-5k (built in, offline), mnist, fashion-mnist, "
+                   f"and each with -binary (classes 0-4 vs 5-9) (default {d.dataset})")
     p.add_argument("--method", default="kd", choices=METHODS, help="what to train (default kd)")
     p.add_argument("--model", default="", help="model name (default: the method's: mnist-cnn teacher, mnist-mlp student)")
     p.add_argument("--alpha", type=float, default=d.alpha, help=f"weight of the distillation term, 0..1 (default {d.alpha})")
     p.add_argument("--temperature", type=float, default=d.temperature, help=f"softmax temperature T > 0 (default {d.temperature:g})")
-    p.add_argument("--teacher", help="the teacher job's output folder (or its model.pt), for --method kd")
+    p.add_argument("--teacher", help="the teacher job's output folder (or its model.pt), for --method kd or subclass")
+    p.add_argument("--subclasses", type=int, default=d.subclasses,
+                   help=f"subclass methods: subclasses per class (default {d.subclasses})")
+    p.add_argument("--beta", type=float, default=d.beta,
+                   help=f"subclass-teacher: weight of the auxiliary loss (default {d.beta:g})")
+    p.add_argument("--aux-temperature", type=float, default=d.aux_temperature,
+                   help=f"subclass-teacher: temperature of the auxiliary loss (default {d.aux_temperature:g})")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
@@ -45,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from kd.config import make_config
 
     settings = {k: getattr(args, k) for k in ("dataset", "method", "model", "alpha", "temperature", "epochs",
-                                              "batch_size", "lr", "seed")}
+                                              "batch_size", "lr", "seed", "subclasses", "beta", "aux_temperature")}
     if args.teacher:
         settings["teacher"] = str(Path(args.teacher).resolve())
     config = make_config("--", **settings)

@@ -29,6 +29,8 @@ def job_row(plan: Plan, job, result: dict[str, Any]) -> dict[str, Any]:
     row["epochs_run"] = len(result["history"])
     for key in ("params", "flops_per_sample", "wall_seconds", "device"):
         row[key] = result.get(key)
+    row["pack_size"] = result.get("pack_size", 1)
+    row["teacher_forward_images"] = result.get("teacher_forward_images")
     row.update({f"{k}_version": v for k, v in result.get("versions", {}).items()})
     return row
 

@@ -13,13 +13,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kd.config import DEFAULTS, resolve
+from kd.config import APPLIES, DEFAULTS, LATER_SETTINGS, TEACHER_OF, resolve
 from kd.errors import UserError
 from sweep.spec import Sweep
 
 # Axes that change what a method computes; the others are ignored for it.
 TEACHER_AXES = ("dataset", "seed")
-NOT_FOR_SCRATCH = ("alpha", "temperature")
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def units(plan: Plan, pack: int | str = "auto") -> list[tuple[Job, ...]]:
     groups: dict[tuple, list[Job]] = {}
     out: list[list[Job]] = []
     for job in plan.jobs:
-        if job.method == "teacher" or size == 1:
+        if job.method not in ("kd", "scratch") or size == 1:  # teachers and subclass students run alone
             out.append([job])
             continue
         key = tuple(job.config[k] for k in PACK_SHARED)
@@ -89,18 +88,37 @@ def units(plan: Plan, pack: int | str = "auto") -> list[tuple[Job, ...]]:
 
 
 def job_id(config: dict[str, Any]) -> str:
+    config = {k: v for k, v in config.items() if not (k in LATER_SETTINGS and v is None)}
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
+TEACHER_METHODS = tuple(TEACHER_OF.values())
+
+
+def _applies(key: str, method: str) -> bool:
+    return key not in APPLIES or method in APPLIES[key]
+
+
+def axes_for(method: str, axes: list[str]) -> list[str]:
+    """The grid axes that change what ``method`` computes. A teacher sees the dataset, the seed
+    and its own settings; a student sees its settings and its teacher's (another teacher is
+    another job for the student too)."""
+    if method in TEACHER_METHODS:
+        return [k for k in axes if k in TEACHER_AXES or (k in APPLIES and _applies(k, method))]
+    teacher = TEACHER_OF.get(method)
+    teacher_axes = axes_for(teacher, axes) if teacher else []
+    return [k for k in axes if _applies(k, method) or k in teacher_axes]
+
+
 def _name(config: dict[str, Any], varying: list[str]) -> str:
     parts = [config["method"]]
-    if config["method"] == "kd":
-        parts += [f"a{config['alpha']:g}", f"T{config['temperature']:g}"]
-    for key in varying:
+    if config.get("alpha") is not None:
+        parts.append(f"a{config['alpha']:g}")
+    if config.get("temperature") is not None:
+        parts.append(f"T{config['temperature']:g}")
+    for key in axes_for(config["method"], varying):
         if key in ("alpha", "temperature", "seed") or config.get(key) is None:
-            continue
-        if config["method"] == "teacher" and key not in TEACHER_AXES:
             continue
         value = config[key]
         parts.append(f"{key}{value:g}" if isinstance(value, float) else f"{key}{value}")
@@ -124,50 +142,46 @@ def plan(sweep: Sweep) -> Plan:
         jid = job_id(config)
         if jid not in jobs:
             jobs[jid] = {"config": config, "depends_on": depends_on, "points": []}
-            order["teacher" if config["method"] == "teacher" else "student"].append(jid)
+            order["teacher" if config["method"] in TEACHER_METHODS else "student"].append(jid)
         jobs[jid]["points"].append(point)
         return jid
 
     teachers: dict[tuple, str] = {}
 
-    def teacher_of(point: dict[str, Any]) -> str:
-        key = tuple((k, point[k]) for k in TEACHER_AXES if k in point)
+    def teacher_of(point: dict[str, Any], method: str) -> str:
+        key = (method, *((k, point[k]) for k in axes_for(method, list(point)) if k != "method"))
         if key not in teachers:
-            config = resolve({**teacher_base, **dict(key), "method": "teacher"})
-            teachers[key] = add(config, {"method": "teacher", **dict(key)}, ())
+            settings = dict(key[1:])
+            teachers[key] = add(resolve({**teacher_base, **settings, "method": method}),
+                                {"method": method, **settings}, ())
         return teachers[key]
 
     methods = list(sweep.methods)
-    if "kd" in methods and "teacher" not in methods:
-        methods.insert(0, "teacher")  # students need their teacher: it is part of the plan
+    for student, teacher in TEACHER_OF.items():
+        if student in methods and teacher not in methods:
+            methods.insert(0, teacher)  # students need their teacher: it is part of the plan
     for method in methods:
-        relevant = [k for k in axes if method == "kd"
-                    or (method == "scratch" and k not in NOT_FOR_SCRATCH)
-                    or (method == "teacher" and k in TEACHER_AXES)]
+        relevant = axes_for(method, list(axes))
         for values in itertools.product(*(axes[k] for k in relevant)):
             point = {"method": method, **dict(zip(relevant, values))}
             if _excluded(point, sweep.exclude):
                 excluded += 1
                 continue
-            if method == "teacher":
-                teacher_of(point)
+            if method in TEACHER_METHODS:
+                teacher_of(point, method)
                 continue
-            settings = {**base, **{k: v for k, v in point.items() if k != "method"}}
-            if method == "kd" and settings.get("alpha", DEFAULTS["alpha"]) == 0:
+            settings = {**base, **{k: v for k, v in point.items() if k != "method"}, "method": method}
+            no_teacher = method not in TEACHER_OF or settings.get("alpha", DEFAULTS["alpha"]) == 0
+            if method == "kd" and no_teacher:
                 settings["method"] = "scratch"  # alpha = 0 ignores the teacher: the same computation
-                settings.pop("alpha", None)
-                settings.pop("temperature", None)
-                add(resolve(settings), point, ())
-                continue
-            settings["method"] = method
             deps: tuple[str, ...] = ()
-            if method == "kd":
-                deps = (teacher_of(point),)
+            if not no_teacher:
+                deps = (teacher_of(point, TEACHER_OF[method]),)
                 settings["teacher"] = deps[0]
             add(resolve(settings), point, deps)
 
     ordered = order["teacher"] + order["student"]
-    if not any(jobs[j]["config"]["method"] != "teacher" or "teacher" in sweep.methods for j in ordered):
+    if not any(jobs[j]["config"]["method"] in sweep.methods for j in ordered):
         raise UserError(f"{sweep.path or sweep.name}: no jobs left: every grid point is excluded")
     names = [_name(jobs[j]["config"], varying) for j in ordered]
     if len(set(names)) != len(names):  # settings outside the grid differ: keep names unique with the id
