@@ -10,7 +10,7 @@ from kd.errors import UserError
 
 METHODS = ("teacher", "scratch", "kd", "subclass-teacher", "subclass")
 TEACHER_OF = {"kd": "teacher", "subclass": "subclass-teacher"}  # students -> the method of their teacher
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "mnist-5k-binary", "mnist-binary", "fashion-mnist-binary")
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "mnist-5k-binary", "mnist-binary", "fashion-mnist-binary", "mhist")
 DEFAULT_MODELS = {"teacher": "mnist-cnn", "scratch": "mnist-mlp", "kd": "mnist-mlp",
                   "subclass-teacher": "mnist-cnn", "subclass": "mnist-mlp"}
 # Which settings apply to which methods; the others are cleared (None) and are not part of a job's identity.
@@ -18,7 +18,9 @@ APPLIES = {"alpha": ("kd", "subclass"), "temperature": ("kd", "subclass"), "teac
            "subclasses": ("subclass-teacher", "subclass"), "beta": ("subclass-teacher",),
            "aux_temperature": ("subclass-teacher",)}
 # Settings added after the first release: left out of job ids while unset, so old ids stay valid.
-LATER_SETTINGS = ("subclasses", "beta", "aux_temperature")
+LATER_SETTINGS = ("subclasses", "beta", "aux_temperature", "pretrained")
+# MHIST's models (the reference study's Part 2); the MNIST-shaped datasets use DEFAULT_MODELS
+MHIST_MODELS = {"teacher": "resnet50", "subclass-teacher": "resnet50"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class TrainConfig:
     subclasses: int | None = 5  # subclass methods: outputs per class (C x S outputs in all)
     beta: float | None = 1.0  # subclass-teacher: weight of the auxiliary loss
     aux_temperature: float | None = 1.0  # subclass-teacher: T_aux of the auxiliary loss
+    pretrained: str | None = None  # ImageNet models: None/"imagenet" (torchvision's), "none", or a weights file
 
     def __post_init__(self) -> None:
         for key, value in resolve({k: getattr(self, k) for k in SETTINGS}).items():
@@ -50,7 +53,8 @@ class TrainConfig:
 
 FIELD_TYPES = {"dataset": str, "method": str, "model": str, "alpha": float, "temperature": float,
                "epochs": int, "batch_size": int, "lr": float, "seed": int, "drop_last": bool,
-               "teacher": (str, type(None)), "subclasses": int, "beta": float, "aux_temperature": float}
+               "teacher": (str, type(None)), "subclasses": int, "beta": float, "aux_temperature": float,
+               "pretrained": str}
 SETTINGS = tuple(FIELD_TYPES)
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)
@@ -61,7 +65,8 @@ def resolve(settings: dict[str, Any]) -> dict[str, Any]:
     settings that do not apply to its method cleared (they are not part of the job's identity)."""
     cfg = {**DEFAULTS, **settings}
     if not cfg["model"]:
-        cfg["model"] = DEFAULT_MODELS.get(cfg["method"], "")
+        cfg["model"] = (MHIST_MODELS.get(cfg["method"], "mobilenet_v2") if cfg["dataset"] == "mhist"
+                        else DEFAULT_MODELS.get(cfg["method"], ""))
     for key, methods in APPLIES.items():
         if cfg["method"] not in methods:
             cfg[key] = None

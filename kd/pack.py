@@ -76,7 +76,7 @@ def _train(members: list[tuple[TrainConfig, Path]], data: kd_data.Dataset, teach
     nets = []
     for c, o in members:
         torch.manual_seed(c.seed)  # the same initialisation the student gets when trained alone
-        nets.append(models.build(c.model, data.num_classes, data.input_shape).to(dev))
+        nets.append(models.build(c.model, data.num_classes, data.input_shape, c.pretrained).to(dev))
     histories: list[list] = [[] for _ in members]
     opt_states = []
     for i, (c, o) in enumerate(members):

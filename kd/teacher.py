@@ -47,7 +47,7 @@ def load(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.nn.Mo
     if cfg["dataset"] != data.name:
         raise UserError(f"teacher: {file} was trained on '{cfg['dataset']}', not '{data.name}'")
     outputs = data.num_classes * (cfg.get("subclasses") or 1)  # a subclass teacher has C x S outputs
-    teacher = models.build(cfg["model"], outputs, data.input_shape).to(device)
+    teacher = models.build(cfg["model"], outputs, data.input_shape, "none").to(device)  # weights: from the file
     teacher.load_state_dict(saved["state_dict"])
     teacher.eval().requires_grad_(False)
     return teacher

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import kd
-from kd import atomic, data as kd_data, models, teacher as kd_teacher
+from kd import atomic, data as kd_data, metrics as kd_metrics, models, teacher as kd_teacher
 from kd.config import TrainConfig
 from kd.losses import class_logits, kd_loss, subclass_student_loss, subclass_teacher_loss
 
@@ -59,7 +59,7 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
     out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
 
     torch.manual_seed(config.seed)
-    model = models.build(config.model, outputs(config, data), data.input_shape).to(dev)
+    model = models.build(config.model, outputs(config, data), data.input_shape, config.pretrained).to(dev)
     loss_fn = objective(config)
     optimizer = adam(model.parameters(), config.lr)
     start_epoch, history = 0, []
@@ -161,10 +161,16 @@ def finish(config: TrainConfig, out: Path, model: torch.nn.Module, history: list
     """Write the final weights, then ``result.json`` (last, atomically: the job is done)."""
     atomic.write_with(out / MODEL, lambda f: torch.save(  # config saved: a teacher knows its own outputs
         {"config": config.to_dict(), "state_dict": model.state_dict()}, f))
+    metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
+               "train_loss": history[-1]["train_loss"]}
+    if data.num_classes == 2:  # F1 per class, macro F1, ROC AUC, confusion matrix
+        logits = models.logits_of(model, data.test_x.to(dev))
+        if is_subclass(config):
+            logits = class_logits(logits, config.subclasses)
+        metrics.update(kd_metrics.binary(logits, data.test_y.to(dev), data.class_names))
     result = {
         "config": config.to_dict(),
-        "metrics": {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
-                    "train_loss": history[-1]["train_loss"]},
+        "metrics": metrics,
         "history": history,
         "params": models.count_params(model),
         "flops_per_sample": flops_per_sample(model, data.input_shape, dev),

@@ -292,7 +292,45 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_weights(sub) -> None:
+    sub.add_parser("weights", help="download the ImageNet weights of MHIST's models into torchvision's cache "
+                   "(needs a network: use a login node)")
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    import torch
+
+    from kd import models
+
+    for name in models.IMAGENET_MODELS:
+        models.build(name, 2, (3, 224, 224), pretrained="imagenet")
+        print(f"{name}: {models.imagenet_weights(name)} in {torch.hub.get_dir()}/checkpoints")
+    return 0
+
+
+def _add_models(sub) -> None:
+    sub.add_parser("models", help="parameters and FLOPs of every model, as the reference study compared them")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
+    from kd import models
+    from kd.train import flops_per_sample
+
+    rows = []
+    for name, shape, classes in (("mnist-cnn", (1, 28, 28), 10), ("mnist-mlp", (1, 28, 28), 10),
+                                 ("resnet50", (3, 224, 224), 2), ("mobilenet_v2", (3, 224, 224), 2)):
+        m = models.build(name, classes, shape, pretrained="none")
+        fwd = flops_per_sample(m, shape, torch.device("cpu"))
+        rows.append([name, "x".join(map(str, shape)), str(classes), f"{models.count_params(m):,}",
+                     f"{fwd / 1e6:,.1f}", f"{256 * fwd / 1e9:,.1f}"])
+    print(_table(["model", "input", "classes", "parameters", "MFLOP/sample (fwd)", "GFLOP/batch of 256"], rows))
+    return 0
+
+
 COMMANDS = {"train": (_add_train, _cmd_train), "data": (_add_data, _cmd_data),
+            "weights": (_add_weights, _cmd_weights), "models": (_add_models, _cmd_models),
             "plan": (_add_plan, _cmd_plan), "run": (_add_run, _cmd_run),
             "resume": (lambda sub: _add_run(sub, "resume"), _cmd_run), "status": (_add_status, _cmd_status),
             "collect": (_add_collect, _cmd_collect), "plot": (_add_plot, _cmd_plot)}

@@ -25,7 +25,10 @@ def job_row(plan: Plan, job, result: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"sweep": plan.sweep.name, "job_id": job.id, "name": job.name}
     row.update({k: v for k, v in job.config.items() if k != "teacher"})
     row["teacher_job"] = job.config.get("teacher")
-    row.update(result["metrics"])
+    row.update({k: v for k, v in result["metrics"].items() if k != "confusion"})
+    if "confusion" in result["metrics"]:  # [[tn, fp], [fn, tp]] with class 1 as positive
+        (tn, fp), (fn, tp) = result["metrics"]["confusion"]
+        row.update(tn=tn, fp=fp, fn=fn, tp=tp)
     row["epochs_run"] = len(result["history"])
     for key in ("params", "flops_per_sample", "wall_seconds", "device"):
         row[key] = result.get(key)

@@ -1,0 +1,121 @@
+"""MHIST (Wei et al. 2021): colorectal polyp images, HP vs SSA, read as its authors distribute it.
+
+``ROOT/annotations.csv`` has the columns ``Image Name``, ``Majority Vote Label`` (HP or SSA),
+``Number of Annotators who Selected SSA (Out of 7)`` and ``Partition`` (train or test); the PNG
+images are in ``ROOT/images.zip`` (read straight from the zip) or a folder ``ROOT/images/``.
+The dataset is only given out after signing its terms, so there is no download: a missing file
+says where to get it. Decoded once into a uint8 tensor file beside the data, keyed by the source
+files' size and time, so that 30 jobs do not decode 3,152 PNGs 30 times.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from kd import atomic
+from kd.errors import UserError
+
+log = logging.getLogger(__name__)
+LABELS = {"HP": 0, "SSA": 1}
+COLUMNS = ("Image Name", "Majority Vote Label", "Partition")
+WHERE = "https://bmirds.github.io/MHIST/ (free after signing the dataset's terms)"
+
+
+def _rows(csv_path: Path) -> list[tuple[int, str, int, str]]:
+    """(row number, image name, label, partition) for every row, each checked."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{csv_path}: missing column '{missing[0]}' (found: {', '.join(reader.fieldnames or [])})")
+            rows = []
+            for i, row in enumerate(reader, start=2):  # row 1 is the header
+                label, part = row["Majority Vote Label"].strip(), row["Partition"].strip().lower()
+                if label not in LABELS:
+                    raise UserError(f"{csv_path}: row {i}: unknown label {label!r} (expected HP or SSA)")
+                if part not in ("train", "test"):
+                    raise UserError(f"{csv_path}: row {i}: unknown partition {part!r} (expected train or test)")
+                rows.append((i, row["Image Name"].strip(), LABELS[label], part))
+    except FileNotFoundError:
+        raise UserError(f"{csv_path}: not found", hint=f"MHIST's annotations.csv and images.zip come from {WHERE}") from None
+    for part in ("train", "test"):
+        if not any(r[3] == part for r in rows):
+            raise UserError(f"{csv_path}: no rows in partition '{part}'")
+    return rows
+
+
+def _image_source(root: Path):
+    """A function name -> PNG bytes, over images.zip or images/, and the source's path."""
+    zip_path, folder = root / "images.zip", root / "images"
+    if zip_path.is_file():
+        try:
+            archive = zipfile.ZipFile(zip_path)
+        except zipfile.BadZipFile as e:
+            raise UserError(f"{zip_path}: not a zip file ({e})") from None
+        members = {Path(n).name: n for n in archive.namelist() if not n.endswith("/")}
+        return (lambda name: archive.read(members[name]) if name in members else None), zip_path
+    if folder.is_dir():
+        return (lambda name: (folder / name).read_bytes() if (folder / name).is_file() else None), folder
+    raise UserError(f"{root}: neither images.zip nor images/ found", hint=f"MHIST's images come from {WHERE}")
+
+
+def _decode(blob: bytes, where: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise UserError(f"{where}: not a readable image ({e.__class__.__name__}: {e})") from None
+
+
+def cache_key(root: Path) -> str:
+    parts = []
+    for p in (root / "annotations.csv", root / "images.zip", root / "images"):
+        if p.exists():
+            st = p.stat()
+            parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def load_arrays(root: Path) -> dict[str, torch.Tensor]:
+    """train_x, train_y, test_x, test_y as tensors (images uint8 [N, 3, H, W]), from the cache if fresh."""
+    root = Path(root)
+    csv_path = root / "annotations.csv"
+    rows = _rows(csv_path)
+    cache = root / f".kdsweep-mhist-{cache_key(root)}.pt"
+    if cache.exists():
+        try:
+            return torch.load(cache, weights_only=True)
+        except Exception as e:  # a damaged cache is rebuilt
+            log.warning("MHIST cache %s unreadable (%s): decoding again", cache, e)
+    read, source = _image_source(root)
+    images, shape = {}, None
+    for i, name, _, _ in rows:
+        blob = read(name)
+        if blob is None:
+            raise UserError(f"{source}: image '{name}' (named in {csv_path.name} row {i}) is missing")
+        img = _decode(blob, f"{source}/{name}")
+        if shape is None:
+            shape = img.shape
+        elif img.shape != shape:
+            raise UserError(f"{source}/{name}: image of {img.shape[1]}x{img.shape[0]}, expected "
+                            f"{shape[1]}x{shape[0]} like the others ({csv_path.name} row {i})")
+        images[name] = img
+    out = {}
+    for part in ("train", "test"):
+        sel = [r for r in rows if r[3] == part]
+        out[f"{part}_x"] = torch.from_numpy(np.stack([images[r[1]] for r in sel])).permute(0, 3, 1, 2).contiguous()
+        out[f"{part}_y"] = torch.tensor([r[2] for r in sel], dtype=torch.int64)
+    for stale in root.glob(".kdsweep-mhist-*.pt"):
+        stale.unlink(missing_ok=True)
+    atomic.write_with(cache, lambda f: torch.save(out, f))
+    log.info("MHIST decoded and cached in %s", cache)
+    return out

@@ -1,0 +1,129 @@
+"""MHIST in exactly its distributed format (annotations.csv + images.zip of PNGs), made in the test."""
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kd import data, mhist
+from kd.errors import UserError
+
+HEADER = "Image Name,Majority Vote Label,Number of Annotators who Selected SSA (Out of 7),Partition\n"
+
+
+def _png(rng, size=16) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rng.randint(0, 256, size=(size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_mhist(root, n_train=6, n_test=4, size=16, rows=None, pngs=None):
+    rng = np.random.RandomState(0)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = rows or [(f"MHIST_{i:03d}.png", "SSA" if i % 3 == 0 else "HP", 4 if i % 3 == 0 else 1,
+                     "train" if i < n_train else "test") for i in range(n_train + n_test)]
+    (root / "annotations.csv").write_text(HEADER + "".join(f"{a},{b},{c},{d}\n" for a, b, c, d in rows))
+    with zipfile.ZipFile(root / "images.zip", "w") as z:
+        for name, *_ in rows:
+            z.writestr(f"images/{name}", (pngs or {}).get(name, _png(rng, size)))
+    return root
+
+
+def test_reads_the_distributed_format_and_caches(tmp_path):
+    root = make_mhist(tmp_path / "MHIST")
+    d = data.load("mhist", tmp_path)
+    assert d.train_x.shape == (6, 3, 16, 16) and d.test_x.shape == (4, 3, 16, 16) and d.num_classes == 2
+    assert d.train_y.tolist() == [1, 0, 0, 1, 0, 0]  # SSA is 1
+    with zipfile.ZipFile(root / "images.zip") as z, Image.open(io.BytesIO(z.read("images/MHIST_001.png"))) as im:
+        assert (d.train_x[1].permute(1, 2, 0).numpy() == np.asarray(im)).all()
+    (cache,) = root.glob(".kdsweep-mhist-*.pt")
+    assert data.load("mhist", tmp_path).fingerprint() == d.fingerprint()  # served from the cache
+    make_mhist(root, n_train=5, n_test=5)  # the source changed: the cache is rebuilt
+    assert len(data.load("mhist", tmp_path).train_y) == 5 and not cache.exists()
+
+
+def test_images_folder_instead_of_zip(tmp_path):
+    root = make_mhist(tmp_path / "MHIST")
+    with zipfile.ZipFile(root / "images.zip") as z:
+        z.extractall(root)
+    (root / "images.zip").unlink()
+    assert len(data.load("mhist", tmp_path).test_y) == 4
+
+
+def _rows(**change):
+    rows = [(f"MHIST_{i:03d}.png", "HP", 0, "train" if i < 3 else "test") for i in range(5)]
+    i, row = change.pop("row", (None, None))
+    if i is not None:
+        rows[i] = row
+    return rows
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda r: (r / "annotations.csv").write_text("Image Name,Label,Partition\nx.png,HP,train\n"),
+     "annotations.csv: missing column 'Majority Vote Label'"),
+    (lambda r: make_mhist(r, rows=_rows(row=(1, ("MHIST_001.png", "TA", 0, "train"))), pngs=None),
+     "annotations.csv: row 3: unknown label 'TA' (expected HP or SSA)"),
+    (lambda r: make_mhist(r, rows=_rows(row=(3, ("MHIST_003.png", "HP", 0, "train"))) [:4]),
+     "annotations.csv: no rows in partition 'test'"),
+    (lambda r: (make_mhist(r), (r / "annotations.csv").open("a").write("ghost.png,HP,0,test\n")),
+     "images.zip: image 'ghost.png' (named in annotations.csv row 12) is missing"),
+    (lambda r: make_mhist(r, pngs={"MHIST_002.png": b"\x89PNG\r\n\x1a\nbroken"}),
+     "images.zip/MHIST_002.png: not a readable image"),
+    (lambda r: make_mhist(r, pngs={"MHIST_004.png": _png(np.random.RandomState(1), 12)}),
+     "images.zip/MHIST_004.png: image of 12x12, expected 16x16 like the others (annotations.csv row 6)"),
+    (lambda r: None, "annotations.csv: not found"),
+])
+def test_bad_inputs_name_the_file_and_row(tmp_path, make, message):
+    root = tmp_path / "MHIST"
+    root.mkdir(parents=True, exist_ok=True)
+    make(root)
+    with pytest.raises(UserError) as e:
+        data.load("mhist", tmp_path)
+    assert message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_teacher_and_student_on_mhist_format_data(tmp_path):
+    """ResNet50 teacher and MobileNetV2 student (random init), small images, on CPU, in seconds."""
+    from kd import train
+    from kd.config import make_config
+
+    make_mhist(tmp_path / "MHIST", n_train=8, n_test=6, size=32)
+    t = train.run(make_config(dataset="mhist", method="teacher", pretrained="none", epochs=1, batch_size=4),
+                  tmp_path / "t", data_root=tmp_path, device="cpu")
+    s = train.run(make_config(dataset="mhist", method="kd", pretrained="none", epochs=1, batch_size=4,
+                              alpha=0.5, temperature=4.0, teacher=str(tmp_path / "t")),
+                  tmp_path / "s", data_root=tmp_path, device="cpu")
+    assert t["config"]["model"] == "resnet50" and s["config"]["model"] == "mobilenet_v2"
+    assert t["params"] == 23_512_130 and s["params"] == 2_226_434  # 2-way heads
+    for r in (t, s):
+        m = r["metrics"]
+        assert set(m) >= {"test_accuracy", "f1_hp", "f1_ssa", "macro_f1", "roc_auc", "confusion"}
+        assert sum(map(sum, m["confusion"])) == 6 and 0 <= m["f1_ssa"] <= 1
+
+
+def test_pretrained_weights_missing_offline_say_how_to_get_them(tmp_path, monkeypatch):
+    from kd import models
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache, and no network here
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("no network")))
+    with pytest.raises(UserError, match="pretrained weights .* for resnet50 are not in torchvision's cache") as e:
+        models.build("resnet50", 2, (3, 32, 32))
+    assert "kdsweep weights" in e.value.hint
+
+
+def test_binary_metrics_by_hand():
+    import torch
+
+    from kd.metrics import binary
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([0, 0, 1, 1, 1])  # predictions: 0, 1, 1, 0, 1
+    m = binary(logits, y, ("hp", "ssa"))
+    assert m["confusion"] == [[1, 1], [1, 2]]
+    assert m["f1_ssa"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert m["f1_hp"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    # scores (l1 - l0): neg -2, 1; pos 3, -1, 2 -> pairs won: 3>-2,3>1,-1>-2,2>-2,2>1 = 5 of 6
+    assert m["roc_auc"] == pytest.approx(5 / 6)
