@@ -18,7 +18,8 @@ APPLIES = {"alpha": ("kd", "subclass"), "temperature": ("kd", "subclass"), "teac
            "subclasses": ("subclass-teacher", "subclass"), "beta": ("subclass-teacher",),
            "aux_temperature": ("subclass-teacher",)}
 # Settings added after the first release: left out of job ids while unset, so old ids stay valid.
-LATER_SETTINGS = ("subclasses", "beta", "aux_temperature", "pretrained")
+LATER_SETTINGS = ("subclasses", "beta", "aux_temperature", "pretrained", "augment", "head_epochs", "finetune_lr",
+                  "unfreeze_from")
 # MHIST's models (the reference study's Part 2); the MNIST-shaped datasets use DEFAULT_MODELS
 MHIST_MODELS = {"teacher": "resnet50", "subclass-teacher": "resnet50"}
 
@@ -42,6 +43,10 @@ class TrainConfig:
     beta: float | None = 1.0  # subclass-teacher: weight of the auxiliary loss
     aux_temperature: float | None = 1.0  # subclass-teacher: T_aux of the auxiliary loss
     pretrained: str | None = None  # ImageNet models: None/"imagenet" (torchvision's), "none", or a weights file
+    augment: bool | None = None  # random vertical flip, 90-degree rotation, Gaussian noise (std 0.1), per batch
+    head_epochs: int | None = None  # the first epochs train the head only (backbone frozen), at lr
+    finetune_lr: float | None = None  # after head_epochs: this learning rate (default lr) ...
+    unfreeze_from: int | None = None  # ... for the head and the backbone's parameters from this index on
 
     def __post_init__(self) -> None:
         for key, value in resolve({k: getattr(self, k) for k in SETTINGS}).items():
@@ -54,7 +59,7 @@ class TrainConfig:
 FIELD_TYPES = {"dataset": str, "method": str, "model": str, "alpha": float, "temperature": float,
                "epochs": int, "batch_size": int, "lr": float, "seed": int, "drop_last": bool,
                "teacher": (str, type(None)), "subclasses": int, "beta": float, "aux_temperature": float,
-               "pretrained": str}
+               "pretrained": str, "augment": bool, "head_epochs": int, "finetune_lr": float, "unfreeze_from": int}
 SETTINGS = tuple(FIELD_TYPES)
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)
@@ -106,6 +111,9 @@ def check_value(key: str, value: Any, where: str = "", at: str | None = None) ->
         "subclasses": lambda v: v < 1 and "must be >= 1",
         "beta": lambda v: v < 0 and "must be >= 0",
         "aux_temperature": lambda v: v <= 0 and "must be > 0",
+        "head_epochs": lambda v: v < 0 and "must be >= 0",
+        "finetune_lr": lambda v: v <= 0 and "must be > 0",
+        "unfreeze_from": lambda v: v < 0 and "must be >= 0",
         "method": lambda v: v not in METHODS and f"unknown method (known: {', '.join(METHODS)})",
     }.get(key, lambda v: False)(value)
     if problem:
@@ -117,6 +125,8 @@ def make_config(where: str = "", **settings: Any) -> TrainConfig:
     """Build a validated TrainConfig; errors name the setting (prefixed by ``where``)."""
     checked = {k: check_value(k, v, where) for k, v in settings.items()}
     cfg = TrainConfig(**checked)
+    if cfg.head_epochs and cfg.head_epochs >= cfg.epochs:
+        raise UserError(f"{where}head_epochs: {cfg.head_epochs} must be less than epochs ({cfg.epochs}), which counts both phases")
     if cfg.method in TEACHER_OF and cfg.alpha > 0 and not cfg.teacher:
         raise UserError(f"{where}teacher: method '{cfg.method}' with alpha > 0 needs a teacher")
     return cfg

@@ -54,8 +54,12 @@ def load(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.nn.Mo
 
 
 def forward(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits for uint8 images (or, already scaled and augmented, float ones)."""
     FORWARD_IMAGES["count"] += len(x)
-    return models.logits_of(teacher, x)
+    if x.dtype == torch.uint8:
+        return models.logits_of(teacher, x)
+    with torch.no_grad():
+        return teacher(x)
 
 
 def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.Tensor:

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import kd
-from kd import atomic, data as kd_data, metrics as kd_metrics, models, teacher as kd_teacher
+from kd import atomic, data as kd_data, metrics as kd_metrics, models, phases, teacher as kd_teacher
 from kd.config import TrainConfig
 from kd.losses import class_logits, kd_loss, subclass_student_loss, subclass_teacher_loss
 
@@ -52,7 +52,7 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
     teacher_file = kd_teacher.model_file(config.teacher) if config.teacher else None
     data = dataset or kd_data.load(config.dataset, data_root)
     teacher_net, teacher_logits_all = None, None
-    if teacher_file and teacher_mode == "online":
+    if teacher_file and (teacher_mode == "online" or config.augment):  # augmented inputs: no cache is exact
         teacher_net = kd_teacher.load(teacher_file, data, dev)
     elif teacher_file:
         teacher_logits_all = kd_teacher.cached_logits(teacher_file, data, dev).to(dev)
@@ -60,28 +60,38 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
 
     torch.manual_seed(config.seed)
     model = models.build(config.model, outputs(config, data), data.input_shape, config.pretrained).to(dev)
-    loss_fn = objective(config)
-    optimizer = adam(model.parameters(), config.lr)
     start_epoch, history = 0, []
     state = load_checkpoint(out / CHECKPOINT, dev)
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
         log.info("resuming %s from epoch %d", out, start_epoch)
+    phase = phases.phase(config, start_epoch)
+    optimizer, frozen = phases.setup(model, config, phase)
+    if state is not None and phases.phase(config, start_epoch - 1) == phase:  # at the phase change: a new one
+        optimizer.load_state_dict(state["optimizer"])
 
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
     test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
+        if phases.phase(config, epoch) != phase:  # head-only training is over: fine-tune, with a new optimiser
+            phase = phases.phase(config, epoch)
+            optimizer, frozen = phases.setup(model, config, phase)
+        loss_fn = objective(config) if phase != "head" else hard_labels(config)
         model.train()
+        for m in frozen:  # frozen layers keep their batch-norm statistics, as Keras' trainable=False does
+            m.eval()
         loss_sum, seen = torch.zeros((), device=dev), 0
         for idx in tqdm(epoch_batches(config, epoch, len(train_y), dev), desc=f"epoch {epoch + 1}/{config.epochs}",
                         leave=False, disable=None):
             x, y = kd_data.to_float(train_x[idx]), train_y[idx]
+            if config.augment:
+                x = augment(x)
             logits = model(x)
             teacher_logits = (teacher_logits_all[idx] if teacher_logits_all is not None
-                              else kd_teacher.forward(teacher_net, train_x[idx]) if teacher_net is not None else None)
+                              else kd_teacher.forward(teacher_net, x if config.augment else train_x[idx])
+                              if teacher_net is not None else None)
             loss = loss_fn(logits, teacher_logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -118,6 +128,25 @@ def objective(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor | Non
     if c.method == "subclass":
         return lambda s, t, y: subclass_student_loss(s, t, y, c.subclasses, c.alpha, c.temperature or 1.0)
     return lambda s, t, y: F.cross_entropy(s, y)
+
+
+def hard_labels(config: TrainConfig):
+    """Cross-entropy on the class logits alone: the students' loss while only their head trains."""
+    if is_subclass(config):
+        return lambda s, t, y: F.cross_entropy(class_logits(s, config.subclasses), y)
+    return lambda s, t, y: F.cross_entropy(s, y)
+
+
+def augment(x: torch.Tensor, noise_std: float = 0.1) -> torch.Tensor:
+    """The reference study's augmentation, per batch on the device: random vertical flip, random
+    rotation by a multiple of 90 degrees (square images), additive Gaussian noise."""
+    flip = torch.rand(len(x), device=x.device) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
+    if x.shape[2] == x.shape[3]:
+        k = torch.randint(0, 4, (len(x),), device=x.device)
+        for turns in (1, 2, 3):
+            x = torch.where((k == turns).view(-1, 1, 1, 1), torch.rot90(x, turns, dims=(2, 3)), x)
+    return x + noise_std * torch.randn_like(x)
 
 
 def pick_device(device: str | None) -> torch.device:

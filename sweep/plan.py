@@ -69,6 +69,11 @@ PACK_SHARED = ("dataset", "model", "teacher", "epochs", "batch_size", "lr", "see
 AUTO_PACK = 32  # students per pack when pack = "auto": 32 reference MLPs with Adam state take about 0.7 GB
 
 
+def packable(config: dict[str, Any]) -> bool:
+    """Packs share one batch stream and the teacher's cached logits: no augmentation, no schedule."""
+    return not (config.get("augment") or config.get("head_epochs") or config.get("unfreeze_from"))
+
+
 def units(plan: Plan, pack: int | str = "auto") -> list[tuple[Job, ...]]:
     """Units of work, in plan order: each teacher alone; students that share dataset, teacher,
     model and optimiser settings packed together, at most ``pack`` per unit (1: no packing)."""
@@ -76,7 +81,7 @@ def units(plan: Plan, pack: int | str = "auto") -> list[tuple[Job, ...]]:
     groups: dict[tuple, list[Job]] = {}
     out: list[list[Job]] = []
     for job in plan.jobs:
-        if job.method not in ("kd", "scratch") or size == 1:  # teachers and subclass students run alone
+        if job.method not in ("kd", "scratch") or size == 1 or not packable(job.config):
             out.append([job])
             continue
         key = tuple(job.config[k] for k in PACK_SHARED)

@@ -29,6 +29,8 @@ def plot_all(folder: Path) -> list[Path]:
     if (results["method"] == "kd").any():
         files.append(_accuracy_vs_temperature(results, out / "accuracy_vs_temperature.png", title))
         files.append(_heatmap(results, out / "heatmap_alpha_temperature.png", title))
+        if any(c.startswith("f1_") for c in results.columns):  # two classes (MHIST): the study's second figure
+            files.append(_f1_vs_temperature(results, out / "accuracy_f1_vs_temperature.png", title))
     files.append(_per_epoch(epochs, out / "accuracy_per_epoch.png", title))
     return files
 
@@ -67,6 +69,28 @@ def _accuracy_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> P
     ax.set_ylabel("student test accuracy (%)")
     seeds = results["seed"].nunique()
     ax.set_title(f"Student accuracy vs temperature: {title}" + (f", mean of {seeds} seeds" if seeds > 1 else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def _f1_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> Path:
+    kd = results[results["method"] == "kd"]
+    metrics = ["test_accuracy", *sorted(c for c in results.columns if c.startswith("f1_")), "macro_f1"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for (alpha, group), style in zip(kd.groupby("alpha"), ("-", "--", ":", "-.")):
+        stats = group.groupby("temperature")[[m for m in metrics if m in group]].mean().sort_index()
+        for m, color in zip(stats.columns, plt.cm.tab10.colors):
+            label = {"test_accuracy": "accuracy", "macro_f1": "macro F1"}.get(m, f"F1 {m[3:].upper()}")
+            ax.plot(stats.index, 100 * stats[m], marker="o", linestyle=style, color=color,
+                    label=f"{label}" + (f" (alpha {alpha:g})" if kd["alpha"].nunique() > 1 else ""))
+    _reference_lines(ax, results)
+    ax.set_xscale("log", base=2)
+    temps = sorted(kd["temperature"].unique())
+    ax.set_xticks(temps, [f"{t:g}" for t in temps])
+    ax.set_xlabel("temperature T")
+    ax.set_ylabel("student, test set (%)")
+    ax.set_title(f"Student accuracy and F1 vs temperature: {title}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)

@@ -127,3 +127,24 @@ def test_binary_metrics_by_hand():
     assert m["f1_hp"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
     # scores (l1 - l0): neg -2, 1; pos 3, -1, 2 -> pairs won: 3>-2,3>1,-1>-2,2>-2,2>1 = 5 of 6
     assert m["roc_auc"] == pytest.approx(5 / 6)
+
+
+def test_mhist_sweep_collects_f1_columns_and_draws_the_f1_figure(tmp_path):
+    """A small MHIST-format sweep end to end: run, collect (F1, AUC, confusion columns), plot."""
+    import pandas as pd
+
+    from sweep import api
+
+    make_mhist(tmp_path / "data" / "MHIST", n_train=8, n_test=6, size=32)
+    sweep = tmp_path / "m.toml"
+    sweep.write_text('name = "m"\ndataset = "mhist"\nmethods = ["teacher", "kd"]\n'
+                     '[train]\nepochs = 2\nhead_epochs = 1\nbatch_size = 4\npretrained = "none"\naugment = true\n'
+                     "[grid]\nalpha = [0.5]\ntemperature = [1, 4]\n")
+    summary = api.run(sweep, results_root=tmp_path / "r", data_root=tmp_path / "data", jobs=2)
+    assert not summary.failed and len(summary.done) == 3
+    c = api.collect(sweep, results_root=tmp_path / "r")
+    df = pd.read_parquet(c.results)
+    assert {"f1_hp", "f1_ssa", "macro_f1", "roc_auc", "tn", "fp", "fn", "tp"} <= set(df.columns)
+    assert (df[["tn", "fp", "fn", "tp"]].sum(axis=1) == 6).all()
+    files = api.plot(sweep, results_root=tmp_path / "r")
+    assert "accuracy_f1_vs_temperature.png" in [f.name for f in files]

@@ -1,0 +1,66 @@
+"""The transfer-learning schedule (head first, then fine-tuning) and the augmentation."""
+import pytest
+import torch
+
+from kd import phases, teacher as kd_teacher, train
+from kd.config import make_config
+from kd.errors import UserError
+
+
+def _weights(folder):
+    return torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
+
+
+def test_head_phase_trains_the_head_only(tmp_path, small):
+    cfg = make_config(method="scratch", epochs=3, head_epochs=1, finetune_lr=1e-4, unfreeze_from=2, batch_size=100)
+    torch.manual_seed(0)
+    train.run(cfg, tmp_path, dataset=small, device="cpu", stop=lambda: True)  # stops after epoch 1: the head phase
+    from kd import models
+
+    torch.manual_seed(0)
+    start = models.build("mnist-mlp", 10, (1, 28, 28)).state_dict()
+    after = _weights(tmp_path)
+    changed = [k for k in start if not torch.equal(start[k], after[k])]
+    assert changed == ["5.weight", "5.bias"]  # the last Linear, nothing else
+
+
+def test_resume_across_the_phase_change_equals_uninterrupted(tmp_path, small):
+    cfg = make_config(method="scratch", epochs=3, head_epochs=1, finetune_lr=3e-4, unfreeze_from=2, batch_size=100)
+    whole = train.run(cfg, tmp_path / "w", dataset=small, device="cpu")
+    assert train.run(cfg, tmp_path / "c", dataset=small, device="cpu", stop=lambda: True) is None  # at the boundary
+    cut = train.run(cfg, tmp_path / "c", dataset=small, device="cpu")
+    a, b = _weights(tmp_path / "w"), _weights(tmp_path / "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert cut["metrics"] == whole["metrics"]
+
+
+def test_after_the_head_phase_the_front_stays_frozen(tmp_path, small):
+    from kd import models
+
+    model = models.build("mnist-mlp", 10, (1, 28, 28))
+    cfg = make_config(method="scratch", epochs=3, head_epochs=1, unfreeze_from=2)
+    opt, _ = phases.setup(model, cfg, phases.FULL)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["3.weight", "3.bias", "5.weight", "5.bias"]
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 784 * 784 + 784 + 7850
+
+
+def test_head_epochs_must_leave_epochs_to_fine_tune():
+    with pytest.raises(UserError, match="head_epochs: 5 must be less than epochs \\(5\\)"):
+        make_config(method="teacher", epochs=5, head_epochs=5)
+
+
+def test_augmentation_keeps_pixels_and_the_teacher_runs_online(tmp_path, small):
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    y = train.augment(x, noise_std=0.0)
+    assert y.shape == x.shape
+    assert torch.allclose(y.flatten(1).sort(1).values, x.flatten(1).sort(1).values)  # flips/rotations only move pixels
+    assert not torch.equal(x, y)
+    teacher = tmp_path / "t"
+    train.run(make_config(method="teacher", epochs=1, batch_size=100), teacher, dataset=small, device="cpu")
+    kd_teacher.FORWARD_IMAGES["count"] = 0
+    train.run(make_config(method="kd", teacher=str(teacher), augment=True, epochs=1, batch_size=100),
+              tmp_path / "s", dataset=small, device="cpu")
+    assert kd_teacher.FORWARD_IMAGES["count"] == 1000  # every augmented batch, not the cache
+    assert not list(teacher.glob("logits-*.pt"))
