@@ -19,7 +19,7 @@ APPLIES = {"alpha": ("kd", "subclass"), "temperature": ("kd", "subclass"), "teac
            "aux_temperature": ("subclass-teacher",)}
 # Settings added after the first release: left out of job ids while unset, so old ids stay valid.
 LATER_SETTINGS = ("subclasses", "beta", "aux_temperature", "pretrained", "augment", "head_epochs", "finetune_lr",
-                  "unfreeze_from")
+                  "unfreeze_from", "class_weights")
 # MHIST's models (the reference study's Part 2); the MNIST-shaped datasets use DEFAULT_MODELS
 MHIST_MODELS = {"teacher": "resnet50", "subclass-teacher": "resnet50"}
 
@@ -47,6 +47,7 @@ class TrainConfig:
     head_epochs: int | None = None  # the first epochs train the head only (backbone frozen), at lr
     finetune_lr: float | None = None  # after head_epochs: this learning rate (default lr) ...
     unfreeze_from: int | None = None  # ... for the head and the backbone's parameters from this index on
+    class_weights: bool | None = None  # weigh the hard-label loss by inverse class frequency
 
     def __post_init__(self) -> None:
         for key, value in resolve({k: getattr(self, k) for k in SETTINGS}).items():
@@ -59,7 +60,8 @@ class TrainConfig:
 FIELD_TYPES = {"dataset": str, "method": str, "model": str, "alpha": float, "temperature": float,
                "epochs": int, "batch_size": int, "lr": float, "seed": int, "drop_last": bool,
                "teacher": (str, type(None)), "subclasses": int, "beta": float, "aux_temperature": float,
-               "pretrained": str, "augment": bool, "head_epochs": int, "finetune_lr": float, "unfreeze_from": int}
+               "pretrained": str, "augment": bool, "head_epochs": int, "finetune_lr": float, "unfreeze_from": int,
+               "class_weights": bool}
 SETTINGS = tuple(FIELD_TYPES)
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)

@@ -23,22 +23,23 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
-            alpha: float, temperature: float) -> torch.Tensor:
+            alpha: float, temperature: float, weight: torch.Tensor | None = None) -> torch.Tensor:
     """alpha * L_KD + (1 - alpha) * CE(student, labels).
 
     Convention (the reference study's): **alpha weights the distillation term**; alpha = 0
     is plain training on hard labels, alpha = 1 pure distillation. Some libraries
     (torchdistill, several tutorials) use the opposite convention. With alpha = 0 the
     teacher's logits are not used and may be None, so no teacher forward is needed.
+    ``weight``: per-class weights of the hard-label term (class imbalance), as in F.cross_entropy.
     """
     if alpha == 0:
-        return F.cross_entropy(student_logits, labels)
+        return F.cross_entropy(student_logits, labels, weight=weight)
     if teacher_logits is None:
         raise ValueError("kd_loss with alpha > 0 needs teacher logits")
     soft = distillation_loss(student_logits, teacher_logits, temperature)
     if alpha == 1:
         return soft
-    return alpha * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+    return alpha * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels, weight=weight)
 
 
 def packed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
@@ -90,18 +91,19 @@ def subclass_aux_loss(subclass_logits: torch.Tensor, aux_temperature: float = 1.
 
 
 def subclass_teacher_loss(subclass_logits: torch.Tensor, labels: torch.Tensor, subclasses: int, beta: float,
-                          aux_temperature: float = 1.0) -> torch.Tensor:
+                          aux_temperature: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:
     """CE(class logits, labels) + beta * L_aux: the subclass teacher's objective."""
-    ce = F.cross_entropy(class_logits(subclass_logits, subclasses), labels)
+    ce = F.cross_entropy(class_logits(subclass_logits, subclasses), labels, weight=weight)
     return ce + beta * subclass_aux_loss(subclass_logits, aux_temperature) if beta else ce
 
 
 def subclass_student_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
-                          subclasses: int, alpha: float, temperature: float) -> torch.Tensor:
+                          subclasses: int, alpha: float, temperature: float,
+                          weight: torch.Tensor | None = None) -> torch.Tensor:
     """alpha * T^2 * CE(softmax(teacher subclass logits / T), student subclass logits / T)
     + (1 - alpha) * CE(student class logits, labels): distillation on the teacher's subclasses,
     hard labels on the classes (alpha weights the distillation term, as in ``kd_loss``)."""
-    hard = F.cross_entropy(class_logits(student_logits, subclasses), labels)
+    hard = F.cross_entropy(class_logits(student_logits, subclasses), labels, weight=weight)
     if alpha == 0:
         return hard
     if teacher_logits is None:

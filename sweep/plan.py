@@ -71,7 +71,8 @@ AUTO_PACK = 32  # students per pack when pack = "auto": 32 reference MLPs with A
 
 def packable(config: dict[str, Any]) -> bool:
     """Packs share one batch stream and the teacher's cached logits: no augmentation, no schedule."""
-    return not (config.get("augment") or config.get("head_epochs") or config.get("unfreeze_from"))
+    return not (config.get("augment") or config.get("head_epochs") or config.get("unfreeze_from")
+                or config.get("class_weights"))
 
 
 def units(plan: Plan, pack: int | str = "auto") -> list[tuple[Job, ...]]:

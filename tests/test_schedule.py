@@ -64,3 +64,17 @@ def test_augmentation_keeps_pixels_and_the_teacher_runs_online(tmp_path, small):
               tmp_path / "s", dataset=small, device="cpu")
     assert kd_teacher.FORWARD_IMAGES["count"] == 1000  # every augmented batch, not the cache
     assert not list(teacher.glob("logits-*.pt"))
+
+
+def test_class_weights_balance_the_hard_label_loss(small):
+    from kd.data import Dataset
+
+    y = torch.tensor([0] * 75 + [1] * 25)
+    d = Dataset("mnist-5k-binary", small.train_x[:100], y, small.test_x, small.test_y, 2)
+    w = train.class_weights(make_config(dataset="mnist-5k-binary", method="scratch", class_weights=True), d, "cpu")
+    assert w.tolist() == pytest.approx([100 / (2 * 75), 100 / (2 * 25)])
+    assert train.class_weights(make_config(method="scratch"), d, "cpu") is None
+    logits = torch.zeros(4, 2)
+    labels = torch.tensor([0, 0, 0, 1])
+    loss = train.objective(make_config(method="scratch"), w)(logits, None, labels)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels, weight=w).item())
