@@ -265,8 +265,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         import pandas as pd
 
         df = pd.read_parquet(c.results).sort_values(["method", "alpha", "temperature", "seed"], na_position="first")
-        rows = [[r.name, r.method, _fmt(r.alpha if r.method == "kd" else None),
-                 _fmt(r.temperature if r.method == "kd" else None), f"{100 * r.test_accuracy:.2f}%"]
+        num = lambda v: None if pd.isna(v) else float(v)  # noqa: E731
+        rows = [[r.name, r.method, _fmt(num(r.alpha)), _fmt(num(r.temperature)), f"{100 * r.test_accuracy:.2f}%"]
                 for r in df.itertuples()]
         print(_table(["name", "method", "alpha", "T", "test accuracy"], rows))
         print()

@@ -61,17 +61,23 @@ def _accuracy_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> P
         err = 100 * stats["std"].fillna(0) if (stats["count"] > 1).any() else None
         ax.errorbar(stats.index, 100 * stats["mean"], yerr=err, marker="o", capsize=3, color=color,
                     label=f"alpha = {alpha:g}")
+    seeds = results["seed"].nunique()
+    _temperature_axes(ax, results, "student test accuracy (%)",
+                      f"Student accuracy vs temperature: {title}" + (f", mean of {seeds} seeds" if seeds > 1 else ""))
+    return _save(fig, path)
+
+
+def _temperature_axes(ax, results: pd.DataFrame, ylabel: str, title: str) -> None:
+    """Teacher and scratch lines, a log2 temperature axis with the grid's values, labels, legend."""
     _reference_lines(ax, results)
     ax.set_xscale("log", base=2)
-    temps = sorted(kd["temperature"].unique())
+    temps = sorted(results.loc[results["method"] == "kd", "temperature"].unique())
     ax.set_xticks(temps, [f"{t:g}" for t in temps])
     ax.set_xlabel("temperature T")
-    ax.set_ylabel("student test accuracy (%)")
-    seeds = results["seed"].nunique()
-    ax.set_title(f"Student accuracy vs temperature: {title}" + (f", mean of {seeds} seeds" if seeds > 1 else ""))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
 
 
 def _f1_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> Path:
@@ -84,15 +90,7 @@ def _f1_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> Path:
             label = {"test_accuracy": "accuracy", "macro_f1": "macro F1"}.get(m, f"F1 {m[3:].upper()}")
             ax.plot(stats.index, 100 * stats[m], marker="o", linestyle=style, color=color,
                     label=f"{label}" + (f" (alpha {alpha:g})" if kd["alpha"].nunique() > 1 else ""))
-    _reference_lines(ax, results)
-    ax.set_xscale("log", base=2)
-    temps = sorted(kd["temperature"].unique())
-    ax.set_xticks(temps, [f"{t:g}" for t in temps])
-    ax.set_xlabel("temperature T")
-    ax.set_ylabel("student, test set (%)")
-    ax.set_title(f"Student accuracy and F1 vs temperature: {title}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _temperature_axes(ax, results, "student, test set (%)", f"Student accuracy and F1 vs temperature: {title}")
     return _save(fig, path)
 
 

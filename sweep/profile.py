@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import difflib
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kd.errors import UserError
-from sweep.spec import check_pack
+from sweep.spec import check_pack, read_toml
 
 RUNTIMES = ("none", "apptainer", "pyxis")
 PROFILE_DIRS = (Path("slurm/profiles"), Path(__file__).resolve().parent.parent / "slurm" / "profiles")
@@ -86,11 +85,7 @@ def resolve_path(arg: str | Path) -> Path:
 
 def load(arg: str | Path) -> Profile:
     path = resolve_path(arg)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: invalid TOML: {e}") from None
-    return parse(raw, path)
+    return parse(read_toml(path), path)
 
 
 def _check_types(raw: dict[str, Any], types: dict[str, Any], where: str) -> None:

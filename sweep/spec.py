@@ -63,15 +63,19 @@ def resolve_path(arg: str | Path) -> Path:
     raise UserError(f"{p}: no such sweep file (bundled examples: {known})")
 
 
-def load(arg: str | Path) -> Sweep:
-    path = resolve_path(arg)
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's contents, or a UserError naming the file (sweep files and profiles alike)."""
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: invalid TOML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
-    return parse(raw, path)
+
+
+def load(arg: str | Path) -> Sweep:
+    path = resolve_path(arg)
+    return parse(read_toml(path), path)
 
 
 def _unknown(where: str, key: str, known: tuple[str, ...] | list[str]) -> UserError:
