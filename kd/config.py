@@ -19,7 +19,7 @@ APPLIES = {"alpha": ("kd", "subclass"), "temperature": ("kd", "subclass"), "teac
            "aux_temperature": ("subclass-teacher",)}
 # Settings added after the first release: left out of job ids while unset, so old ids stay valid.
 LATER_SETTINGS = ("subclasses", "beta", "aux_temperature", "pretrained", "augment", "head_epochs", "finetune_lr",
-                  "unfreeze_from", "class_weights")
+                  "unfreeze_from", "class_weights", "precision", "channels_last")
 # MHIST's models (the reference study's Part 2); the MNIST-shaped datasets use DEFAULT_MODELS
 MHIST_MODELS = {"teacher": "resnet50", "subclass-teacher": "resnet50"}
 
@@ -48,6 +48,8 @@ class TrainConfig:
     finetune_lr: float | None = None  # after head_epochs: this learning rate (default lr) ...
     unfreeze_from: int | None = None  # ... for the head and the backbone's parameters from this index on
     class_weights: bool | None = None  # weigh the hard-label loss by inverse class frequency
+    precision: str | None = None  # "bf16": bfloat16 autocast for the training steps (default float32)
+    channels_last: bool | None = None  # channels-last memory format (convolutional models on GPUs)
 
     def __post_init__(self) -> None:
         for key, value in resolve({k: getattr(self, k) for k in SETTINGS}).items():
@@ -61,7 +63,7 @@ FIELD_TYPES = {"dataset": str, "method": str, "model": str, "alpha": float, "tem
                "epochs": int, "batch_size": int, "lr": float, "seed": int, "drop_last": bool,
                "teacher": (str, type(None)), "subclasses": int, "beta": float, "aux_temperature": float,
                "pretrained": str, "augment": bool, "head_epochs": int, "finetune_lr": float, "unfreeze_from": int,
-               "class_weights": bool}
+               "class_weights": bool, "precision": str, "channels_last": bool}
 SETTINGS = tuple(FIELD_TYPES)
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)
@@ -116,6 +118,7 @@ def check_value(key: str, value: Any, where: str = "", at: str | None = None) ->
         "head_epochs": lambda v: v < 0 and "must be >= 0",
         "finetune_lr": lambda v: v <= 0 and "must be > 0",
         "unfreeze_from": lambda v: v < 0 and "must be >= 0",
+        "precision": lambda v: v not in ("fp32", "bf16") and "is not one of fp32, bf16",
         "method": lambda v: v not in METHODS and f"unknown method (known: {', '.join(METHODS)})",
     }.get(key, lambda v: False)(value)
     if problem:

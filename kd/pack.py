@@ -43,8 +43,9 @@ def run(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Pa
     for c in configs:
         if c.method not in ("kd", "scratch"):
             raise UserError(f"a pack holds kd and scratch students, not {c.method} jobs")
-        if c.augment or c.head_epochs or c.unfreeze_from or c.class_weights:
-            raise UserError("a pack cannot hold students with augmentation or a training schedule")
+        if c.augment or c.head_epochs or c.unfreeze_from or c.class_weights or c.precision or c.channels_last:
+            raise UserError("a pack cannot hold students with augmentation, a schedule, class weights, "
+                            "bf16 or channels-last")
         differ = [k for k in SHARED if getattr(c, k) != getattr(configs[0], k)]
         if len({c.teacher for c in configs} - {None}) > 1:  # students without a teacher may join
             differ.append("teacher")

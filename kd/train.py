@@ -60,6 +60,8 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
 
     torch.manual_seed(config.seed)
     model = models.build(config.model, outputs(config, data), data.input_shape, config.pretrained).to(dev)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     start_epoch, history = 0, []
     state = load_checkpoint(out / CHECKPOINT, dev)
     if state is not None:
@@ -89,7 +91,10 @@ def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = No
             x, y = kd_data.to_float(train_x[idx]), train_y[idx]
             if config.augment:
                 x = augment(x)
-            logits = model(x)
+            if config.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                logits = model(x).float()  # the losses in float32
             teacher_logits = (teacher_logits_all[idx] if teacher_logits_all is not None
                               else kd_teacher.forward(teacher_net, x if config.augment else train_x[idx])
                               if teacher_net is not None else None)

@@ -70,9 +70,10 @@ AUTO_PACK = 32  # students per pack when pack = "auto": 32 reference MLPs with A
 
 
 def packable(config: dict[str, Any]) -> bool:
-    """Packs share one batch stream and the teacher's cached logits: no augmentation, no schedule."""
+    """Packs share one batch stream, the teacher's cached logits and float32 arithmetic: no
+    augmentation, schedule, class weights or other precision."""
     return not (config.get("augment") or config.get("head_epochs") or config.get("unfreeze_from")
-                or config.get("class_weights"))
+                or config.get("class_weights") or config.get("precision") or config.get("channels_last"))
 
 
 def units(plan: Plan, pack: int | str = "auto") -> list[tuple[Job, ...]]:

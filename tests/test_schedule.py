@@ -78,3 +78,12 @@ def test_class_weights_balance_the_hard_label_loss(small):
     labels = torch.tensor([0, 0, 0, 1])
     loss = train.objective(make_config(method="scratch"), w)(logits, None, labels)
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels, weight=w).item())
+
+
+def test_bf16_autocast_and_channels_last_train(tmp_path, small):
+    r = train.run(make_config(method="teacher", precision="bf16", channels_last=True, epochs=1, batch_size=100),
+                  tmp_path, dataset=small, device="cpu")
+    assert r["config"]["precision"] == "bf16" and r["config"]["channels_last"] is True
+    assert r["metrics"]["test_accuracy"] > 0.5
+    with pytest.raises(UserError, match="precision: 'fp16' is not one of fp32, bf16"):
+        make_config(method="teacher", precision="fp16")
