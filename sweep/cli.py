@@ -40,6 +40,14 @@ def _add_train(sub) -> None:
                    help=f"subclass-teacher: weight of the auxiliary loss (default {d.beta:g})")
     p.add_argument("--aux-temperature", type=float, default=d.aux_temperature,
                    help=f"subclass-teacher: temperature of the auxiliary loss (default {d.aux_temperature:g})")
+    p.add_argument("--pretrained", help="ImageNet models (resnet50, mobilenet_v2): imagenet (default), none, or a weights file")
+    p.add_argument("--augment", action="store_true", help="random vertical flip, 90-degree rotation, Gaussian noise")
+    p.add_argument("--head-epochs", type=int, help="the first epochs train the head only, backbone frozen")
+    p.add_argument("--finetune-lr", type=float, help="learning rate after the head epochs (default --lr)")
+    p.add_argument("--unfreeze-from", type=int, help="fine-tune the backbone's parameters from this index on")
+    p.add_argument("--class-weights", action="store_true", help="weigh the hard-label loss by inverse class frequency")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: bfloat16 autocast (default fp32)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
@@ -54,6 +62,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     settings = {k: getattr(args, k) for k in ("dataset", "method", "model", "alpha", "temperature", "epochs",
                                               "batch_size", "lr", "seed", "subclasses", "beta", "aux_temperature")}
+    for key in ("pretrained", "head_epochs", "finetune_lr", "unfreeze_from", "precision"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    for key in ("augment", "class_weights", "channels_last"):
+        if getattr(args, key):
+            settings[key] = True
     if args.teacher:
         settings["teacher"] = str(Path(args.teacher).resolve())
     config = make_config("--", **settings)
