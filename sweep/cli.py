@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -70,7 +71,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             settings[key] = True
     if args.teacher:
         settings["teacher"] = str(Path(args.teacher).resolve())
-    config = make_config("--", **settings)
+    try:
+        config = make_config("--", **settings)
+    except UserError as e:  # name the flag as typed: --head-epochs, not the setting head_epochs
+        flag = re.sub(r"--(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e), count=1)
+        raise UserError(flag, e.hint) from None
     from kd import train
 
     result = train.run(config, args.out, data_root=args.data_root, device=args.device)
