@@ -90,8 +90,15 @@ def test_preempted_job_requeues_and_cancelled_job_reruns_alone(slurm_cluster, tm
     subprocess.run(["scancel", ids[s1.id]], check=True)
     subprocess.run(["scancel", "--signal=USR2", ids[s0.id]], check=True)  # as a preemption does
     wait_until(sweep_file, results, lambda st: st[s0.name].state == state.QUEUED, timeout=60)
-    # Slurm holds a requeued job for 120 s (BeginTime); on the test cluster, release it now
-    subprocess.run(["scontrol", "update", f"JobId={ids[s0.id]}", "StartTime=now"], check=True)
+    # Slurm holds a requeued job for 120 s (BeginTime); on the test cluster, release it now. The
+    # hold is set as the requeue completes, so release until the job runs again.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        subprocess.run(["scontrol", "update", f"JobId={ids[s0.id]}", "StartTime=now"], capture_output=True)
+        st = {j.name: s for j, s in api.status(sweep_file, results_root=results)}[s0.name].state
+        if st in (state.RUNNING, state.DONE):
+            break
+        time.sleep(1)
     states = wait_until(sweep_file, results, lambda st: st[s0.name].state == state.DONE
                         and st[s1.name].state == state.CANCELLED)
     assert states[s1.name].detail.startswith(f"slurm {ids[s1.id]}")
