@@ -214,14 +214,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     def on_event(e: local.Event) -> None:
         if e.state == "started":
             return
-        tail = f" in {e.seconds:.0f} s" if e.seconds else ""
-        line = f"{e.state:7s} {e.job.id} {e.job.name}{tail}"
-        if e.state == "done":
+        line = f"{e.state:7s} {e.job.id} {e.job.name}"
+        if e.state == "done":  # its training time (a student started early also waited for its teacher)
             r = state.read_json(state.job_dir(folder, e.job) / "result.json") or {}
-            acc = r.get("metrics", {}).get("test_accuracy")
+            acc, wall = r.get("metrics", {}).get("test_accuracy"), r.get("wall_seconds")
+            packed = f", in a pack of {r['pack_size']}" if r.get("pack_size", 1) > 1 else ""
+            line += f" trained in {wall:.0f} s{packed}" if wall is not None else ""
             line += f"  test accuracy {acc:.2%}" if acc is not None else ""
         else:
-            line += f": {e.detail}"
+            line += f" after {e.seconds:.0f} s: {e.detail}" if e.seconds else f": {e.detail}"
         bar.write(line)
         bar.update(1)
 
