@@ -69,6 +69,17 @@ DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)
 
 
+PACK_SHARED = ("dataset", "model", "epochs", "batch_size", "lr", "seed", "drop_last")  # and the teacher
+NOT_PACKABLE = ("augment", "head_epochs", "unfreeze_from", "class_weights", "precision", "channels_last")
+
+
+def packable(settings: dict[str, Any]) -> bool:
+    """Whether a job may train in a pack: packs share one batch stream, the teacher's cached logits
+    and float32 arithmetic, so kd and scratch students without augmentation, schedule, class
+    weights or other precision."""
+    return settings["method"] in ("kd", "scratch") and not any(settings.get(k) for k in NOT_PACKABLE)
+
+
 def resolve(settings: dict[str, Any]) -> dict[str, Any]:
     """All settings of a job: defaults filled in, ints made floats where floats are due, and the
     settings that do not apply to its method cleared (they are not part of the job's identity)."""

@@ -25,12 +25,11 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kd import data as kd_data, models, teacher as kd_teacher, train
-from kd.config import TrainConfig
+from kd.config import NOT_PACKABLE, PACK_SHARED, TrainConfig, packable
 from kd.errors import UserError
 from kd.losses import packed_kd_loss
 
 log = logging.getLogger(__name__)
-SHARED = ("dataset", "model", "epochs", "batch_size", "lr", "seed", "drop_last")
 
 
 def run(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Path | None = None,
@@ -41,12 +40,10 @@ def run(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Pa
     if not configs or len(configs) != len(outs):
         raise ValueError("pack.run needs one output folder per config")
     for c in configs:
-        if c.method not in ("kd", "scratch"):
-            raise UserError(f"a pack holds kd and scratch students, not {c.method} jobs")
-        if c.augment or c.head_epochs or c.unfreeze_from or c.class_weights or c.precision or c.channels_last:
-            raise UserError("a pack cannot hold students with augmentation, a schedule, class weights, "
-                            "bf16 or channels-last")
-        differ = [k for k in SHARED if getattr(c, k) != getattr(configs[0], k)]
+        if not packable(c.to_dict()):
+            raise UserError(f"a pack holds kd and scratch students without {', '.join(NOT_PACKABLE)}; "
+                            f"not this {c.method} job")
+        differ = [k for k in PACK_SHARED if getattr(c, k) != getattr(configs[0], k)]
         if len({c.teacher for c in configs} - {None}) > 1:  # students without a teacher may join
             differ.append("teacher")
         if differ:
@@ -65,29 +62,28 @@ def run(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Pa
         groups: dict[int, list] = {}
         for c, o in todo:
             state = train.load_checkpoint(o / train.CHECKPOINT, dev)
-            groups.setdefault(state["epoch"] if state else 0, []).append((c, o))
+            groups.setdefault(state["epoch"] if state else 0, []).append((c, o, state))
         for members in groups.values():
-            for o, r in zip([o for _, o in members], _train(members, data, teacher_logits, dev, stop, seen_by_teacher)):
+            for (_, o, _), r in zip(members, _train(members, data, teacher_logits, dev, stop, seen_by_teacher)):
                 results[o] = r
     return [results[o] for o in outs]
 
 
-def _train(members: list[tuple[TrainConfig, Path]], data: kd_data.Dataset, teacher_logits: torch.Tensor | None,
-           dev: torch.device, stop: Callable[[], bool] | None, seen_by_teacher: int) -> list[dict[str, Any] | None]:
+def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.Dataset,
+           teacher_logits: torch.Tensor | None, dev: torch.device, stop: Callable[[], bool] | None,
+           seen_by_teacher: int) -> list[dict[str, Any] | None]:
+    """Train members (config, folder, checkpoint or None; all at the same epoch) as one pack."""
     cfg0 = members[0][0]
     n = len(members)
-    nets = []
-    for c, o in members:
+    nets, histories, opt_states = [], [], []
+    for c, o, state in members:
         torch.manual_seed(c.seed)  # the same initialisation the student gets when trained alone
         nets.append(models.build(c.model, data.num_classes, data.input_shape, c.pretrained).to(dev))
-    histories: list[list] = [[] for _ in members]
-    opt_states = []
-    for i, (c, o) in enumerate(members):
-        state = train.load_checkpoint(o / train.CHECKPOINT, dev)
+        histories.append(state["history"] if state else [])
         if state is not None:
-            nets[i].load_state_dict(state["model"])
+            nets[-1].load_state_dict(state["model"])
             opt_states.append(state["optimizer"])
-            histories[i] = state["history"]
+    members = [(c, o) for c, o, _ in members]
     start = len(histories[0])
     if start:
         log.info("resuming a pack of %d from epoch %d", n, start)

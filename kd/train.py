@@ -31,7 +31,6 @@ from kd.losses import class_logits, kd_loss, subclass_student_loss, subclass_tea
 
 log = logging.getLogger(__name__)
 RESULT, CHECKPOINT, MODEL = "result.json", "checkpoint.pt", kd_teacher.MODEL
-TEACHER_MODES = ("cached", "online")
 
 
 def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = None,

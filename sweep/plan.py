@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kd.config import APPLIES, DEFAULTS, LATER_SETTINGS, TEACHER_OF, resolve
+from kd.config import APPLIES, DEFAULTS, LATER_SETTINGS, PACK_SHARED, TEACHER_OF, packable, resolve
 from kd.errors import UserError
 from sweep.spec import Sweep
 
@@ -65,15 +65,7 @@ class Plan:
         return sum(len(j.points) for j in self.jobs)
 
 
-PACK_SHARED = ("dataset", "model", "teacher", "epochs", "batch_size", "lr", "seed", "drop_last")
 AUTO_PACK = 32  # students per pack when pack = "auto": 32 reference MLPs with Adam state take about 0.7 GB
-
-
-def packable(config: dict[str, Any]) -> bool:
-    """Packs share one batch stream, the teacher's cached logits and float32 arithmetic: no
-    augmentation, schedule, class weights or other precision."""
-    return not (config.get("augment") or config.get("head_epochs") or config.get("unfreeze_from")
-                or config.get("class_weights") or config.get("precision") or config.get("channels_last"))
 
 
 def units(plan: Plan, pack: int | str = "auto") -> list[tuple[Job, ...]]:
@@ -83,10 +75,10 @@ def units(plan: Plan, pack: int | str = "auto") -> list[tuple[Job, ...]]:
     groups: dict[tuple, list[Job]] = {}
     out: list[list[Job]] = []
     for job in plan.jobs:
-        if job.method not in ("kd", "scratch") or size == 1 or not packable(job.config):
+        if size == 1 or not packable(job.config):
             out.append([job])
             continue
-        key = tuple(job.config[k] for k in PACK_SHARED)
+        key = tuple(job.config[k] for k in (*PACK_SHARED, "teacher"))
         if key not in groups or len(groups[key]) >= size:
             groups[key] = []
             out.append(groups[key])
