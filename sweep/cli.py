@@ -4,10 +4,14 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kd.errors import UserError
+from sweep import logs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,11 +230,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
         bar.write(line)
         bar.update(1)
 
-    summary = local.run(plan, folder, jobs=args.jobs, pack=_pack(args, plan), data_root=args.data_root,
-                        device=args.device, on_event=on_event)
+    with _sigterm_as_interrupt():
+        summary = local.run(plan, folder, jobs=args.jobs, pack=_pack(args, plan), data_root=args.data_root,
+                            device=args.device, on_event=on_event)
     bar.close()
     print(f"{status.totals(status.job_states(plan, folder))}  ->  kdsweep collect {args.sweep}")
     return 1 if summary.failed or summary.skipped else 0
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """``kill PID`` stops a run as Ctrl-C does: its children are stopped and waited for, their jobs
+    show as interrupted (their checkpoints stay), instead of being left running without a parent."""
+
+    def interrupt(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _pack(args: argparse.Namespace, plan, prof=None) -> int | str:
@@ -371,8 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        logs.setup(logging.WARNING if args.quiet else logging.INFO)
         return COMMANDS[args.command][1](args)
     except UserError as e:
         if debug:

@@ -1,24 +1,32 @@
 """Run a plan's unfinished jobs as local processes, teachers before their students.
 
-Each unit (a teacher, or a pack of students) runs in its own process (``python -m
-sweep.worker``), so one crash does not take the sweep down; ``jobs`` processes run at once. A lock in the sweep's folder keeps two
-``kdsweep run`` from running the same sweep on one machine.
+A small scheduler. Its units are those of the plan (a teacher, or a pack of students trained
+together); a unit needs its students' teachers. One loop reaps the units that ended, skips
+the students whose teacher did not finish, and starts what may start, at most ``jobs`` at
+once. A unit may start when its teachers are done, or early when each one is done or
+training here: it imports torch and loads its data meanwhile, then waits for their results
+(``python -m sweep.worker FOLDERS --after TEACHER_FOLDERS``). An early unit holds one of the
+``jobs`` places like any other; units whose teachers are done go first.
+
+Each unit runs in its own process, so one crash does not take the sweep down. The sweep's
+lock (``state.sweep_lock``) keeps two ``kdsweep run`` from running the same sweep.
 """
 from __future__ import annotations
 
-import fcntl
+import functools
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd.errors import UserError
 from sweep import state, status
 from sweep.plan import Job, Plan, units
+
+TEACHER_LOST = "its teacher did not finish"
+PACK_LOST = "packed with a student whose teacher did not finish"
 
 
 @dataclass
@@ -38,104 +46,103 @@ class Summary:
     already_done: int = 0
 
 
-@contextmanager
-def sweep_lock(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise UserError(f"{folder}: another 'kdsweep run' is running this sweep ({f.read().strip()})") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        yield
+@dataclass
+class _Unit:
+    jobs: list[Job]
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    stopped: bool = False  # terminated here: it waited for a teacher that will not finish
+
+    @property
+    def needs(self) -> set[str]:
+        return {d for j in self.jobs for d in j.depends_on}
 
 
 def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", data_root: Path | None = None,
         device: str | None = None, on_event: Callable[[Event], None] | None = None, poll: float = 0.2) -> Summary:
-    """Run every job of ``plan`` that is not done, ``jobs`` units at a time; returns what happened.
+    """Run every job of ``plan`` that is not done, at most ``jobs`` processes at once; returns what happened.
 
     A unit is a teacher, or a pack of students trained together in one process (``pack``).
     """
     emit = on_event or (lambda e: None)
     summary = Summary()
-    with sweep_lock(folder):
+    done: set[str] = set()
+    lost: set[str] = set()  # jobs that will not finish in this run: their students are skipped
+
+    def finish(job: Job, outcome: str, detail: str = "", seconds: float = 0.0) -> None:  # done, failed, skipped
+        (done if outcome == "done" else lost).add(job.id)
+        getattr(summary, outcome).append(job.id)
+        emit(Event(job, outcome, detail, seconds))
+
+    with state.sweep_lock(folder):
         state.write_plan(folder, plan)
         states = dict((j.id, s) for j, s in status.job_states(plan, folder))
-        finished = {jid for jid, s in states.items() if s.state == state.DONE}
-        summary.already_done = len(finished)
-        todo: list[list[Job]] = []
+        done.update(jid for jid, s in states.items() if s.state == state.DONE)
+        summary.already_done = len(done)
+        waiting: list[_Unit] = []
         for unit in units(plan, pack):
-            members = [j for j in unit if j.id not in finished]
-            busy = [j for j in members if status.active(states[j.id])]
-            for j in busy:
-                summary.skipped.append(j.id)
-                emit(Event(j, "skipped", f"already running ({states[j.id].detail})"))
-            if members and not busy:
-                todo.append(members)
-        blocked = set(summary.skipped)
+            todo = [j for j in unit if j.id not in done]
+            for job in [j for j in todo if status.active(states[j.id])]:
+                todo.remove(job)
+                finish(job, "skipped", f"already running ({states[job.id].detail})")
+            if todo:
+                waiting.append(_Unit(todo))
         threads = max(1, (os.cpu_count() or 1) // jobs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
-        running: list[tuple[list[Job], subprocess.Popen, float]] = []
+        start = functools.partial(_start, folder=folder, data_root=data_root, device=device, env=env)
+        running: list[_Unit] = []
         try:
-            while todo or running:
-                for item in list(running):
-                    members, proc, t0 = item
-                    if proc.poll() is None:
-                        continue
-                    running.remove(item)
-                    if proc.returncode != 0:  # units waiting on this one would wait for ever
-                        for other, other_proc, _ in running:
-                            if {j.id for j in members} & {d for j in other for d in j.depends_on}:
-                                other_proc.terminate()
-                    for job in members:
+            while waiting or running:
+                # reap the units that ended
+                for unit in [u for u in running if u.proc.poll() is not None]:
+                    running.remove(unit)
+                    seconds = time.monotonic() - unit.started
+                    for job in unit.jobs:
                         s = state.job_state(state.job_dir(folder, job))
                         if s.state == state.DONE:
-                            finished.add(job.id)
-                            summary.done.append(job.id)
-                            emit(Event(job, "done", seconds=time.monotonic() - t0))
+                            finish(job, "done", seconds=seconds)
+                        elif unit.stopped:
+                            finish(job, "skipped", TEACHER_LOST if set(job.depends_on) & lost else PACK_LOST, seconds)
                         else:
-                            blocked.add(job.id)
-                            summary.failed.append(job.id)
-                            emit(Event(job, "failed", s.detail or f"exit status {proc.returncode}", time.monotonic() - t0))
-                in_flight = {j.id for members, _, _ in running for j in members}
-                waiting = sum(1 for members, _, _ in running if {d for j in members for d in j.depends_on} - finished)
-                for members in list(todo):
-                    deps = {d for j in members for d in j.depends_on}
-                    if deps & blocked:
-                        todo.remove(members)
-                        for job in members:
-                            blocked.add(job.id)
-                            summary.skipped.append(job.id)
-                            emit(Event(job, "skipped", "its teacher did not finish"))
-                        continue
-                    ready = deps <= finished and len(running) - waiting < jobs
-                    # a unit whose teacher is training here may start early: it imports, loads
-                    # its data, then waits for the teacher (at most `jobs` units wait at once)
-                    early = not ready and deps <= finished | in_flight and waiting < jobs
-                    if ready or early:
-                        todo.remove(members)
-                        after = [state.job_dir(folder, d) for d in deps - finished]
-                        running.append((members, _start(members, folder, data_root, device, env, after),
-                                        time.monotonic()))
-                        waiting += bool(after)
-                        summary.ran.extend(j.id for j in members)
-                        for job in members:
-                            emit(Event(job, "started"))
+                            finish(job, "failed", s.detail or f"exit status {unit.proc.returncode}", seconds)
+                # a unit waiting for a teacher that will not finish would wait for ever: stop it
+                for unit in running:
+                    if unit.needs & lost and not unit.stopped:
+                        unit.stopped = True
+                        unit.proc.terminate()
+                # students whose teacher will not finish are skipped; their pack-mates still run
+                for unit in list(waiting):
+                    for job in [j for j in unit.jobs if set(j.depends_on) & lost]:
+                        unit.jobs.remove(job)
+                        finish(job, "skipped", TEACHER_LOST)
+                    if not unit.jobs:
+                        waiting.remove(unit)
+                # start what may start: teachers done first, then teachers done or training here
+                in_flight = {j.id for u in running for j in u.jobs}
+                ready = [u for u in waiting if u.needs <= done]
+                early = [u for u in waiting if not u.needs <= done and u.needs <= done | in_flight]
+                for unit in (ready + early)[:jobs - len(running)]:
+                    waiting.remove(unit)
+                    after = [state.job_dir(folder, d) for d in sorted(unit.needs - done)]
+                    unit.proc, unit.started = start(unit.jobs, after), time.monotonic()
+                    running.append(unit)
+                    summary.ran.extend(j.id for j in unit.jobs)
+                    for job in unit.jobs:
+                        emit(Event(job, "started"))
+                if waiting and not running:  # a bug: a teacher neither done, nor running, nor lost
+                    raise RuntimeError(f"cannot schedule {[j.name for u in waiting for j in u.jobs]}")
                 time.sleep(poll if running else 0)
         finally:
-            for _, proc, _ in running:  # interrupted: stop the children, their checkpoints stay
-                proc.terminate()
-            for _, proc, _ in running:
-                proc.wait()
+            for unit in running:  # interrupted: stop the children, their checkpoints stay
+                unit.proc.terminate()
+            for unit in running:
+                unit.proc.wait()
     return summary
 
 
-def _start(members: list[Job], folder: Path, data_root: Path | None, device: str | None, env: dict,
-           after: list[Path]) -> subprocess.Popen:
+def _start(members: list[Job], after: list[Path], *, folder: Path, data_root: Path | None, device: str | None,
+           env: dict[str, str]) -> subprocess.Popen:
+    """Start one unit's process: its job folders, and the folders of the teachers to wait for."""
     dirs = [state.job_dir(folder, j) for j in members]
     cmd = [sys.executable, "-m", "sweep.worker", *map(str, dirs)]
     if after:

@@ -21,14 +21,13 @@
 """
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kd.errors import UserError
-from sweep.spec import check_pack, read_toml
+from sweep.spec import check_pack, read_toml, unknown_key
 
 RUNTIMES = ("none", "apptainer", "pyxis")
 PROFILE_DIRS = (Path("slurm/profiles"), Path(__file__).resolve().parent.parent / "slurm" / "profiles")
@@ -91,9 +90,7 @@ def load(arg: str | Path) -> Profile:
 def _check_types(raw: dict[str, Any], types: dict[str, Any], where: str) -> None:
     for key, value in raw.items():
         if key not in types:
-            close = difflib.get_close_matches(key, list(types), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(types)}"
-            raise UserError(f"{where}{key}: unknown key ({hint})")
+            raise unknown_key(where, key, types)
         want = types[key]
         if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
             names = "/".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))

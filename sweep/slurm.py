@@ -85,10 +85,16 @@ def _sacct(slurm_ids: list[str]) -> dict[str, tuple[str, str]] | None:
         return None
     if p.returncode != 0:
         return None
+    found = parse_sacct(p.stdout)
+    return {i: found[i] for i in slurm_ids if i in found}
+
+
+def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
+    """Slurm id -> (our state, reason) from ``sacct -n -P -X -D --format=JobID,State,ExitCode``."""
     found: dict[str, tuple[str, str]] = {}
-    for line in p.stdout.splitlines():  # with -D, one line per attempt, oldest first: the last one wins
+    for line in text.splitlines():  # with -D, one line per attempt, oldest first: the last one wins
         parts = line.split("|")
-        if len(parts) < 3:
+        if len(parts) < 3 or not parts[1].strip():
             continue
         jobid, st, code = parts[0], parts[1].split()[0], parts[2]
         ours, reason = SACCT.get(st, ("running", st.lower()))
@@ -96,7 +102,7 @@ def _sacct(slurm_ids: list[str]) -> dict[str, tuple[str, str]] | None:
             reason = f"exit code {code.split(':')[0]}"
         for jid in _expand(jobid):
             found[jid] = (ours, reason)
-    return {i: found[i] for i in slurm_ids if i in found}
+    return found
 
 
 def _squeue(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -105,10 +111,16 @@ def _squeue(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
                            capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return {}
+    found = parse_squeue(p.stdout)
+    # squeue forgets finished jobs: an id it does not list has ended (the job folder says how)
+    return {i: found[i] for i in slurm_ids if i in found}
+
+
+def parse_squeue(text: str) -> dict[str, tuple[str, str]]:
+    """Slurm id -> (our state, "") from ``squeue -h -r -o '%i|%t'``."""
     found = {}
-    for line in p.stdout.splitlines():
+    for line in text.splitlines():
         jobid, _, st = line.partition("|")
         for jid in _expand(jobid.strip()):
             found[jid] = (SQUEUE.get(st.strip(), "running"), "")
-    # squeue forgets finished jobs: an id it does not list has ended (the job folder says how)
-    return {i: found[i] for i in slurm_ids if i in found}
+    return found

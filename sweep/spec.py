@@ -3,6 +3,7 @@
     name = "demo"
     dataset = "mnist-5k"
     methods = ["teacher", "scratch", "kd"]
+    pack = "auto"      # students trained together in one process: "auto", or a number (1: off)
     [train]            # fixed settings for every job
     epochs = 12
     [teacher]          # settings for the teacher jobs only (override [train])
@@ -11,21 +12,20 @@
     temperature = [1, 4, 16]
     seed = [0]
     [[exclude]]        # points to leave out: every key given must match
-    (top level) pack = "auto"   # students trained together in one process: "auto", or a number (1: off)
     alpha = 1
     temperature = 1
 """
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kd.config import DATASETS, METHODS, SETTINGS, check_value
-from kd.errors import UserError
+from kd.errors import UserError, did_you_mean
 
 TOP_KEYS = ("name", "description", "dataset", "methods", "pack", "train", "teacher", "grid", "exclude")
 NOT_SETTABLE = ("method", "teacher")  # the plan sets these
@@ -78,10 +78,9 @@ def load(arg: str | Path) -> Sweep:
     return parse(read_toml(path), path)
 
 
-def _unknown(where: str, key: str, known: tuple[str, ...] | list[str]) -> UserError:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
-    return UserError(f"{where}{key}: unknown key ({hint})")
+def unknown_key(where: str, key: str, known: Iterable[str]) -> UserError:
+    """``<where><key>: unknown key (did you mean 'x'?)``: sweep files and profiles alike."""
+    return UserError(f"{where}{key}: unknown key ({did_you_mean(key, known)})")
 
 
 def _settings(table: Any, where: str) -> tuple[tuple[str, Any], ...]:
@@ -93,7 +92,7 @@ def _settings(table: Any, where: str) -> tuple[tuple[str, Any], ...]:
             raise UserError(f"{where}{key}: set by the plan, not by the sweep file"
                             + (" (use 'methods')" if key == "method" else ""))
         if key not in SETTINGS:
-            raise _unknown(where, key, [s for s in SETTINGS if s not in NOT_SETTABLE])
+            raise unknown_key(where, key, [s for s in SETTINGS if s not in NOT_SETTABLE])
         out.append((key, check_value(key, value, where)))
     return tuple(out)
 
@@ -103,7 +102,7 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
     f = f"{path}: " if path else ""
     for key in raw:
         if key not in TOP_KEYS:
-            raise _unknown(f, key, TOP_KEYS)
+            raise unknown_key(f, key, TOP_KEYS)
     name = raw.get("name")
     if name is None:
         raise UserError(f"{f}name: missing (the sweep's name, used as its results folder)")
@@ -123,7 +122,7 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
         if key in NOT_SETTABLE:
             raise UserError(f"{where}{key}: not an axis" + (" (list methods in 'methods')" if key == "method" else ""))
         if key not in SETTINGS:
-            raise _unknown(where, key, [s for s in SETTINGS if s not in NOT_SETTABLE])
+            raise unknown_key(where, key, [s for s in SETTINGS if s not in NOT_SETTABLE])
         if not isinstance(values, list):
             raise UserError(f"{where}{key}: expected a list of values, got {values!r}")
         if not values:
@@ -157,9 +156,7 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
         raise UserError(f"{f}methods: expected a non-empty list of: {', '.join(METHODS)}; got {methods!r}")
     for i, m in enumerate(methods):
         if m not in METHODS:
-            close = difflib.get_close_matches(str(m), METHODS, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(METHODS)}"
-            raise UserError(f"{f}methods[{i}]: unknown method {m!r} ({hint})")
+            raise UserError(f"{f}methods[{i}]: unknown method {m!r} ({did_you_mean(m, METHODS)})")
     if len(set(methods)) != len(methods):
         raise UserError(f"{f}methods: a method appears twice: {methods!r}")
 
@@ -185,7 +182,7 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
                 pairs.append((key, value))
                 continue
             if key not in axes:
-                raise _unknown(where, key, list(axes) + ["method"])
+                raise unknown_key(where, key, list(axes) + ["method"])
             pairs.append((key, check_value(key, value, where)))
         exclude.append(tuple(pairs))
 

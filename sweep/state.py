@@ -1,6 +1,7 @@
 """The results folder on disk, and each job's state as its folder tells it.
 
     results/<sweep>/plan.json               the plan last run (ids, names, configs, dependencies)
+    results/<sweep>/.lock                   held by the 'kdsweep run' (or submission) at work on the sweep
     results/<sweep>/jobs/<id>/config.json   what the job runs
                              /attempt.json  who runs it now (host, pid, start), written at start
                              /error.json    why the last attempt failed
@@ -12,14 +13,18 @@ only in a process's memory.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kd import atomic
+from kd.errors import UserError
 from sweep.plan import Job, Plan
 
 DONE, RUNNING, FAILED, INTERRUPTED, PENDING = "done", "running", "failed", "interrupted", "pending"
@@ -38,6 +43,23 @@ def sweep_dir(results_root: Path, plan: Plan) -> Path:
 
 def job_dir(sweep_folder: Path, job: Job | str) -> Path:
     return Path(sweep_folder) / "jobs" / (job if isinstance(job, str) else job.id)
+
+
+@contextmanager
+def sweep_lock(folder: Path) -> Iterator[None]:
+    """Hold the sweep's lock: two runs (or submissions) of one sweep would start its jobs twice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise UserError(f"{folder}: another 'kdsweep run' is running this sweep ({f.read().strip()})") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        yield
 
 
 def write_plan(sweep_folder: Path, plan: Plan) -> None:

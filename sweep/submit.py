@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kd.errors import UserError
-from sweep import local, profile as prof, slurm, state, status
+from sweep import profile as prof, slurm, state, status
 from sweep.plan import Job, Plan, units
 
 LEVEL_NAMES = ("first", "students")
@@ -103,7 +103,7 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
     import submitit
 
     out = Submitted()
-    with local.sweep_lock(folder):
+    with state.sweep_lock(folder):
         state.write_plan(folder, plan)
         states = dict((j.id, s) for j, s in status.job_states(plan, folder))
         out.already_done = sum(s.state == state.DONE for s in states.values())

@@ -23,11 +23,19 @@ BAD = [
     (GOOD.replace('runtime = "none"', 'runtime = "docker"'), "container.runtime: 'docker' is not one of none, apptainer, pyxis"),
     (GOOD.replace('runtime = "none"', 'runtime = "apptainer"'), "container.image: runtime 'apptainer' needs an image"),
     (GOOD.replace('runtime = "none"', 'runtme = "none"'), "container.runtme: unknown key (did you mean 'runtime'?)"),
-    (GOOD + "", None),
+    (GOOD.replace('gpus = 1', 'gpus = 1\nsbatch = { "Mail Type" = "FAIL" }'), "sbatch.Mail Type: expected an sbatch option"),
+    (GOOD.replace('gpus = 1', 'gpus = 1\nsetup = ["module load cuda", 3]'), "setup: expected a list of shell lines"),
+    (GOOD + 'zzz = 1\n', "container.zzz: unknown key (known: runtime, image, binds, nv, python)"),
 ]
 
 
-@pytest.mark.parametrize("text, message", [b for b in BAD if b[1]], ids=[b[1][:30] for b in BAD if b[1]])
+def test_good_profile(tmp_path):
+    p = tmp_path / "p.toml"
+    p.write_text(GOOD)
+    assert prof.load(p) == prof.Profile(name="p", partition="gpu", time_min=60, gpus=1, path=p)
+
+
+@pytest.mark.parametrize("text, message", BAD, ids=[b[1][:30] for b in BAD])
 def test_bad_profile_one_line_before_anything(tmp_path, capsys, text, message):
     p = tmp_path / "p.toml"
     p.write_text(text)
@@ -86,15 +94,14 @@ def test_sbatch_scripts_say_what_matters(capsys, monkeypatch, tmp_path):
                 "python3 -u -m submitit.core._submit") in script
 
 
-def test_pack_one_gives_one_task_per_student(capsys, monkeypatch):
+def test_pack_one_gives_one_task_per_student(monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert main(["plan", "reference-mnist", "--profile", "generic-apptainer"]) == 0
-    capsys.readouterr()
     p = prof.load("generic-apptainer")
     from sweep import api, submit
 
     (_, first, _), (_, students, text) = submit.preview(api.plan("reference-mnist"), p, Path("/r"), pack=1)
-    assert len(students) == 24 and "#SBATCH --array=0-23%16" in text
+    assert [[j.name for j in t] for t in first] == [["teacher-s0"], ["scratch-s0"]]
+    assert len(students) == 24 and all(len(t) == 1 for t in students) and "#SBATCH --array=0-23%16" in text
 
 
 def test_pyxis_profile_puts_the_image_on_srun(capsys, monkeypatch):

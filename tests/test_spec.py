@@ -71,3 +71,15 @@ def test_bundled_examples_load():
 
     for f in sorted(Path(spec.EXAMPLES).glob("*.toml")):
         assert spec.load(f).name == f.stem
+
+
+def test_the_docstring_example_is_a_valid_sweep_file():
+    import textwrap
+    import tomllib
+
+    from sweep import spec
+
+    example = textwrap.dedent(spec.__doc__.split("\n", 1)[1])
+    sweep = spec.parse(tomllib.loads(example))
+    assert (sweep.name, sweep.pack, sweep.train) == ("demo", "auto", (("epochs", 12),))
+    assert sweep.exclude == ((("alpha", 1.0), ("temperature", 1.0)),)

@@ -1,0 +1,139 @@
+"""The local scheduler's rules (sweep.local.run), with stand-in processes: no torch, no training.
+
+``local._start`` is replaced by a process that waits for its teachers' results (as a unit
+started early does), sleeps a moment, then writes each job's result.json, or exits 1.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sweep import local, plan as planner, spec, state
+
+STAND_IN = r"""
+import json, pathlib, sys, time
+a = json.loads(sys.argv[1])
+deadline = time.monotonic() + 20
+while not all(pathlib.Path(d, "result.json").exists() for d in a["after"]):
+    if time.monotonic() > deadline:
+        sys.exit(3)
+    time.sleep(0.01)
+time.sleep(a["seconds"])
+if a["fail"]:
+    sys.exit(1)
+for d in a["dirs"]:
+    pathlib.Path(d, "result.json").write_text("{}")
+"""
+
+
+class StandIn:
+    """Starts stand-in processes in place of ``local._start``; remembers what it started."""
+
+    def __init__(self):
+        self.starts = []  # (job names, names of the teacher folders it waits for, process)
+        self.fail = set()  # names of jobs whose unit exits 1
+
+    def __call__(self, members, after, *, folder, data_root, device, env):
+        arg = {"dirs": [str(state.job_dir(folder, j)) for j in members], "after": [str(a) for a in after],
+               "seconds": 0.3 if members[0].method == "teacher" else 0.1,
+               "fail": bool({j.name for j in members} & self.fail)}
+        proc = subprocess.Popen([sys.executable, "-c", STAND_IN, json.dumps(arg)])
+        self.starts.append(([j.name for j in members], [a.name for a in after], proc))
+        return proc
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    s = StandIn()
+    monkeypatch.setattr(local, "_start", s)
+    yield s
+    for _, _, proc in s.starts:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _plan(methods=("kd",)):
+    """teacher-s0, teacher-s1 (and scratch-s0, scratch-s1), kd-a0.5-T4-s0, kd-a0.5-T4-s1."""
+    return planner.plan(spec.parse({"name": "s", "dataset": "mnist-5k", "methods": list(methods),
+                                    "grid": {"alpha": [0.5], "temperature": [4], "seed": [0, 1]}}))
+
+
+def _run(plan, folder, jobs, pack=1):
+    """local.run; returns its summary, its events (job name, state, detail) and the most units it ran at once."""
+    events, live, most = [], set(), 0
+
+    def on_event(e):
+        nonlocal most
+        events.append((e.job.name, e.state, e.detail))
+        (live.add if e.state == "started" else live.discard)(e.job.name)
+        most = max(most, len(live))
+
+    summary = local.run(plan, folder, jobs=jobs, pack=pack, on_event=on_event, poll=0.01)
+    return summary, events, most
+
+
+def test_jobs_limit_and_early_start(tmp_path, stand_in):
+    plan = _plan()
+    summary, events, most = _run(plan, tmp_path, jobs=3)
+    assert most == 3 and len(summary.done) == 4 and not summary.failed + summary.skipped
+    # both teachers need nothing and go first; the third place goes to a student whose teacher
+    # trains here (it waits for its result); the other student starts when a place is free
+    (t0, _, _), (t1, _, _), (s0, after0, _), (s1, _, _) = stand_in.starts
+    assert t0 + t1 == ["teacher-s0", "teacher-s1"]
+    assert s0 == ["kd-a0.5-T4-s0"] and after0 == [plan.jobs[0].id] and s1 == ["kd-a0.5-T4-s1"]
+
+
+def test_ready_units_go_before_early_ones(tmp_path, stand_in):
+    plan = _plan(["kd", "scratch"])
+    assert [j.name for j in plan.jobs][2:] == ["kd-a0.5-T4-s0", "kd-a0.5-T4-s1", "scratch-s0", "scratch-s1"]
+    summary, events, most = _run(plan, tmp_path, jobs=3)
+    # a student from scratch can train now; a kd student would only wait for its teacher
+    assert [names[0] for names, _, _ in stand_in.starts][:3] == ["teacher-s0", "teacher-s1", "scratch-s0"]
+    assert most == 3 and len(summary.done) == 6
+
+
+def test_a_failed_teacher_skips_its_students_and_stops_those_waiting(tmp_path, stand_in):
+    stand_in.fail.add("teacher-s0")
+    summary, events, most = _run(_plan(), tmp_path, jobs=4)
+    assert [names for names, _, _ in stand_in.starts] == [["teacher-s0"], ["teacher-s1"], ["kd-a0.5-T4-s0"],
+                                                         ["kd-a0.5-T4-s1"]]  # the students started early
+    assert ("teacher-s0", "failed", "exit status 1") in events
+    assert ("kd-a0.5-T4-s0", "skipped", "its teacher did not finish") in events  # stopped while it waited
+    assert stand_in.starts[2][2].returncode < 0  # by a signal, not by its own deadline
+    names = {j.id: j.name for j in _plan().jobs}
+    assert [names[i] for i in summary.done] == ["teacher-s1", "kd-a0.5-T4-s1"]
+
+
+def test_a_pack_runs_without_the_students_whose_teacher_failed(tmp_path, stand_in, monkeypatch):
+    plan = _plan()
+    t0, t1, s0, s1 = plan.jobs
+    monkeypatch.setattr(local, "units", lambda plan, pack: [(t0,), (t1,), (s0, s1)])  # one pack, two teachers
+    stand_in.fail.add("teacher-s0")
+    summary, events, _ = _run(plan, tmp_path, jobs=1)
+    assert [(names, after) for names, after, _ in stand_in.starts] == [
+        (["teacher-s0"], []), (["teacher-s1"], []), (["kd-a0.5-T4-s1"], [])]
+    assert summary.done == [t1.id, s1.id] and summary.failed == [t0.id] and summary.skipped == [s0.id]
+
+
+def test_jobs_running_elsewhere_are_skipped_with_their_students(tmp_path, stand_in):
+    plan = _plan()
+    teacher = state.job_dir(tmp_path, plan.jobs[0])
+    teacher.mkdir(parents=True)
+    (teacher / "attempt.json").write_text(json.dumps({"host": "another-host", "pid": 1}))
+    summary, events, _ = _run(plan, tmp_path, jobs=2)
+    assert ("teacher-s0", "skipped", "already running (on another-host (not checkable from here))") in events
+    assert ("kd-a0.5-T4-s0", "skipped", "its teacher did not finish") in events
+    assert [names for names, _, _ in stand_in.starts] == [["teacher-s1"], ["kd-a0.5-T4-s1"]]
+
+
+def test_an_interrupted_run_stops_its_children(tmp_path, stand_in, monkeypatch):
+    def interrupt(e):
+        if len(stand_in.starts) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        local.run(_plan(), tmp_path, jobs=2, pack=1, on_event=interrupt, poll=0.01)
+    assert len(stand_in.starts) == 2
+    assert all(proc.returncode is not None and proc.returncode < 0 for _, _, proc in stand_in.starts)

@@ -1,0 +1,68 @@
+"""What sacct and squeue print, read back as job states: recorded outputs (tests/golden/), no cluster."""
+import os
+from pathlib import Path
+
+import pytest
+
+from sweep import slurm
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_sacct_output_as_states():
+    """``sacct -n -P -X -D --format=JobID,State,ExitCode``: one line per attempt, oldest first."""
+    found = slurm.parse_sacct((GOLDEN / "sacct.txt").read_text())
+    assert found == {
+        # a pending array is one line with its task ranges (and its %-limit)
+        "4211_0": ("queued", ""), "4211_1": ("queued", ""), "4211_2": ("queued", ""), "4211_3": ("queued", ""),
+        "4211_5": ("queued", ""),
+        "4211_4": ("running", ""),
+        "4212_0": ("running", ""),  # requeued twice, then running: the last attempt counts
+        "4212_1": ("queued", ""),  # preempted, then pending again
+        "4212_2": ("failed", "ended without a result"),  # a completed task whose job has no result.json
+        "4212_3": ("cancelled", ""),  # "CANCELLED by <uid>"
+        "4212_4": ("cancelled", ""),
+        "4212_5": ("failed", "exit code 1"),
+        "4212_6": ("failed", "time limit"),
+        "4212_7": ("failed", "out of memory"),
+        "4212_8": ("failed", "node failure"),
+        "4212_9": ("running", "completing"),
+        "4213": ("queued", ""),  # not an array
+        "4214_12": ("queued", ""), "4214_13": ("queued", ""),
+    }
+
+
+def test_squeue_output_as_states():
+    """``squeue -h -r -o '%i|%t'``: one line per array task (-r), short state codes."""
+    found = slurm.parse_squeue((GOLDEN / "squeue.txt").read_text())
+    assert found == {
+        "4211_0": ("queued", ""), "4211_1": ("queued", ""), "4211_4": ("running", ""),
+        "4212_0": ("running", ""), "4212_1": ("queued", ""),  # RQ: requeued
+        "4212_9": ("running", ""), "4212_10": ("running", ""),  # CG completing, S suspended
+        "4213": ("queued", ""), "4215_0": ("running", ""),  # CF: configuring
+    }
+
+
+@pytest.mark.parametrize("jobid, expanded", [
+    ("12_[0-3,5%2]", ["12_0", "12_1", "12_2", "12_3", "12_5"]),
+    ("12_[7]", ["12_7"]),
+    ("12_[8-9%1]", ["12_8", "12_9"]),
+    ("12_4", ["12_4"]),
+    ("13", ["13"]),
+])
+def test_expand_array_ranges(jobid, expanded):
+    assert slurm._expand(jobid) == expanded
+
+
+def test_query_asks_sacct_for_the_arrays_then_squeue_for_the_rest(tmp_path, monkeypatch):
+    """Stand-ins for sacct and squeue on PATH print the recordings and note how they were called."""
+    for tool, recording in (("sacct", "sacct.txt"), ("squeue", "squeue.txt")):
+        script = tmp_path / tool
+        script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/{tool}.args\ncat {GOLDEN / recording}\n')
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    found = slurm.query(["4212_0", "4212_5", "4215_0", "4216_0"])
+    assert found == {"4212_0": ("running", ""), "4212_5": ("failed", "exit code 1"), "4215_0": ("running", "")}
+    assert (tmp_path / "sacct.args").read_text().split() == [
+        "-n", "-P", "-X", "-D", "--format=JobID,State,ExitCode", "-j", "4212,4215,4216"]
+    assert (tmp_path / "squeue.args").read_text().split() == ["-h", "-r", "-o", "%i|%t", "-j", "4215,4216"]
