@@ -10,6 +10,12 @@
 --full-grid times the whole reference grid end to end for kd-sweep (teacher, scratch and 24
 students); the naive side then also trains its teacher and scratch student. --naive-sample K
 runs only K of the naive students and scales their mean time to all of them (said in the output).
+
+    python bench/kd_grid.py --compare-with HEAD~3 --repeat 3   # kd-sweep now against an earlier commit
+
+--compare-with REV times only kd-sweep's side, this tree's code against commit REV's (checked out
+into a temporary git worktree), alternating, ``--repeat`` times each on the same teacher, and prints
+the medians and their ratio: a regression check, side by side in one run.
 """
 from __future__ import annotations
 
@@ -63,6 +69,8 @@ def main() -> None:
     ap.add_argument("--naive-sample", type=int, default=0, help="run only this many naive students (0: all)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the naive runs")
     ap.add_argument("--jobs", type=int, default=1, help="kd-sweep's processes at once (kdsweep run -j)")
+    ap.add_argument("--compare-with", metavar="REV", help="time kd-sweep against commit REV's kd-sweep instead")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each side with --compare-with (medians)")
     args = ap.parse_args()
 
     import torch
@@ -95,6 +103,8 @@ def main() -> None:
         state.write_plan(folder, plan)  # its folder and config, as `kdsweep run` writes them
         sh([sys.executable, "-m", "sweep.worker", str(state.job_dir(folder, teacher)), "--device", args.device]
            + (["--data-root", args.data_root] if args.data_root else []), env)
+    if args.compare_with:
+        return compare_versions(args, run, results, folder, env)
     t0 = time.perf_counter()
     sh(run, env)
     ours = time.perf_counter() - t0
@@ -157,11 +167,30 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _state_env(plan, folder) -> dict:
-    from sweep import state
-
-    state.write_plan(folder, plan)  # the teacher's folder and config, as `kdsweep run` would write them
-    return {}
+def compare_versions(args, run: list[str], results: Path, folder: Path, env: dict) -> None:
+    """kd-sweep's side with this tree's code and with commit ``args.compare_with``'s, alternating."""
+    old_tree = Path(tempfile.mkdtemp(prefix="kd-bench-rev-")) / "tree"
+    subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", "-q", str(old_tree),
+                    args.compare_with], check=True)
+    sides = {f"{args.compare_with}": old_tree, "this tree": HERE.parent}
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    start = results.parent / "start"
+    shutil.copytree(folder, start / "bench")  # the trained teacher: every run starts from it
+    try:
+        for rep in range(args.repeat):
+            for name, tree in sides.items():
+                shutil.rmtree(results, ignore_errors=True)
+                shutil.copytree(start, results)
+                side_env = {**env, "PYTHONPATH": str(tree)}
+                t0 = time.perf_counter()
+                subprocess.run(run, env=side_env, cwd=results.parent, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - t0)
+                print(f"run {rep + 1}: {name:>12s} {times[name][-1]:6.1f} s", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(old_tree)], check=False)
+    (old, old_t), (new, new_t) = ((k, statistics.median(v)) for k, v in times.items())
+    print(f"median of {args.repeat}: {old} {old_t:.1f} s, this tree {new_t:.1f} s: "
+          f"this tree takes {new_t / old_t:.2f}x the time of {old}")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, fields
 from typing import Any
 
-from kd.errors import UserError
+from kd.errors import UserError, did_you_mean
 
 METHODS = ("teacher", "scratch", "kd", "subclass-teacher", "subclass")
 TEACHER_OF = {"kd": "teacher", "subclass": "subclass-teacher"}  # students -> the method of their teacher
@@ -17,9 +16,6 @@ DEFAULT_MODELS = {"teacher": "mnist-cnn", "scratch": "mnist-mlp", "kd": "mnist-m
 APPLIES = {"alpha": ("kd", "subclass"), "temperature": ("kd", "subclass"), "teacher": ("kd", "subclass"),
            "subclasses": ("subclass-teacher", "subclass"), "beta": ("subclass-teacher",),
            "aux_temperature": ("subclass-teacher",)}
-# Settings added after the first release: left out of job ids while unset, so old ids stay valid.
-LATER_SETTINGS = ("subclasses", "beta", "aux_temperature", "pretrained", "augment", "head_epochs", "finetune_lr",
-                  "unfreeze_from", "class_weights", "precision", "channels_last")
 # MHIST's models (the reference study's Part 2); the MNIST-shaped datasets use DEFAULT_MODELS
 MHIST_MODELS = {"teacher": "resnet50", "subclass-teacher": "resnet50"}
 
@@ -31,8 +27,8 @@ class TrainConfig:
     dataset: str = "mnist-5k"
     method: str = "kd"
     model: str = ""  # empty: the method's default (teacher CNN or student MLP)
-    alpha: float | None = 0.5  # weight of the distillation term (reference study's convention); kd only
-    temperature: float | None = 4.0  # kd only
+    alpha: float | None = 0.5  # weight of the distillation term (reference study's convention); students (kd, subclass)
+    temperature: float | None = 4.0  # students (kd, subclass)
     epochs: int = 12
     batch_size: int = 256
     lr: float = 1e-3
@@ -69,15 +65,26 @@ DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)
 
 
-PACK_SHARED = ("dataset", "model", "epochs", "batch_size", "lr", "seed", "drop_last")  # and the teacher
+# What the members of one pack share: the data, the architecture and its outputs, the optimiser's
+# settings and the number of steps. Seeds, teachers, alpha and temperature are per member.
+PACK_SHARED = ("dataset", "model", "epochs", "batch_size", "lr", "drop_last", "subclasses")
+PACKED_METHODS = ("kd", "scratch", "subclass")  # students; teachers train alone
 NOT_PACKABLE = ("augment", "head_epochs", "unfreeze_from", "class_weights", "precision", "channels_last")
+# Students per pack when pack = "auto", by model: what one process holds comfortably (weights, gradients
+# and Adam's two moments: 16 bytes a parameter; 128 reference MLPs take about 2.5 GB). Others: alone.
+AUTO_PACK = {"mnist-mlp": 128, "mnist-cnn": 32}
 
 
 def packable(settings: dict[str, Any]) -> bool:
-    """Whether a job may train in a pack: packs share one batch stream, the teacher's cached logits
-    and float32 arithmetic, so kd and scratch students without augmentation, schedule, class
-    weights or other precision."""
-    return settings["method"] in ("kd", "scratch") and not any(settings.get(k) for k in NOT_PACKABLE)
+    """Whether a job may train in a pack: students whose teacher's logits can be cached (no
+    augmentation) and that train with the plain schedule, loss and float32 arithmetic."""
+    return settings["method"] in PACKED_METHODS and not any(settings.get(k) for k in NOT_PACKABLE)
+
+
+def pack_key(settings: dict[str, Any]) -> tuple:
+    """Jobs with the same key may train in one pack (a student without a teacher packs apart from
+    those that have one: it need not wait for a teacher)."""
+    return (*(settings.get(k) for k in PACK_SHARED), settings.get("teacher") is None)
 
 
 def resolve(settings: dict[str, Any]) -> dict[str, Any]:
@@ -106,9 +113,7 @@ def check_value(key: str, value: Any, where: str = "", at: str | None = None) ->
     """
     at = at or f"{where}{key}"
     if key not in FIELD_TYPES:
-        close = difflib.get_close_matches(key, SETTINGS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(SETTINGS)})"
-        raise UserError(f"{at}: unknown setting{hint}")
+        raise UserError(f"{at}: unknown setting ({did_you_mean(key, SETTINGS)})")
     want = FIELD_TYPES[key]
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

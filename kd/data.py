@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,13 +185,3 @@ def download(name: str, root: Path) -> Path:
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images to floats in [0, 1], the reference study's scaling."""
     return x.float().div_(255.0)
-
-
-def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None = None,
-                  drop_last: bool = False, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-    """Index tensors for one epoch: a seeded permutation when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    order = order.to(device)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size]

@@ -10,6 +10,7 @@ from kd.data import to_float
 from kd.errors import UserError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+EVAL_BATCH = 1000  # images per forward pass where a model only predicts (evaluation, a teacher's logits)
 
 
 def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -143,7 +144,7 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """The model's logits (eval mode) for every image of a uint8 split."""
     model.eval()
     return torch.cat([model(to_float(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])

@@ -1,7 +1,7 @@
 """A finished teacher: its frozen model, and its logits cached next to its checkpoint.
 
-The cache (FKD-style, Shen & Xing, ECCV 2022) holds the teacher's logits for the training and
-test images, computed once and used by every student of that teacher. It is exact when the
+The cache (FKD-style, Shen & Xing, ECCV 2022) holds the teacher's logits for the training
+images, computed once and used by every student of that teacher. It is exact when the
 teacher is frozen, in eval mode, and sees the same un-augmented inputs the students see; it
 stores logits, not probabilities, so one cache serves every temperature. It is keyed by the
 checkpoint's hash and the dataset's fingerprint, and rebuilt when either changes.
@@ -36,8 +36,9 @@ def model_file(path: str | Path | None) -> Path:
     return file
 
 
-def load(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.nn.Module:
-    """A finished teacher from its ``model.pt``, frozen and in eval mode."""
+def load(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int | None = None) -> torch.nn.Module:
+    """A finished teacher from its ``model.pt``, frozen and in eval mode; ``outputs``: what the
+    student has, which the teacher must match (a subclass teacher has C x S)."""
     try:
         saved = torch.load(file, map_location=device, weights_only=True)
         cfg = saved["config"]
@@ -46,8 +47,9 @@ def load(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.nn.Mo
         raise UserError(f"teacher: {file} is not a kd model file ({e.__class__.__name__}: {why})") from None
     if cfg["dataset"] != data.name:
         raise UserError(f"teacher: {file} was trained on '{cfg['dataset']}', not '{data.name}'")
-    outputs = data.num_classes * (cfg.get("subclasses") or 1)  # a subclass teacher has C x S outputs
-    teacher = models.build(cfg["model"], outputs, data.input_shape, "none").to(device)  # weights: from the file
+    has = data.num_classes * (cfg.get("subclasses") or 1)  # a subclass teacher has C x S outputs
+    _check_outputs(file, cfg["method"], has, outputs)
+    teacher = models.build(cfg["model"], has, data.input_shape, "none").to(device)  # weights: from the file
     teacher.load_state_dict(saved["state_dict"])
     teacher.eval().requires_grad_(False)
     return teacher
@@ -62,23 +64,32 @@ def forward(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return teacher(x)
 
 
-def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device) -> torch.Tensor:
+def _check_outputs(file: Path, method: str, has: int, wanted: int | None) -> None:
+    if wanted is not None and has != wanted:
+        raise UserError(f"teacher: {file} is a {method} job with {has} outputs; this student has {wanted}",
+                        hint="method 'kd' distils from a 'teacher' job, method 'subclass' from a 'subclass-teacher' "
+                             "with the same subclasses")
+
+
+def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int | None = None) -> torch.Tensor:
     """The teacher's logits on the training set, from the cache beside ``file`` or computed and cached."""
     model_hash = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
     cache = file.parent / f"logits-{data.name}-{data.fingerprint()}.pt"
     if cache.exists():
         try:
             saved = torch.load(cache, map_location=device, weights_only=True)
-            if saved["model_sha256"] == model_hash and saved["train"].shape[0] == len(data.train_y):
-                return saved["train"]
-            log.info("teacher cache %s is stale: recomputing", cache)
+            fresh = saved["model_sha256"] == model_hash and saved["train"].shape[0] == len(data.train_y)
         except Exception as e:  # a damaged cache is rebuilt, never trusted
             log.warning("teacher cache %s unreadable (%s): recomputing", cache, e)
-    teacher = load(file, data, device)
+        else:
+            if fresh:
+                _check_outputs(file, "teacher", saved["train"].shape[1], outputs)
+                return saved["train"]
+            log.info("teacher cache %s is stale: recomputing", cache)
+    teacher = load(file, data, device, outputs)
     train = forward(teacher, data.train_x.to(device))
-    test = forward(teacher, data.test_x.to(device))
     buf = io.BytesIO()
-    torch.save({"model_sha256": model_hash, "dataset": data.name, "train": train.cpu(), "test": test.cpu()}, buf)
+    torch.save({"model_sha256": model_hash, "dataset": data.name, "train": train.cpu()}, buf)
     atomic.write_with(cache, lambda f: f.write(buf.getvalue()))
     log.info("teacher logits cached in %s", cache)
     return train

@@ -1,9 +1,16 @@
-"""One unit of work: train a teacher, a student from scratch, or a distilled student.
+"""The training loop: one model (a teacher, a student from scratch, a distilled student) or a pack
+of N students trained together; a job alone is a pack of one, the same code.
 
-``run(config, out_dir)`` is called the same way by a test, a notebook, a local process
-and a SLURM task. The output folder holds ``checkpoint.pt`` (after every epoch),
-``model.pt`` (final weights) and ``result.json`` (written last: the job is done).
-Started again on the same folder, a job resumes from its last checkpoint.
+``run(config, out_dir)`` and ``run_pack(configs, out_dirs)`` are called the same way by a test, a
+notebook, a local worker and a SLURM task. Each member's folder holds ``checkpoint.pt`` (after
+every epoch, every ``checkpoint_every`` seconds, and when asked to stop), ``model.pt`` (final
+weights) and ``result.json`` (written last: the job is done). Started again on the same folder,
+a job resumes from its checkpoint, mid-epoch included, and ends as if never interrupted.
+
+Each member has its own seed (initial weights), batch order (a permutation seeded by its seed and
+the epoch), random numbers (``kd.rng``: keyed by its seed, epoch and step), alpha, temperature and
+teacher: its result does not depend on the pack it trains in, by construction (up to float
+rounding of batched arithmetic).
 """
 from __future__ import annotations
 
@@ -20,110 +27,228 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm import tqdm
 
 import kd
-from kd import atomic, data as kd_data, metrics as kd_metrics, models, phases, teacher as kd_teacher
-from kd.config import TrainConfig
-from kd.losses import class_logits, kd_loss, subclass_student_loss, subclass_teacher_loss
+from kd import atomic, data as kd_data, metrics as kd_metrics, models, phases, rng, teacher as kd_teacher
+from kd.config import NOT_PACKABLE, PACK_SHARED, TrainConfig, packable
+from kd.errors import UserError
+from kd.losses import class_logits, cross_entropy, kd_loss, subclass_teacher_loss
+from kd.stack import Stack, stack_optimizer, unstack_optimizer
 
 log = logging.getLogger(__name__)
 RESULT, CHECKPOINT, MODEL = "result.json", "checkpoint.pt", kd_teacher.MODEL
+ORDER_STRIDE = 1_000_003  # a prime: seed * ORDER_STRIDE + epoch seeds an epoch's batch order, distinct per (seed, epoch)
+AUGMENT_STREAM = 1000  # kd.rng streams 1000.. are the augmentation's; 0.. the dropout layers'
 
 
-def run(config: TrainConfig, out_dir: Path | str, *, data_root: Path | None = None,
-        device: str | None = None, dataset: kd_data.Dataset | None = None,
-        stop: Callable[[], bool] | None = None, teacher_mode: str = "cached") -> dict[str, Any] | None:
-    """Train one job into ``out_dir`` and return its result (None if ``stop()`` asked to stop early).
+def run(config: TrainConfig, out_dir: Path | str, **kwargs: Any) -> dict[str, Any] | None:
+    """Train one job into ``out_dir`` and return its result (None if ``stop()`` asked to stop)."""
+    return run_pack([config], [out_dir], **kwargs)[0]
 
-    ``stop`` is polled after each epoch's checkpoint: a preempted or time-limited job
-    stops there and a later call resumes from that checkpoint. ``teacher_mode`` "cached"
-    reads the teacher's logits from its cache (exact here: no augmentation), "online"
-    runs the teacher on every batch.
+
+def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Path | None = None,
+             device: str | None = None, dataset: kd_data.Dataset | None = None,
+             stop: Callable[[], bool] | None = None, teacher_mode: str = "cached",
+             checkpoint_every: float | None = None) -> list[dict[str, Any] | None]:
+    """Train N >= 1 jobs together, each into its own folder; returns their results (None for those
+    stopped early). Finished work is never redone.
+
+    ``stop`` is polled after every step: when it returns true the members checkpoint where they are
+    (mid-epoch) and the call returns; a later call resumes there. ``checkpoint_every``: seconds of
+    training between checkpoints inside long epochs. ``teacher_mode`` "cached" reads the teacher's
+    logits from its cache (exact: no augmentation), "online" runs the teacher on every batch.
     """
-    out = Path(out_dir)
-    if (out / RESULT).exists():  # finished work is never redone
-        return json.loads((out / RESULT).read_text())
-    dev = pick_device(device)
-    seen_by_teacher = kd_teacher.FORWARD_IMAGES["count"]
-    teacher_file = kd_teacher.model_file(config.teacher) if config.teacher else None
-    data = dataset or kd_data.load(config.dataset, data_root)
-    teacher_net, teacher_logits_all = None, None
-    if teacher_file and (teacher_mode == "online" or config.augment):  # augmented inputs: no cache is exact
-        teacher_net = kd_teacher.load(teacher_file, data, dev)
-    elif teacher_file:
-        teacher_logits_all = kd_teacher.cached_logits(teacher_file, data, dev).to(dev)
-    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
+    outs = [Path(o) for o in out_dirs]
+    if not configs or len(configs) != len(outs):
+        raise ValueError("run_pack needs one output folder per config")
+    _check_pack(configs)
+    results: dict[Path, dict | None] = {o: json.loads((o / RESULT).read_text())
+                                        for o in outs if (o / RESULT).exists()}
+    todo = [(c, o) for c, o in zip(configs, outs) if o not in results]
+    if todo:
+        dev = pick_device(device)
+        seen_by_teacher = kd_teacher.FORWARD_IMAGES["count"]
+        data = dataset or kd_data.load(todo[0][0].dataset, data_root)
+        steps_per_epoch(todo[0][0], len(data.train_y))  # a batch larger than the data: said before any folder
+        online = teacher_mode == "online" or bool(todo[0][0].augment)  # augmented inputs: no cache is exact
+        teachers = _teachers([c for c, _ in todo], data, dev, online)
+        groups: dict[tuple[int, int], list] = {}  # members resumed from different places train apart
+        for c, o in todo:
+            o.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
+            state = load_checkpoint(o / CHECKPOINT, dev)
+            groups.setdefault((state["epoch"], state.get("step", 0)) if state else (0, 0), []).append((c, o, state))
+        for members in groups.values():
+            for (_, o, _), r in zip(members, _train(members, data, teachers, dev, stop, checkpoint_every,
+                                                    seen_by_teacher)):
+                results[o] = r
+    return [results[o] for o in outs]
 
-    torch.manual_seed(config.seed)
-    model = models.build(config.model, outputs(config, data), data.input_shape, config.pretrained).to(dev)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    start_epoch, history = 0, []
-    state = load_checkpoint(out / CHECKPOINT, dev)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        start_epoch, history = state["epoch"], state["history"]
-        log.info("resuming %s from epoch %d", out, start_epoch)
-    phase = phases.phase(config, start_epoch)
-    optimizer, frozen = phases.setup(model, config, phase)
-    if state is not None and phases.phase(config, start_epoch - 1) == phase:  # at the phase change: a new one
-        optimizer.load_state_dict(state["optimizer"])
 
+def _check_pack(configs: list[TrainConfig]) -> None:
+    if len(configs) == 1:
+        return
+    for c in configs:
+        if not packable(c.to_dict()):
+            raise UserError(f"a pack holds students (kd, scratch, subclass) without {', '.join(NOT_PACKABLE)}; "
+                            f"not this {c.method} job")
+        differ = [k for k in PACK_SHARED if getattr(c, k) != getattr(configs[0], k)]
+        if differ:
+            raise UserError(f"jobs in one pack must share {', '.join(differ)}")
+
+
+def _teachers(configs: list[TrainConfig], data: kd_data.Dataset, dev: torch.device, online: bool):
+    """The members' distinct teachers: (their cached logits [T, n_train, K], or T frozen models; their
+    model files, whose order is the teacher index), or None where no member has a teacher."""
+    files = list(dict.fromkeys(kd_teacher.model_file(c.teacher) for c in configs if c.teacher))
+    if not files:
+        return None
+    k = outputs(configs[0], data)
+    if online:
+        return [kd_teacher.load(f, data, dev, outputs=k) for f in files], files
+    return torch.stack([kd_teacher.cached_logits(f, data, dev, outputs=k).to(dev) for f in files]), files
+
+
+def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.Dataset, teachers,
+           dev: torch.device, stop: Callable[[], bool] | None, checkpoint_every: float | None,
+           seen_by_teacher: int) -> list[dict | None]:
+    """Train members (config, folder, checkpoint or None; all at the same position) as one stack.
+    ``seen_by_teacher``: the teachers' forward-pass count when the call began (for the results)."""
+    configs, outs = [c for c, _, _ in members], [o for _, o, _ in members]
+    c0, n = configs[0], len(members)
+    nets = []
+    for c, _, state in members:
+        torch.manual_seed(c.seed)  # a member's initial weights depend on its seed alone
+        net = models.build(c.model, outputs(c, data), data.input_shape, c.pretrained).to(dev)
+        if state is not None:
+            net.load_state_dict(state["model"])
+        nets.append(net.to(memory_format=torch.channels_last) if c0.channels_last else net)
+    stack = Stack(nets)
+    if teachers is not None:  # each member's teacher, as an index into the teachers
+        files = teachers[1]
+        teachers = teachers[0], torch.tensor([files.index(kd_teacher.model_file(c.teacher)) if c.teacher else 0
+                                              for c in configs], device=dev)
+    first = members[0][2] or {}
+    start_epoch, start_step = first.get("epoch", 0), first.get("step", 0)
+    histories = [s["history"] if s else [] for _, _, s in members]
+    if start_epoch or start_step:
+        log.info("resuming %s from epoch %d, step %d (of %d)", outs[0] if n == 1 else f"a pack of {n}",
+                 start_epoch + 1, start_step, steps_per_epoch(c0, len(data.train_y)))
+    phase = phases.phase(c0, start_epoch)
+    optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase)
+    if first and phases.phase(c0, start_epoch if start_step else start_epoch - 1) == phase:  # else a new phase
+        optimizer.load_state_dict(stack_optimizer([s["optimizer"] for _, _, s in members]))
+
+    seeds, batch = [c.seed for c in configs], c0.batch_size
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
     test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
-    weight = class_weights(config, data, dev)
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        if phases.phase(config, epoch) != phase:  # head-only training is over: fine-tune, with a new optimiser
-            phase = phases.phase(config, epoch)
-            optimizer, frozen = phases.setup(model, config, phase)
-        loss_fn = objective(config, weight) if phase != "head" else hard_labels(config, weight)
-        model.train()
+    weight = class_weights(c0, data, dev)
+    steps = steps_per_epoch(c0, len(train_y))
+    last_save = time.monotonic()
+
+    def save(epoch: int, step: int, partial: dict[str, Any] | None = None) -> None:
+        for i, state in enumerate(unstack_optimizer(optimizer.state_dict(), n)):
+            save_checkpoint(outs[i] / CHECKPOINT, {
+                "epoch": epoch, "step": step, "history": histories[i], "config": configs[i].to_dict(),
+                "model": stack.state_of(i), "optimizer": state,
+                "partial": partial and {**partial, "loss_sum": partial["loss_sum"][i]}})
+
+    for epoch in range(start_epoch, c0.epochs):
+        if phases.phase(c0, epoch) != phase:  # head-only training is over: fine-tune, with a new optimiser
+            phase = phases.phase(c0, epoch)
+            optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase)
+        loss_fn = objective(configs, weight, phase)
+        order = torch.stack([epoch_order(s, epoch, len(train_y)) for s in seeds]).to(dev)  # [N, n_train]
+        keys = rng.keys_tensor(seeds, epoch, device=dev)
+        partial = first.get("partial") if epoch == start_epoch and start_step else None
+        t0 = time.perf_counter() - (partial["seconds"] if partial else 0.0)
+        loss_sum = torch.tensor([s["partial"]["loss_sum"] for _, _, s in members], device=dev) if partial else \
+            torch.zeros(n, device=dev)
+        seen = partial["seen"] if partial else 0
+        stack.train()
         for m in frozen:  # frozen layers keep their batch-norm statistics, as Keras' trainable=False does
             m.eval()
-        loss_sum, seen = torch.zeros((), device=dev), 0
-        for idx in tqdm(epoch_batches(config, epoch, len(train_y), dev), desc=f"epoch {epoch + 1}/{config.epochs}",
-                        leave=False, disable=None):
-            x, y = kd_data.to_float(train_x[idx]), train_y[idx]
-            if config.augment:
-                x = augment(x)
-            if config.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                logits = model(x).float()  # the losses in float32
-            teacher_logits = (teacher_logits_all[idx] if teacher_logits_all is not None
-                              else kd_teacher.forward(teacher_net, x if config.augment else train_x[idx])
-                              if teacher_net is not None else None)
-            loss = loss_fn(logits, teacher_logits, y)
+        stopped = False
+        for step in range(start_step if epoch == start_epoch else 0, steps):
+            idx = order[:, step * batch:(step + 1) * batch]  # [N, B]: each member its own batch
+            x = kd_data.to_float(train_x[idx])
+            step_keys = rng.derive(keys, step)
+            if c0.augment:
+                x = augment(x, rng.derive(step_keys, AUGMENT_STREAM))
+            stack.set_dropout_keys([rng.derive(step_keys, layer) for layer in range(len(stack.dropout_keys))])
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=c0.precision == "bf16"):
+                logits = stack(x).float()  # the losses in float32
+            losses = loss_fn(logits, _teacher_logits(teachers, idx, x), train_y[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()  # parameters are disjoint: each member gets its own loss's gradient
             optimizer.step()
-            loss_sum += loss.detach() * len(idx)
-            seen += len(idx)
-        test_loss, test_acc = evaluate(model, test_x, test_y, config.subclasses if is_subclass(config) else 1)
-        history.append(epoch_record(epoch, config, (loss_sum / max(seen, 1)).item(), test_loss, test_acc,
-                                    time.perf_counter() - t0))
-        save_checkpoint(out / CHECKPOINT, model.state_dict(), optimizer.state_dict(), history, config)
-        if stop is not None and epoch + 1 < config.epochs and stop():
-            log.info("stopping after epoch %d at request; rerun to resume", epoch + 1)
-            return None
-    return finish(config, out, model, history, data, dev,
-                  teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher)
+            loss_sum += losses.detach() * idx.shape[1]
+            seen += idx.shape[1]
+            stopped = stop is not None and stop()
+            if step + 1 < steps and (stopped or (checkpoint_every and time.monotonic() - last_save >= checkpoint_every)):
+                save(epoch, step + 1, {"loss_sum": loss_sum.tolist(), "seen": seen, "seconds": time.perf_counter() - t0})
+                last_save = time.monotonic()
+                if stopped:
+                    log.info("stopped at epoch %d, step %d of %d: checkpointed there", epoch + 1, step + 1, steps)
+                    return [None] * n
+        test_loss, test_acc = evaluate(stack, test_x, test_y, subclasses_of(c0))
+        seconds = time.perf_counter() - t0
+        for i, c in enumerate(configs):
+            histories[i].append(epoch_record(epoch, c, (loss_sum[i] / max(seen, 1)).item(), test_loss[i], test_acc[i],
+                                             seconds))
+        save(epoch + 1, 0)
+        last_save = time.monotonic()
+        if stopped and epoch + 1 < c0.epochs:
+            log.info("stopped after epoch %d: checkpointed, rerun to resume", epoch + 1)
+            return [None] * n
+    flops = flops_per_sample(nets[0], data.input_shape, dev)
+    results = []
+    for i, c in enumerate(configs):
+        nets[i].load_state_dict(stack.state_of(i))
+        results.append(finish(c, outs[i], nets[i], histories[i], data, dev, flops, pack_size=n,
+                              teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher))
+    return results
+
+
+def _teacher_logits(teachers, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    """Each member's teacher's logits for its batch, ``[N, B, K]``: from the cache, or (online)
+    from the teacher run on the member's (augmented) batch."""
+    if teachers is None:
+        return None
+    source, index = teachers
+    if isinstance(source, torch.Tensor):
+        return source[index.unsqueeze(1), idx]
+    return torch.stack([kd_teacher.forward(source[t], x[i]) for i, t in enumerate(index.tolist())])
+
+
+def steps_per_epoch(config: TrainConfig, n_train: int) -> int:
+    steps = n_train // config.batch_size if config.drop_last else -(-n_train // config.batch_size)
+    if steps == 0:
+        raise UserError(f"batch_size: {config.batch_size} is larger than the training set of '{config.dataset}' "
+                        f"({n_train} images): with drop_last no step would be taken")
+    return steps
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The epoch's batch order for a member: a permutation seeded by (seed, epoch), on the CPU,
+    the same on resume and in any pack."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * ORDER_STRIDE + epoch))
 
 
 def is_subclass(config: TrainConfig) -> bool:
     return config.method in ("subclass", "subclass-teacher")
 
 
+def subclasses_of(config: TrainConfig) -> int:
+    return config.subclasses if is_subclass(config) else 1
+
+
 def outputs(config: TrainConfig, data: kd_data.Dataset) -> int:
     """The model's outputs: one per class, or C x S subclass logits for the subclass methods."""
-    return data.num_classes * (config.subclasses if is_subclass(config) else 1)
+    return data.num_classes * subclasses_of(config)
 
 
-def class_weights(config: TrainConfig, data: kd_data.Dataset, device: torch.device) -> torch.Tensor | None:
+def class_weights(config: TrainConfig, data: kd_data.Dataset, device: torch.device | str) -> torch.Tensor | None:
     """With ``class_weights``: N / (C * count of the class) for each class of the training set, so
     that every class weighs the same in the hard-label loss (MHIST: 1,545 HP against 630 SSA)."""
     if not config.class_weights:
@@ -132,36 +257,36 @@ def class_weights(config: TrainConfig, data: kd_data.Dataset, device: torch.devi
     return (len(data.train_y) / (data.num_classes * counts)).to(device)
 
 
-def objective(config: TrainConfig, weight: torch.Tensor | None = None
+def objective(configs: list[TrainConfig], weight: torch.Tensor | None = None, phase: str = phases.FULL
               ) -> Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]:
-    """The method's loss as f(logits, teacher logits or None, labels)."""
-    c = config
-    if c.method == "kd":
-        return lambda s, t, y: kd_loss(s, t, y, c.alpha, c.temperature, weight)
-    if c.method == "subclass-teacher":
-        return lambda s, t, y: subclass_teacher_loss(s, y, c.subclasses, c.beta, c.aux_temperature, weight)
-    if c.method == "subclass":
-        return lambda s, t, y: subclass_student_loss(s, t, y, c.subclasses, c.alpha, c.temperature or 1.0, weight)
-    return lambda s, t, y: F.cross_entropy(s, y, weight=weight)
+    """The members' losses as f(logits [N, B, K], teacher logits or None, labels [N, B]) -> [N].
+    In the head phase: cross-entropy on the class logits alone."""
+    c0 = configs[0]
+    s = subclasses_of(c0)
+    if any(c.alpha and not c.teacher for c in configs):
+        raise ValueError("a member with alpha > 0 needs a teacher")
+    per = lambda key, default: torch.tensor([getattr(c, key) or default for c in configs])  # noqa: E731
+    if phase == phases.HEAD:
+        return lambda z, t, y: cross_entropy(class_logits(z, s), y, weight)
+    if c0.method == "subclass-teacher":
+        beta, aux = per("beta", 0.0), per("aux_temperature", 1.0)
+        return lambda z, t, y: subclass_teacher_loss(z, y, s, beta.to(z.device), aux.to(z.device), weight)
+    alpha, temperature = per("alpha", 0.0), per("temperature", 1.0)  # teachers and scratch: alpha 0
+    return lambda z, t, y: kd_loss(z, t, y, alpha.to(z.device), temperature.to(z.device), weight, s)
 
 
-def hard_labels(config: TrainConfig, weight: torch.Tensor | None = None):
-    """Cross-entropy on the class logits alone: the students' loss while only their head trains."""
-    if is_subclass(config):
-        return lambda s, t, y: F.cross_entropy(class_logits(s, config.subclasses), y, weight=weight)
-    return lambda s, t, y: F.cross_entropy(s, y, weight=weight)
-
-
-def augment(x: torch.Tensor, noise_std: float = 0.1) -> torch.Tensor:
-    """The reference study's augmentation, per batch on the device: random vertical flip, random
-    rotation by a multiple of 90 degrees (square images), additive Gaussian noise."""
-    flip = torch.rand(len(x), device=x.device) < 0.5
-    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
-    if x.shape[2] == x.shape[3]:
-        k = torch.randint(0, 4, (len(x),), device=x.device)
+def augment(x: torch.Tensor, keys: torch.Tensor, noise_std: float = 0.1) -> torch.Tensor:
+    """The reference study's augmentation, per member and image on the device: random vertical
+    flip, random rotation by a multiple of 90 degrees (square images), additive Gaussian noise.
+    ``x``: ``[N, B, C, H, W]``; ``keys``: ``[N]``, the members' keys for this step (``kd.rng``)."""
+    n, b = x.shape[:2]
+    flip = rng.uniform(rng.derive(keys, 0), (b,)) < 0.5
+    x = torch.where(flip.view(n, b, 1, 1, 1), x.flip(3), x)
+    if x.shape[3] == x.shape[4]:
+        k = (rng.uniform(rng.derive(keys, 1), (b,)) * 4).long().view(n, b, 1, 1, 1)
         for turns in (1, 2, 3):
-            x = torch.where((k == turns).view(-1, 1, 1, 1), torch.rot90(x, turns, dims=(2, 3)), x)
-    return x + noise_std * torch.randn_like(x)
+            x = torch.where(k == turns, torch.rot90(x, turns, dims=(3, 4)), x)
+    return x + noise_std * rng.normal(rng.derive(keys, 2), tuple(x.shape[1:]))
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -176,22 +301,6 @@ def pick_device(device: str | None) -> torch.device:
     return dev
 
 
-def adam(params, lr: float) -> torch.optim.Adam:
-    """Adam (Kingma & Ba 2015) with the fused kernel where the device has one: the same update,
-    in one pass over memory instead of several (8x faster on a CPU for the packed students)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-        return torch.optim.Adam(params, lr=lr)
-
-
-def epoch_batches(config: TrainConfig, epoch: int, n: int, device: torch.device):
-    """The epoch's batches: a permutation seeded by (seed, epoch), the same on resume and in a pack."""
-    order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    return kd_data.batch_indices(n, config.batch_size, generator=order, drop_last=config.drop_last, device=device)
-
-
 def epoch_record(epoch: int, config: TrainConfig, train_loss: float, test_loss: float, test_acc: float,
                  seconds: float) -> dict[str, Any]:
     log.info("epoch %3d/%d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %.1fs",
@@ -201,23 +310,21 @@ def epoch_record(epoch: int, config: TrainConfig, train_loss: float, test_loss: 
 
 
 def finish(config: TrainConfig, out: Path, model: torch.nn.Module, history: list[dict], data: kd_data.Dataset,
-           dev: torch.device, **extra: Any) -> dict[str, Any]:
+           dev: torch.device, flops: int, **extra: Any) -> dict[str, Any]:
     """Write the final weights, then ``result.json`` (last, atomically: the job is done)."""
     atomic.write_with(out / MODEL, lambda f: torch.save(  # config saved: a teacher knows its own outputs
         {"config": config.to_dict(), "state_dict": model.state_dict()}, f))
     metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
                "train_loss": history[-1]["train_loss"]}
     if data.num_classes == 2:  # F1 per class, macro F1, ROC AUC, confusion matrix
-        logits = models.logits_of(model, data.test_x.to(dev))
-        if is_subclass(config):
-            logits = class_logits(logits, config.subclasses)
+        logits = class_logits(models.logits_of(model, data.test_x.to(dev)), subclasses_of(config))
         metrics.update(kd_metrics.binary(logits, data.test_y.to(dev), data.class_names))
     result = {
         "config": config.to_dict(),
         "metrics": metrics,
         "history": history,
         "params": models.count_params(model),
-        "flops_per_sample": flops_per_sample(model, data.input_shape, dev),
+        "flops_per_sample": flops,
         "wall_seconds": sum(h["seconds"] for h in history),
         "device": (f"{torch.cuda.get_device_name(dev)} (tf32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})"
                    if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"),
@@ -229,16 +336,17 @@ def finish(config: TrainConfig, out: Path, model: torch.nn.Module, history: list
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, subclasses: int = 1,
-             batch_size: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (a fraction) over a whole split, on class predictions
-    (for a subclass model: the logsumexp of each class's subclass logits)."""
-    logits = models.logits_of(model, x, batch_size)
-    if subclasses > 1:
-        logits = class_logits(logits, subclasses)
-    loss = F.cross_entropy(logits, y, reduction="sum")
-    correct = (logits.argmax(dim=1) == y).sum()
-    return loss.item() / len(y), correct.item() / len(y)
+def evaluate(stack: Stack, x: torch.Tensor, y: torch.Tensor, subclasses: int = 1) -> tuple[list[float], list[float]]:
+    """Each member's mean cross-entropy and accuracy (a fraction) over a whole split, on class
+    predictions (for a subclass model: the logsumexp of each class's subclass logits)."""
+    stack.train(False)
+    logits = torch.cat([stack(kd_data.to_float(x[i:i + models.EVAL_BATCH]).expand(stack.n, -1, *x.shape[1:]))
+                        for i in range(0, len(x), models.EVAL_BATCH)], dim=1)  # [N, n_test, K]
+    logits = class_logits(logits, subclasses)
+    labels = y.expand(stack.n, -1)
+    loss = cross_entropy(logits, labels)
+    correct = (logits.argmax(dim=-1) == labels).sum(dim=1)
+    return loss.tolist(), [c / len(y) for c in correct.tolist()]
 
 
 def flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int:
@@ -251,30 +359,26 @@ def flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], devic
     return int(counter.get_total_flops())
 
 
-def save_checkpoint(path: Path, model_state: dict, optimizer_state: dict, history: list, config: TrainConfig) -> None:
-    state = {"epoch": len(history), "history": history, "config": config.to_dict(), "model": model_state,
-             "optimizer": optimizer_state, "rng_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """A member's checkpoint: its position (epoch, step inside it), history, weights and optimiser
+    state, in the same format whatever pack it trains in. No RNG state: kd.rng needs none."""
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic.write_with(path, lambda f: f.write(buf.getvalue()), fsync=False)
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
-    """A checkpoint's contents, restoring the RNG states it saved (dropout continues as if
-    uninterrupted); None where there is none, or, with a warning, a damaged one (training then
-    starts over)."""
+    """A checkpoint's contents; None where there is none, or, with a warning, a damaged one
+    (training then starts over)."""
     if not path.exists():
         return None
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+        for key in ("epoch", "history", "model", "optimizer"):
+            state[key]  # noqa: B018 - a checkpoint without them is damaged
     except Exception as e:
         log.warning("checkpoint %s is damaged (%s: %s): starting this job over", path, e.__class__.__name__, e)
         return None
-    torch.set_rng_state(state["rng_cpu"].cpu())
-    if "rng_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
     return state
 
 

@@ -13,12 +13,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kd.config import APPLIES, DEFAULTS, LATER_SETTINGS, PACK_SHARED, TEACHER_OF, packable, resolve
+from kd.config import APPLIES, AUTO_PACK, DEFAULTS, TEACHER_OF, pack_key, packable, resolve
 from kd.errors import UserError
 from sweep.spec import Sweep
 
 # Axes that change what a method computes; the others are ignored for it.
 TEACHER_AXES = ("dataset", "seed")
+# Settings added after the first release: left out of job ids while unset, so that the ids of
+# earlier sweeps (and so their finished results) stay valid. A setting added later goes here.
+LATER_SETTINGS = ("subclasses", "beta", "aux_temperature", "pretrained", "augment", "head_epochs", "finetune_lr",
+                  "unfreeze_from", "class_weights", "precision", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,6 @@ class Plan:
     sweep: Sweep
     jobs: tuple[Job, ...]  # teachers first, then students, each in grid order
     excluded: int = 0
-
-    @property
-    def by_id(self) -> dict[str, Job]:
-        return {j.id: j for j in self.jobs}
 
     def levels(self) -> list[list[Job]]:
         """Jobs grouped so that each level depends only on earlier ones: first the jobs that need
@@ -65,20 +65,18 @@ class Plan:
         return sum(len(j.points) for j in self.jobs)
 
 
-AUTO_PACK = 32  # students per pack when pack = "auto": 32 reference MLPs with Adam state take about 0.7 GB
-
-
 def units(plan: Plan, pack: int | str = "auto") -> list[tuple[Job, ...]]:
-    """Units of work, in plan order: each teacher alone; students that share dataset, teacher,
-    model and optimiser settings packed together, at most ``pack`` per unit (1: no packing)."""
-    size = AUTO_PACK if pack == "auto" else int(pack)
+    """Units of work, in plan order: each teacher alone; students that share dataset, model and
+    optimiser settings packed together, whatever their seeds and teachers, at most ``pack`` per
+    unit (1: no packing; "auto": the model's size in kd.config.AUTO_PACK)."""
     groups: dict[tuple, list[Job]] = {}
     out: list[list[Job]] = []
     for job in plan.jobs:
+        size = AUTO_PACK.get(job.config["model"], 1) if pack == "auto" else int(pack)
         if size == 1 or not packable(job.config):
             out.append([job])
             continue
-        key = tuple(job.config[k] for k in (*PACK_SHARED, "teacher"))
+        key = pack_key(job.config)
         if key not in groups or len(groups[key]) >= size:
             groups[key] = []
             out.append(groups[key])

@@ -1,13 +1,20 @@
 """What runs inside one unit's process (a local child process or a SLURM array task).
 
 A unit is one job, or a pack of students trained together. Reads each job's ``config.json``,
-records the attempt, calls ``kd.train.run`` (or ``kd.pack.run``), and on an exception writes
-``error.json`` with its last line into every unfinished job of the unit before failing.
+records the attempt, calls ``kd.train.run_pack``, and on an exception writes ``error.json``
+with its last line into every unfinished job of the unit before failing.
+
+Stopping: on SIGTERM or SIGINT (a local run stopped) and on Slurm's warning signal (time limit,
+preemption) the training loop finishes its current step, checkpoints where it is, mid-epoch,
+and returns; a Slurm task is then requeued and resumes there. Long epochs are also
+checkpointed every ``KDSWEEP_CHECKPOINT_MINUTES`` (default 10) minutes of training.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import time
 import traceback
@@ -16,7 +23,7 @@ from pathlib import Path
 
 from kd import atomic
 from kd.config import TrainConfig
-from sweep import state
+from sweep import logs, state
 
 
 def train_config(folder: Path) -> TrainConfig:
@@ -28,6 +35,35 @@ def train_config(folder: Path) -> TrainConfig:
     if config.get("teacher"):
         config["teacher"] = str(folder.parent / config["teacher"])
     return TrainConfig(**config)
+
+
+CHECKPOINT_MINUTES = 10.0
+
+
+def checkpoint_every() -> float:
+    """Seconds of training between checkpoints inside an epoch (``KDSWEEP_CHECKPOINT_MINUTES``)."""
+    return 60.0 * float(os.environ.get("KDSWEEP_CHECKPOINT_MINUTES", CHECKPOINT_MINUTES))
+
+
+class StopFlag:
+    """Set by a signal; the training loop polls it after every step. A second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def catch(self, *signums: int) -> None:
+        for s in signums:
+            signal.signal(s, self._set)
+
+    def _set(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        logging.getLogger(__name__).warning("caught %s: stopping after this step, with a checkpoint",
+                                            signal.Signals(signum).name)
+        self.signal = signum
 
 
 def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str | None = None,
@@ -49,19 +85,18 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
         configs = [train_config(f) for f in todo]
         import torch
 
-        from kd import data as kd_data, pack, train
+        from kd import data as kd_data, phases, train
 
         dataset = None
         if after:
             dev = train.pick_device(device)
             dataset = kd_data.load(configs[0].dataset, data_root)
             # the first optimiser imports torch._dynamo (seconds): do it while the teacher trains
-            train.adam([torch.zeros(1, device=dev, requires_grad=True)], 1e-3)
-            _wait_for([Path(a) for a in after])
-        if len(todo) == 1:
-            train.run(configs[0], todo[0], data_root=data_root, device=device, stop=stop, dataset=dataset)
-        else:
-            pack.run(configs, todo, data_root=data_root, device=device, stop=stop, dataset=dataset)
+            phases.adam([torch.zeros(1, device=dev, requires_grad=True)], 1e-3)
+            if not _wait_for([Path(a) for a in after], stop):
+                return [None] * len(folders)
+        train.run_pack(configs, todo, data_root=data_root, device=device, stop=stop, dataset=dataset,
+                       checkpoint_every=checkpoint_every())
     except Exception as e:  # a kill or Ctrl-C leaves no error.json: the job shows as interrupted
         line = f"{e.__class__.__name__}: {e}".splitlines()[0] if str(e) else e.__class__.__name__
         for f in todo:
@@ -71,14 +106,16 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
     return [state.read_json(f / "result.json") for f in folders]
 
 
-def _wait_for(folders: list[Path], poll: float = 0.2) -> None:
-    """Until every folder has its result; a failure there fails this unit."""
+def _wait_for(folders: list[Path], stop: Callable[[], bool] | None, poll: float = 0.2) -> bool:
+    """Until every folder has its result (True) or ``stop()`` (False); a failure there fails this unit."""
     from kd.errors import UserError
 
     while True:
         waiting = [f for f in folders if not (f / "result.json").exists()]
         if not waiting:
-            return
+            return True
+        if stop is not None and stop():
+            return False
         for f in waiting:
             error = state.read_json(f / "error.json")
             if error is not None:
@@ -93,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path)
     p.add_argument("--device")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logs.setup()
+    stop = StopFlag()
+    stop.catch(signal.SIGTERM, signal.SIGINT)
     try:
-        run_unit(args.folders, data_root=args.data_root, device=args.device, after=args.after)
+        results = run_unit(args.folders, data_root=args.data_root, device=args.device, after=args.after, stop=stop)
     except Exception:
         traceback.print_exc()
         return 1
-    return 0
+    return 128 + stop.signal if None in results and stop.signal else 0
 
 
 if __name__ == "__main__":
@@ -110,9 +148,10 @@ if __name__ == "__main__":
 class SlurmTask:
     """The callable that submitit pickles into each SLURM array task.
 
-    On the warning signal (time limit or preemption) submitit calls ``checkpoint`` and
-    requeues the task with the same arguments; the requeued task resumes from the job's
-    last epoch checkpoint, so at most the epoch in flight is lost.
+    On the warning signal (time limit or preemption) the training loop finishes its step and
+    checkpoints mid-epoch; then submitit's own handler runs: it calls ``checkpoint`` and requeues
+    the task with the same arguments, and the requeued task resumes at that step. SIGTERM (a
+    ``scancel``) stops the same way, without a requeue.
     """
 
     def __call__(self, folders: list[str], data_root: str | None = None) -> str:
@@ -125,10 +164,18 @@ class SlurmTask:
             torch.set_num_threads(int(cpus))
         slurm_id = (f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
                     if "SLURM_ARRAY_JOB_ID" in os.environ else os.environ.get("SLURM_JOB_ID"))
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S", force=True)
-        run_unit([Path(f) for f in folders], data_root=Path(data_root) if data_root else None, slurm_job_id=slurm_id)
-        return "done"
+        logs.setup(force=True)
+        import submitit
+
+        warning = submitit.JobEnvironment._usr_sig()  # USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise
+        requeue = signal.getsignal(warning)  # submitit's checkpoint-and-requeue handler
+        stop = StopFlag()
+        stop.catch(warning, signal.SIGTERM)
+        results = run_unit([Path(f) for f in folders], data_root=Path(data_root) if data_root else None, stop=stop,
+                           slurm_job_id=slurm_id)
+        if None in results and stop.signal == warning and callable(requeue):
+            requeue(warning, None)  # requeues this task and exits
+        return "done" if None not in results else "stopped"
 
     def checkpoint(self, *args, **kwargs):
         import submitit

@@ -73,3 +73,23 @@ def slurm_cluster():
             pytest.fail(why)
         pytest.skip(why)
     return os.environ["SLURM_CONF"]
+
+
+@pytest.fixture(scope="session")
+def mini_mnist(tmp_path_factory, small):
+    """A data root with 1,000 / 200 real MNIST digits as the standard IDX files: dataset "mnist"
+    at a fraction of mnist-5k's training cost, for the tests that run whole sweeps."""
+    root = tmp_path_factory.mktemp("mini-mnist")
+    raw = root / "MNIST" / "raw"
+    for prefix, x, y in (("train", small.train_x, small.train_y), ("t10k", small.test_x, small.test_y)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", x[:, 0].numpy())
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", y.numpy().astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def mini_mnist_env(mini_mnist):
+    """KDSWEEP_DATA points at ``mini_mnist`` for this module's tests and the processes they start."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KDSWEEP_DATA", str(mini_mnist))
+        yield mini_mnist

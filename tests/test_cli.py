@@ -45,12 +45,13 @@ def test_debug_shows_traceback(tmp_path):
     assert p.returncode != 0 and "Traceback" in p.stderr
 
 
-def test_train_then_distil_from_the_command_line(tmp_path):
+def test_train_then_distil_from_the_command_line(tmp_path, mini_mnist):
     kw = dict(capture_output=True, text=True)
-    base = [sys.executable, "-m", "sweep.cli", "-q", "train", "--epochs", "1"]
+    base = [sys.executable, "-m", "sweep.cli", "-q", "train", "--epochs", "1", "--dataset", "mnist",
+            "--data-root", str(mini_mnist), "--batch-size", "100"]
     t = subprocess.run([*base, "--method", "teacher", "--out", str(tmp_path / "t")], **kw)
     assert t.returncode == 0, t.stderr
     s = subprocess.run([*base, "--method", "kd", "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "s")], **kw)
     assert s.returncode == 0, s.stderr
-    assert s.stdout.startswith("kd on mnist-5k: test accuracy ")
+    assert s.stdout.startswith("kd on mnist: test accuracy ")
     assert (tmp_path / "s" / "result.json").exists()

@@ -79,9 +79,10 @@ def test_mnist_5k_split_is_stratified_and_stable(mnist5k):
     assert d.fingerprint() == data.load("mnist-5k").fingerprint()
 
 
-def test_batches_cover_the_epoch_once():
-    g = torch.Generator().manual_seed(3)
-    batches = list(data.batch_indices(10, 4, generator=g))
-    assert [len(b) for b in batches] == [4, 4, 2]
-    assert sorted(torch.cat(batches).tolist()) == list(range(10))
-    assert [len(b) for b in data.batch_indices(10, 4, drop_last=True)] == [4, 4]
+def test_an_epoch_order_covers_the_data_once_and_depends_on_seed_and_epoch():
+    from kd.train import epoch_order
+
+    order = epoch_order(3, 0, 10)
+    assert sorted(order.tolist()) == list(range(10))
+    assert torch.equal(order, epoch_order(3, 0, 10))  # the same on resume
+    assert not torch.equal(order, epoch_order(3, 1, 10)) and not torch.equal(order, epoch_order(4, 0, 10))

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd.losses import distillation_loss, kd_loss
+from kd.losses import cross_entropy, distillation_loss, kd_loss
 
 
 def _softmax(v, t):
@@ -56,6 +56,36 @@ def test_alpha_weights_the_distillation_term():
     assert kd_loss(s, t, y, alpha=0.2, temperature=4.0).item() == pytest.approx(0.2 * soft + 0.8 * hard)
 
 
-def test_alpha_above_zero_without_teacher_is_an_error():
-    with pytest.raises(ValueError, match="teacher"):
-        kd_loss(torch.zeros(1, 3), None, torch.tensor([0]), alpha=0.5, temperature=2.0)
+def test_members_on_a_leading_axis_equal_each_member_alone():
+    """[N, B, K] logits with per-member alpha and T: member i's loss is kd_loss of its own slice."""
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(3, 5, 4, generator=g) * 2, torch.randn(3, 5, 4, generator=g) * 2
+    y = torch.randint(0, 4, (3, 5), generator=g)
+    alpha, temp = torch.tensor([0.0, 0.3, 1.0]), torch.tensor([1.0, 2.0, 8.0])
+    together = kd_loss(s, t, y, alpha, temp)
+    assert together.shape == (3,)
+    for i in range(3):
+        alone = kd_loss(s[i], t[i], y[i], alpha[i].item(), temp[i].item())
+        assert together[i].item() == pytest.approx(alone.item(), rel=1e-6)
+
+
+def test_kd_loss_by_hand_on_two_examples():
+    """alpha 0.25, T 2, two examples of three classes, every term written out."""
+    s, t, y = [[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]], [[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]], [0, 2]
+    soft = sum(-sum(a * math.log(b) for a, b in zip(_softmax(t[i], 2.0), _softmax(s[i], 2.0))) for i in range(2)) / 2
+    hard = sum(-math.log(_softmax(s[i], 1.0)[y[i]]) for i in range(2)) / 2
+    expected = 0.25 * 4.0 * soft + 0.75 * hard
+    got = kd_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), 0.25, 2.0)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_weighted_cross_entropy_is_torchs():
+    g = torch.Generator().manual_seed(0)
+    z, y, w = torch.randn(6, 3, generator=g), torch.tensor([0, 1, 2, 2, 1, 0]), torch.tensor([0.5, 2.0, 1.0])
+    assert cross_entropy(z, y, w).item() == pytest.approx(F.cross_entropy(z, y, weight=w).item(), rel=1e-6)
+    assert cross_entropy(z, y).item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-6)
+
+
+def test_without_teacher_logits_every_member_trains_on_labels():
+    s, y = torch.randn(2, 4, 3), torch.tensor([[0, 1, 2, 0], [1, 1, 0, 2]])
+    assert torch.allclose(kd_loss(s, None, y, torch.tensor([0.5, 0.0]), 2.0), cross_entropy(s, y))

@@ -1,20 +1,27 @@
 """The transfer-learning schedule (head first, then fine-tuning) and the augmentation."""
+import shutil
+
 import pytest
 import torch
 
 from kd import phases, teacher as kd_teacher, train
 from kd.config import make_config
 from kd.errors import UserError
+from kd_fixtures import teacher_dir  # noqa: F401 - a session fixture
 
 
 def _weights(folder):
     return torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
 
 
+def stop_after(steps):
+    calls = iter(range(1, 1_000_000))
+    return lambda: next(calls) >= steps
+
+
 def test_head_phase_trains_the_head_only(tmp_path, small):
     cfg = make_config(method="scratch", epochs=3, head_epochs=1, finetune_lr=1e-4, unfreeze_from=2, batch_size=100)
-    torch.manual_seed(0)
-    train.run(cfg, tmp_path, dataset=small, device="cpu", stop=lambda: True)  # stops after epoch 1: the head phase
+    train.run(cfg, tmp_path, dataset=small, device="cpu", stop=stop_after(10))  # 10 steps: epoch 1, the head phase
     from kd import models
 
     torch.manual_seed(0)
@@ -27,8 +34,11 @@ def test_head_phase_trains_the_head_only(tmp_path, small):
 def test_resume_across_the_phase_change_equals_uninterrupted(tmp_path, small):
     cfg = make_config(method="scratch", epochs=3, head_epochs=1, finetune_lr=3e-4, unfreeze_from=2, batch_size=100)
     whole = train.run(cfg, tmp_path / "w", dataset=small, device="cpu")
-    assert train.run(cfg, tmp_path / "c", dataset=small, device="cpu", stop=lambda: True) is None  # at the boundary
+    assert train.run(cfg, tmp_path / "c", dataset=small, device="cpu", stop=stop_after(10)) is None  # at the boundary
     cut = train.run(cfg, tmp_path / "c", dataset=small, device="cpu")
+    assert train.run(cfg, tmp_path / "m", dataset=small, device="cpu", stop=stop_after(14)) is None  # mid-epoch 2
+    train.run(cfg, tmp_path / "m", dataset=small, device="cpu")
+    assert all(torch.equal(a[k], b[k]) for a, b in [(_weights(tmp_path / "w"), _weights(tmp_path / "m"))] for k in a)
     a, b = _weights(tmp_path / "w"), _weights(tmp_path / "c")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert cut["metrics"] == whole["metrics"]
@@ -39,8 +49,9 @@ def test_after_the_head_phase_the_front_stays_frozen(tmp_path, small):
 
     model = models.build("mnist-mlp", 10, (1, 28, 28))
     cfg = make_config(method="scratch", epochs=3, head_epochs=1, unfreeze_from=2)
-    opt, _ = phases.setup(model, cfg, phases.FULL)
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = dict(model.named_parameters())
+    opt, _ = phases.setup(model, params, cfg, phases.FULL)
+    trainable = [n for n, p in params.items() if p.requires_grad]
     assert trainable == ["3.weight", "3.bias", "5.weight", "5.bias"]
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 784 * 784 + 784 + 7850
 
@@ -50,20 +61,23 @@ def test_head_epochs_must_leave_epochs_to_fine_tune():
         make_config(method="teacher", epochs=5, head_epochs=5)
 
 
-def test_augmentation_keeps_pixels_and_the_teacher_runs_online(tmp_path, small):
-    torch.manual_seed(0)
-    x = torch.rand(64, 3, 8, 8)
-    y = train.augment(x, noise_std=0.0)
+def test_augmentation_keeps_pixels_and_the_teacher_runs_online(tmp_path, small, teacher_dir):
+    from kd import rng
+
+    x = torch.rand(2, 64, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # 2 members, 64 images each
+    y = train.augment(x, rng.keys_tensor([0, 1], 0), noise_std=0.0)
     assert y.shape == x.shape
-    assert torch.allclose(y.flatten(1).sort(1).values, x.flatten(1).sort(1).values)  # flips/rotations only move pixels
+    assert torch.allclose(y.flatten(2).sort(2).values, x.flatten(2).sort(2).values)  # flips/rotations only move pixels
     assert not torch.equal(x, y)
+    alone = train.augment(x[1:], rng.keys_tensor([1], 0), noise_std=0.0)
+    assert torch.equal(alone[0], y[1])  # a member's augmentation is its own, whatever else is in the pack
     teacher = tmp_path / "t"
-    train.run(make_config(method="teacher", epochs=1, batch_size=100), teacher, dataset=small, device="cpu")
+    shutil.copytree(teacher_dir, teacher)
     kd_teacher.FORWARD_IMAGES["count"] = 0
     train.run(make_config(method="kd", teacher=str(teacher), augment=True, epochs=1, batch_size=100),
               tmp_path / "s", dataset=small, device="cpu")
     assert kd_teacher.FORWARD_IMAGES["count"] == 1000  # every augmented batch, not the cache
-    assert not list(teacher.glob("logits-*.pt"))
+    assert set(teacher.glob("logits-*.pt")) == {teacher / p.name for p in teacher_dir.glob("logits-*.pt")}  # none new
 
 
 def test_class_weights_balance_the_hard_label_loss(small):
@@ -76,7 +90,7 @@ def test_class_weights_balance_the_hard_label_loss(small):
     assert train.class_weights(make_config(method="scratch"), d, "cpu") is None
     logits = torch.zeros(4, 2)
     labels = torch.tensor([0, 0, 0, 1])
-    loss = train.objective(make_config(method="scratch"), w)(logits, None, labels)
+    loss = train.objective([make_config(method="scratch")], w)(logits.unsqueeze(0), None, labels.unsqueeze(0))
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels, weight=w).item())
 
 

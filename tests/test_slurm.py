@@ -1,6 +1,7 @@
 """End to end against the real one-node Slurm cluster of slurm/testcluster (started by make test)."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -43,7 +44,7 @@ def sacct_times(array_ids):
     return {line.split("|")[0]: line.split("|")[1:] for line in p.stdout.splitlines()}
 
 
-def test_sweep_on_slurm_equals_local_and_teacher_first(slurm_cluster, tmp_path):
+def test_sweep_on_slurm_equals_local_and_teacher_first(slurm_cluster, tmp_path, mini_mnist_env):
     from test_sweep_local import TINY as tiny_text
 
     sweep_file = tmp_path / "tiny.toml"
@@ -72,12 +73,12 @@ def test_sweep_on_slurm_equals_local_and_teacher_first(slurm_cluster, tmp_path):
         assert times[sid][0] >= teacher_end, (times, teacher_end)  # ISO times compare as strings
 
 
-def test_preempted_job_requeues_and_cancelled_job_reruns_alone(slurm_cluster, tmp_path):
+def test_preempted_job_requeues_mid_epoch_and_cancelled_job_reruns_alone(slurm_cluster, tmp_path):
     sweep_file = tmp_path / "long.toml"
     sweep_file.write_text('name = "long"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n'
-                          "[train]\nepochs = 40\nbatch_size = 64\n[grid]\nseed = [0, 1]\n")
+                          "[train]\nepochs = 3\nbatch_size = 16\n[grid]\nseed = [0, 1]\n")  # 250 steps an epoch
     results = tmp_path / "results"
-    kdsweep("run", sweep_file, "--results", results, "--profile", "local-slurm")
+    kdsweep("run", sweep_file, "--results", results, "--profile", "local-slurm", "--pack", "1")
     plan = api.plan(sweep_file)
     s0, s1 = plan.jobs
     ids = json.loads((results / "long" / "slurm" / "submissions.json").read_text())[0]["jobs"]
@@ -103,10 +104,15 @@ def test_preempted_job_requeues_and_cancelled_job_reruns_alone(slurm_cluster, tm
                         and st[s1.name].state == state.CANCELLED)
     assert states[s1.name].detail.startswith(f"slurm {ids[s1.id]}")
     result = json.loads((state.job_dir(results / "long", s0) / "result.json").read_text())
-    assert [h["epoch"] for h in result["history"]] == list(range(1, 41))
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
     task_log = (results / "long" / "slurm" / ids[s0.id] / f"{ids[s0.id]}_0_log.out").read_text()
     assert "Caught signal SIGUSR2" in task_log and "Requeued" in task_log
-    assert "resuming" in task_log and "from epoch" in task_log  # resumed from its checkpoint, not from scratch
+    # it stopped mid-epoch with a checkpoint, and the requeued task resumed at that very step
+    stopped = re.search(r"stopped at epoch (\d+), step (\d+) of 250", task_log)
+    assert stopped, task_log
+    epoch, step = int(stopped.group(1)), int(stopped.group(2))
+    assert 0 < step < 250
+    assert f"from epoch {epoch}, step {step} (of 250)" in task_log  # lost: the step in flight, not the epoch
 
     out = kdsweep("resume", sweep_file, "--results", results, "--profile", "local-slurm").stdout
     assert "submitted first array" in out and ": 1 tasks" in out and "1 done" in out

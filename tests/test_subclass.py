@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kd import train
 from kd.config import make_config
 from kd.data import Dataset
-from kd.losses import class_logits, distillation_loss, subclass_aux_loss, subclass_student_loss, subclass_teacher_loss
+from kd.losses import class_logits, distillation_loss, kd_loss, subclass_aux_loss, subclass_teacher_loss
 from sweep import plan as planner, spec
 
 
@@ -21,18 +21,17 @@ def test_class_logits_are_logsumexp_over_each_block():
     assert F.softmax(class_logits(z, 3), -1)[0, 0].item() == pytest.approx(F.softmax(z, -1)[0, :3].sum().item())
 
 
-def test_aux_loss_on_a_3_by_4_example_by_hand():
-    rows = [[1.0, 2.0, 3.0, 4.0], [4.0, 1.0, 0.0, 1.0], [0.0, 0.0, 2.0, -2.0]]
-    t_aux, d, b = 2.0, 4, 3
-    vs = []
-    for r in rows:
-        mean = sum(r) / d
-        std = math.sqrt(sum((x - mean) ** 2 for x in r) / d)
-        vs.append([(x - mean) / std / math.sqrt(t_aux * d) for x in r])
-    gram = [[sum(a * c for a, c in zip(vi, vj)) for vj in vs] for vi in vs]
-    assert gram[0][0] == pytest.approx(1 / t_aux)  # each vector has squared norm 1 / T_aux
-    expected = sum(math.log(sum(math.exp(g) for g in row)) for row in gram) / b - 1 / t_aux - math.log(b)
-    assert subclass_aux_loss(torch.tensor(rows), t_aux).item() == pytest.approx(expected, rel=1e-5)
+def test_aux_loss_by_hand_on_two_examples():
+    """Two examples of D = 3 subclass logits, T_aux = 1, worked out on paper:
+    z_1 = [0, 1, 2]: mean 1, std sqrt(2/3), normalised sqrt(3/2) * [-1, 0, 1];
+    z_2 = [2, 2, 5]: mean 3, std sqrt(2), normalised [-1, -1, 2] / sqrt(2);
+    v = normalised / sqrt(T_aux * D): G_11 = G_22 = 3 / 3 = 1, G_12 = sqrt(3/2) / sqrt(2) * (1 + 0 + 2) / 3 = sqrt(3)/2.
+    L = mean_i log(e^1 + e^(sqrt(3)/2)) - 1/T_aux - log 2 (both rows have the same logsumexp).
+    Normalised over the batch instead (per column: a wrong axis), G_12 would be -1."""
+    expected = math.log(math.e + math.exp(math.sqrt(3) / 2)) - 1.0 - math.log(2)
+    assert expected == pytest.approx(-0.06475, abs=1e-5)
+    z = torch.tensor([[0.0, 1.0, 2.0], [2.0, 2.0, 5.0]])
+    assert subclass_aux_loss(z, 1.0).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_aux_loss_prefers_spread_subclasses():
@@ -52,10 +51,10 @@ def test_student_loss_at_alpha_0_and_1():
     g = torch.Generator().manual_seed(1)
     s, t, y = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g), torch.tensor([1, 0, 0, 1])
     hard = F.cross_entropy(class_logits(s, 3), y).item()
-    assert subclass_student_loss(s, None, y, 3, alpha=0.0, temperature=4.0).item() == pytest.approx(hard)
-    assert subclass_student_loss(s, t, y, 3, alpha=1.0, temperature=4.0).item() == pytest.approx(
+    assert kd_loss(s, None, y, 0.0, 4.0, subclasses=3).item() == pytest.approx(hard)
+    assert kd_loss(s, t, y, 1.0, 4.0, subclasses=3).item() == pytest.approx(
         distillation_loss(s, t, 4.0).item())  # on all C x S subclass logits, T^2 included
-    mixed = subclass_student_loss(s, t, y, 3, alpha=0.3, temperature=2.0).item()
+    mixed = kd_loss(s, t, y, 0.3, 2.0, subclasses=3).item()
     assert mixed == pytest.approx(0.3 * distillation_loss(s, t, 2.0).item() + 0.7 * hard)
 
 
@@ -67,7 +66,7 @@ def test_plan_gives_subclass_students_their_own_teacher():
     assert by["kd-a0.5-T4-s0"].depends_on == (by["teacher-s0"].id,)
     assert by["subclass-teacher-s0"].config["subclasses"] == 10 and by["teacher-s0"].config["subclasses"] is None
     assert by["subclass-teacher-s0"].config["dataset"] == "mnist-5k-binary"
-    assert [len(u) for u in planner.units(p)] == [1, 1, 1, 1, 1]  # subclass students are not packed
+    assert [len(u) for u in planner.units(p)] == [1, 1, 1, 1, 1]  # one student of each kind: kd and subclass students never share a pack
 
 
 def test_subclass_axis_makes_one_teacher_per_value():

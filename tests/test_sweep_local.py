@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,15 +14,19 @@ from PIL import Image
 
 from sweep import api, state
 from sweep.cli import main
+from sweep.plan import units
+
+pytestmark = pytest.mark.usefixtures("mini_mnist_env")  # dataset "mnist": 1,000 real digits
 
 TINY = """name = "tiny"
-dataset = "mnist-5k"
+dataset = "mnist"
 methods = ["teacher", "scratch", "kd"]
 [train]
 epochs = 4
-batch_size = 500
+batch_size = 25
 [teacher]
 epochs = 1
+batch_size = 100
 [grid]
 alpha = [0, 0.5]
 temperature = [2, 8]
@@ -38,7 +43,7 @@ def _attempts(folder):
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory):
+def killed_and_resumed(tmp_path_factory, mini_mnist_env):
     """Run the tiny sweep, SIGKILL the whole process group mid-way, then resume it."""
     root = tmp_path_factory.mktemp("sweep")
     sweep_file = root / "tiny.toml"
@@ -61,33 +66,37 @@ def killed_and_resumed(tmp_path_factory):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     _wait_group_dead(proc.pid)
+    mid = [j for j in mid if not (state.job_dir(folder, j) / "result.json").exists()]
     done_before = {j.id: (state.job_dir(folder, j) / "result.json").stat().st_mtime_ns for j in plan.jobs
                    if (state.job_dir(folder, j) / "result.json").exists()}
     status_after_kill = _run_main(["status", str(sweep_file), "--results", str(results)])
     resume = _kdsweep("resume", str(sweep_file), "--results", str(results))
     resume_out = resume.communicate(timeout=300)[0]
     return dict(root=root, sweep_file=sweep_file, results=results, folder=folder, plan=plan, done_before=done_before,
-                status_after_kill=status_after_kill, resume_out=resume_out, resume_rc=resume.returncode)
+                mid=mid, status_after_kill=status_after_kill, resume_out=resume_out, resume_rc=resume.returncode)
+
+
+def _group(pgid):
+    """The live processes of a process group, from /proc."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in "ZX":
+            alive.append(int(stat.parent.name))
+    return alive
 
 
 def _wait_group_dead(pgid, timeout=20):
     """Until no process of the group is alive (SIGKILL is delivered at once, but dying takes a moment)."""
-    from pathlib import Path
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] not in "ZX":
-                alive.append(stat)
-        if not alive:
+        if not _group(pgid):
             return
         time.sleep(0.05)
-    raise AssertionError("the killed sweep's processes did not die")
+    raise AssertionError(f"the killed sweep's processes did not die: {_group(pgid)}")
 
 
 def _run_main(argv):
@@ -111,10 +120,18 @@ def test_resume_after_kill_finishes_every_job_once(killed_and_resumed):
 
 
 def test_status_after_kill_shows_the_interrupted_job(killed_and_resumed):
-    rc, out, _ = killed_and_resumed["status_after_kill"]
-    assert rc == 0
-    assert "interrupted" in out or "pending" in out
-    assert f"{len(killed_and_resumed['done_before'])}/4 done" in out.splitlines()[-1]
+    """One unit ran at the kill (-j 1): the pack of the student that had a checkpoint. Its jobs are
+    interrupted, those done before are done, and the others never started."""
+    k = killed_and_resumed
+    rc, out, _ = k["status_after_kill"]
+    assert rc == 0 and k["mid"]
+    in_flight = next(u for u in units(k["plan"], "auto") if k["mid"][0] in u)
+    want = {j.name: "done" if j.id in k["done_before"] else "interrupted" if j in in_flight else "pending"
+            for j in k["plan"].jobs}
+    got = {line.split()[1]: line.split()[2] for line in out.splitlines()[1:-1]}
+    assert got == want
+    counts = [f"{n} {s}" for s in ("interrupted", "pending") if (n := list(want.values()).count(s))]
+    assert out.splitlines()[-1] == ", ".join([f"{len(k['done_before'])}/4 done", *counts])
 
 
 def test_interrupted_student_resumed_from_its_checkpoint(killed_and_resumed):
@@ -187,12 +204,97 @@ def test_failed_and_missing_jobs_are_listed(killed_and_resumed, tmp_path):
     assert len(pd.read_parquet(folder / "results.parquet")) == 2
 
 
-def test_a_second_run_of_the_same_sweep_is_refused(killed_and_resumed, capsys):
+def test_a_second_run_of_the_same_sweep_is_refused(killed_and_resumed, tmp_path, capsys):
     k = killed_and_resumed
-    from sweep import local
+    results = tmp_path / "results"
+    shutil.copytree(k["folder"], results / "tiny")
+    student = state.job_dir(results / "tiny", next(j for j in k["plan"].jobs if j.method == "kd"))
+    (student / "result.json").unlink()  # one job left to run
+    attempts = _attempts(student)
+    with state.sweep_lock(results / "tiny"):
+        assert main(["run", str(k["sweep_file"]), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {results / 'tiny'}: another 'kdsweep run' is running this sweep (pid {os.getpid()})" in err
+    assert _attempts(student) == attempts and not (student / "result.json").exists()  # nothing started
 
-    with local.sweep_lock(k["folder"]):
-        assert main(["run", str(k["sweep_file"]), "--results", str(k["results"])]) in (0, 2)
-    # a finished sweep says so before taking the lock; an unfinished one is refused while the lock is held
-    err = capsys.readouterr()
-    assert "nothing to do" in err.out or "another 'kdsweep run' is running this sweep" in err.err
+
+SEEDS = """name = "seeds"
+dataset = "mnist"
+methods = ["scratch"]
+[train]
+epochs = {epochs}
+batch_size = 500
+[grid]
+seed = [{seeds}]
+"""
+
+
+def _workers(run_pid):
+    """The run's live worker processes: its children (a worker's own short-lived forks are not workers)."""
+    try:
+        children = Path(f"/proc/{run_pid}/task/{run_pid}/children").read_text().split()
+    except OSError:
+        return []
+    workers = []
+    for pid in children:
+        try:
+            live = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if live and cmd[1:3] == [b"-m", b"sweep.worker"]:
+            workers.append(int(pid))
+    return workers
+
+
+@pytest.fixture
+def started():
+    """Start ``kdsweep ARGS`` in its own session; at the end, kill whatever of it is left."""
+    procs = []
+
+    def start(*args):
+        procs.append(_kdsweep(*args, start_new_session=True))
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if _group(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.parametrize("jobs, seeds", [(1, 2), (2, 3)])
+def test_jobs_limits_the_training_processes(tmp_path, started, jobs, seeds):
+    """Units that need nothing are all ready at once: -j N starts N of them, then one per unit that ends."""
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=1, seeds=", ".join(map(str, range(seeds)))))
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "-j", str(jobs), "--pack", "1")
+    most, seen = 0, set()
+    while proc.poll() is None:  # sample the run's children until it ends
+        workers = _workers(proc.pid)
+        most, seen = max(most, len(workers)), seen | set(workers)
+        time.sleep(0.01)
+    out = proc.communicate()[0]
+    assert proc.returncode == 0, out
+    assert len(seen) == seeds and most == jobs, (seen, most)
+    assert f"{seeds}/{seeds} done" in out
+
+
+def test_sigterm_stops_the_run_and_its_children(tmp_path, started):
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=200, seeds="0, 1"))
+    plan = api.plan(sweep_file)
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1")
+    first = state.job_dir(tmp_path / "seeds", plan.jobs[0])
+    deadline = time.monotonic() + 120
+    while not (first / "checkpoint.pt").exists():  # the first job is training
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.02)
+    assert len(_workers(proc.pid)) == 1
+    proc.send_signal(signal.SIGTERM)  # the run process only, as `kill PID` does
+    out = proc.communicate(timeout=10)[0]
+    _wait_group_dead(proc.pid, timeout=5)
+    assert proc.returncode == 130 and out.rstrip().endswith("interrupted"), out
+    rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
+    assert out.splitlines()[-1] == "0/2 done, 1 interrupted, 1 pending", out
+    assert f"{plan.jobs[0].name}  interrupted" in out

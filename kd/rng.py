@@ -1,0 +1,66 @@
+"""Randomness per member, by construction: counter-based random numbers.
+
+Every random number a member draws during training (its dropout masks, its augmentation) is
+a hash of (its seed, the epoch, the step, what it is for, the element's index), so a member
+draws the same numbers whatever pack it trains in, alone or beside others, and a run resumed
+from any step draws what it would have drawn uninterrupted: there is no generator state to
+save. The same idea as Philox in JAX's and torch's counter-based generators (Salmon et al.,
+SC 2011), with a simpler mixing function, which is plenty for dropout and augmentation.
+"""
+from __future__ import annotations
+
+import torch
+
+M32 = 0xFFFFFFFF
+GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive counters apart
+
+
+def _mix(x: torch.Tensor | int) -> torch.Tensor | int:
+    """lowbias32 (Chris Wellons' hash-prospector): a bijection on 32-bit words with good avalanche.
+    Works on Python ints and on int64 tensors (kept in [0, 2^32) after every step)."""
+    x = (x ^ (x >> 16)) & M32
+    x = (x * 0x7FEB352D) & M32
+    x = (x ^ (x >> 15)) & M32
+    x = (x * 0x846CA68B) & M32
+    return (x ^ (x >> 16)) & M32
+
+
+def key(seed: int, *counters: int) -> int:
+    """A 32-bit key from a member's seed and counters (epoch, step, stream): a Python int."""
+    k = _mix((seed & M32) ^ _mix(seed >> 32))
+    for c in counters:
+        k = _mix((k + GOLDEN * (c + 1)) & M32)
+    return k
+
+
+def uniform(keys: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Uniform floats in [0, 1) of shape ``keys.shape + shape``: element ``j`` of member ``i``
+    depends only on ``keys[i]`` and ``j``. ``keys``: int64 tensor of 32-bit keys (any shape,
+    including a 0-d one, as ``torch.func.vmap`` hands a member's key to a module)."""
+    n = 1
+    for s in shape:
+        n *= s
+    counter = torch.arange(n, device=keys.device, dtype=torch.int64).reshape(shape)
+    k = keys.reshape(keys.shape + (1,) * len(shape))
+    bits = _mix(_mix((k + counter * GOLDEN) & M32) ^ k)
+    return (bits >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def normal(keys: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal floats (Box-Muller on two uniform streams drawn from derived keys)."""
+    u1 = uniform(_mix((keys + 1) & M32), shape).clamp_min(1e-7)
+    u2 = uniform(_mix((keys + 2) & M32), shape)
+    return (-2.0 * u1.log()).sqrt() * torch.cos(2 * torch.pi * u2)
+
+
+def keys_tensor(seeds: list[int], *counters: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """One key per member (its seed) for the same counters: an int64 tensor ``[N]``."""
+    return torch.tensor([key(s, *counters) for s in seeds], dtype=torch.int64, device=device)
+
+
+def derive(keys: torch.Tensor, *counters: int) -> torch.Tensor:
+    """Keys for further counters (the step, the stream), on the keys' device: ``key(seed, a, b)``
+    is ``derive(keys_tensor([seed], a), b)``."""
+    for c in counters:
+        keys = _mix((keys + (GOLDEN * (c + 1)) % (1 << 32)) & M32)
+    return keys

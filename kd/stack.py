@@ -1,0 +1,141 @@
+"""N >= 1 models of one architecture as one: stacked weights and one forward pass over them.
+
+The members' weights are stacked along a leading axis (as ``torch.func.stack_module_state``
+does) and every tensor of a step carries that axis: inputs ``[N, B, ...]``, logits ``[N, B, K]``.
+For plain MLPs (Flatten, Linear, ReLU and Dropout layers only; the reference student is one,
+without dropout) the layers are batched matrix products (``torch.baddbmm``: N small products
+become one, horizontal fusion as in HFTA, Wang et al., MLSys 2021); other models run one vmapped
+functional call (PyTorch's model-ensembling recipe), or, alone, a plain functional call. Dropout draws its masks from ``kd.rng`` with a key per
+member and step, so a member's masks do not depend on its pack. Adam is element-wise, so one
+Adam over the stacked parameters is exactly one Adam per member.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from kd import rng
+
+Forward = Callable[[dict, dict, torch.Tensor], torch.Tensor]
+
+
+class KeyedDropout(nn.Module):
+    """Dropout whose mask comes from ``kd.rng`` under the key in its buffer (one per member, set
+    by the training loop before every step)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.register_buffer("key", torch.zeros((), dtype=torch.int64), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return dropout(x, rng.uniform(self.key, tuple(x.shape)), self.p)
+
+
+def dropout(x: torch.Tensor, u: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout with given uniforms ``u``: keep where u >= p, scale by 1 / (1 - p)."""
+    return x * (u >= p).to(x.dtype) * (1.0 / (1.0 - p))
+
+
+class Stack:
+    """The stacked parameters and buffers of N members, their common (meta) module, and forward."""
+
+    def __init__(self, nets: list[nn.Module]):
+        base = copy.deepcopy(nets[0]).to("meta")
+        self.dropout_keys: list[str] = []  # buffer names of the keyed dropout layers, in model order
+        for name, module in list(base.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, nn.Dropout):
+                    setattr(module, child_name, KeyedDropout(child.p))
+                    self.dropout_keys.append(f"{name}.{child_name}.key".lstrip("."))
+        self.base = base
+        self.n = len(nets)
+        self.saved = set(nets[0].state_dict())  # what a member's state_dict holds (no non-persistent buffers)
+        if self.n == 1:  # views of the model's own tensors: its memory format (channels-last) stays
+            self.params = {k: p.detach().unsqueeze(0).requires_grad_() for k, p in nets[0].named_parameters()}
+            self.buffers = {k: b.detach().unsqueeze(0) for k, b in nets[0].named_buffers()}
+        else:
+            self.params, self.buffers = stack_module_state(nets)
+            self.params = {k: p.detach().requires_grad_() for k, p in self.params.items()}
+        dev = next(iter(self.params.values())).device
+        for k in self.dropout_keys:
+            self.buffers[k] = torch.zeros(self.n, dtype=torch.int64, device=dev)
+        self.forward = _stacked_mlp(base) or (_single(base) if self.n == 1 else _vmapped(base))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, B, K]`` for inputs ``[N, B, ...]`` (each member its own batch)."""
+        return self.forward(self.params, self.buffers, x)
+
+    def train(self, mode: bool = True) -> None:
+        self.base.train(mode)
+
+    def set_dropout_keys(self, keys: list[torch.Tensor]) -> None:
+        """One key tensor ``[N]`` per dropout layer, for the next step."""
+        for name, k in zip(self.dropout_keys, keys):
+            self.buffers[name] = k
+
+    def state_of(self, i: int) -> dict[str, torch.Tensor]:
+        """Member i's weights as its own model's ``state_dict`` has them (persistent buffers only)."""
+        out = {k: v[i].detach().clone() for k, v in self.params.items()}
+        out.update({k: v[i].clone() for k, v in self.buffers.items() if k in self.saved})
+        return out
+
+
+def _single(base: nn.Module) -> Forward:
+    def forward(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        p = {k: v[0] for k, v in params.items()}
+        b = {k: v[0] for k, v in buffers.items()}
+        return functional_call(base, (p, b), (x[0],)).unsqueeze(0)
+    return forward
+
+
+def _vmapped(base: nn.Module) -> Forward:
+    return vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, 0))
+
+
+def _stacked_mlp(base: nn.Module) -> Forward | None:
+    """For plain MLPs: the members' layers as batched products on the stacked weights. Same
+    arithmetic as vmap's batching of the same model, with a fraction of its per-step Python work,
+    which is what bounds a step of small models on a GPU. None for other models."""
+    layers = list(base) if isinstance(base, nn.Sequential) else []
+    if not layers or not all(isinstance(m, (nn.Flatten, nn.Linear, nn.ReLU, KeyedDropout)) for m in layers):
+        return None
+
+    def forward(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for i, m in enumerate(layers):
+            if isinstance(m, nn.Flatten):
+                h = h.flatten(2)
+            elif isinstance(m, nn.Linear):
+                h = torch.baddbmm(params[f"{i}.bias"].unsqueeze(1), h, params[f"{i}.weight"].transpose(1, 2))
+            elif isinstance(m, nn.ReLU):
+                h = torch.relu(h)
+            elif m.training and m.p:  # the same masks the member's KeyedDropout would draw alone
+                h = dropout(h, rng.uniform(buffers[f"{i}.key"], tuple(h.shape[1:])), m.p)
+        return h
+
+    return forward
+
+
+def stack_optimizer(states: list[dict]) -> dict:
+    """Per-member Adam state dicts (as a member alone saves them) -> one state for stacked parameters."""
+    first = states[0]
+    stacked = {}
+    for k, s in first["state"].items():
+        stacked[k] = {"step": s["step"].clone(),
+                      **{name: torch.stack([st["state"][k][name] for st in states])
+                         for name in s if name != "step"}}
+    return {"state": stacked, "param_groups": copy.deepcopy(first["param_groups"])}
+
+
+def unstack_optimizer(state: dict, n: int) -> list[dict]:
+    """One stacked Adam state -> the state each member would have had when trained alone."""
+    return [{"state": {k: {name: (v.clone() if name == "step" else v[i].clone()) for name, v in s.items()}
+                       for k, s in state["state"].items()},
+             "param_groups": copy.deepcopy(state["param_groups"])} for i in range(n)]
