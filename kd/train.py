@@ -14,13 +14,11 @@ rounding of batched arithmetic).
 """
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +27,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import kd
-from kd import atomic, data as kd_data, metrics as kd_metrics, models, phases, rng, teacher as kd_teacher
+from kd import atomic, data as kd_data, metrics as kd_metrics, models, phases, provenance, rng, teacher as kd_teacher
 from kd.config import NOT_PACKABLE, PACK_SHARED, TrainConfig, packable
 from kd.errors import UserError
 from kd.losses import class_logits, cross_entropy, kd_loss, subclass_teacher_loss
@@ -328,7 +325,7 @@ def finish(config: TrainConfig, out: Path, model: torch.nn.Module, history: list
         "wall_seconds": sum(h["seconds"] for h in history),
         "device": (f"{torch.cuda.get_device_name(dev)} (tf32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})"
                    if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"),
-        "versions": versions(),
+        "versions": provenance.versions(),
         **extra,
     }
     atomic.write_json(out / RESULT, result)
@@ -380,14 +377,3 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
         log.warning("checkpoint %s is damaged (%s: %s): starting this job over", path, e.__class__.__name__, e)
         return None
     return state
-
-
-@functools.cache
-def versions() -> dict[str, str | None]:
-    commit = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(kd.__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"python": platform.python_version(), "torch": torch.__version__, "kd": kd.__version__, "git": commit}
