@@ -1,7 +1,9 @@
 """Atomic writes: a temp file in the same folder, flushed, then os.replace.
 
 A reader sees the old file or the new one, never a half-written one; a crash leaves
-at most a stray ``.tmp-*`` file, which no reader looks at.
+at most a stray ``.tmp-*`` file, which no reader looks at. Files get the mode any other
+tool's would (0666 less the umask), not the 0600 of a temporary file, so a lab's group
+members can read each other's results.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -35,6 +38,12 @@ def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_with(path: Path, write: Callable[[IO[bytes]], Any], fsync: bool = True) -> None:

@@ -47,7 +47,7 @@ def run(config: TrainConfig, out_dir: Path | str, **kwargs: Any) -> dict[str, An
 def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Path | None = None,
              device: str | None = None, dataset: kd_data.Dataset | None = None,
              stop: Callable[[], bool] | None = None, teacher_mode: str = "cached",
-             checkpoint_every: float | None = None) -> list[dict[str, Any] | None]:
+             checkpoint_every: float | None = None, keep_checkpoint: bool = False) -> list[dict[str, Any] | None]:
     """Train N >= 1 jobs together, each into its own folder; returns their results (None for those
     stopped early). Finished work is never redone.
 
@@ -55,13 +55,18 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
     (mid-epoch) and the call returns; a later call resumes there. ``checkpoint_every``: seconds of
     training between checkpoints inside long epochs. ``teacher_mode`` "cached" reads the teacher's
     logits from its cache (exact: no augmentation), "online" runs the teacher on every batch.
+    A finished job keeps ``model.pt`` and ``result.json``; its checkpoint goes unless ``keep_checkpoint``.
+    A folder that holds another job (other settings) is refused; a damaged ``result.json`` is
+    moved aside (kept, renamed) and the job runs again.
     """
     outs = [Path(o) for o in out_dirs]
     if not configs or len(configs) != len(outs):
         raise ValueError("run_pack needs one output folder per config")
     _check_pack(configs)
-    results: dict[Path, dict | None] = {o: json.loads((o / RESULT).read_text())
-                                        for o in outs if (o / RESULT).exists()}
+    for o in outs:
+        if o.exists() and not o.is_dir():
+            raise UserError(f"{o}: exists and is not a folder")
+    results: dict[Path, dict | None] = {o: r for c, o in zip(configs, outs) if (r := finished(o, c)) is not None}
     todo = [(c, o) for c, o in zip(configs, outs) if o not in results]
     if todo:
         dev = pick_device(device)
@@ -70,16 +75,51 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
         steps_per_epoch(todo[0][0], len(data.train_y))  # a batch larger than the data: said before any folder
         online = teacher_mode == "online" or bool(todo[0][0].augment)  # augmented inputs: no cache is exact
         teachers = _teachers([c for c, _ in todo], data, dev, online)
+        states = [load_checkpoint(o / CHECKPOINT, dev) for _, o in todo]
+        for (c, o), state in zip(todo, states):
+            if state is not None:
+                same_job(o / CHECKPOINT, state["config"], c)
         groups: dict[tuple[int, int], list] = {}  # members resumed from different places train apart
-        for c, o in todo:
+        for (c, o), state in zip(todo, states):
             o.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
-            state = load_checkpoint(o / CHECKPOINT, dev)
             groups.setdefault((state["epoch"], state.get("step", 0)) if state else (0, 0), []).append((c, o, state))
         for members in groups.values():
             for (_, o, _), r in zip(members, _train(members, data, teachers, dev, stop, checkpoint_every,
                                                     seen_by_teacher)):
                 results[o] = r
+                if r is not None and not keep_checkpoint:
+                    (o / CHECKPOINT).unlink(missing_ok=True)
     return [results[o] for o in outs]
+
+
+def finished(out: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The job's result if ``out`` holds it; None if not finished. A result of other settings is an
+    error; a damaged one (unreadable, truncated, incomplete) is moved aside with a warning."""
+    path = out / RESULT
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_bytes())
+        saved, _ = result["config"], result["metrics"]["test_accuracy"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        aside = path.with_name(f"{RESULT}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(aside)
+        log.warning("%s is damaged (%s): kept as %s; the job runs again", path, e.__class__.__name__, aside.name)
+        return None
+    same_job(path, saved, config)
+    return result
+
+
+def same_job(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse a folder's file written for other settings (a reused --out): the differing settings are named.
+    Teachers compare by folder name, so a results folder may move."""
+    want = config.to_dict()
+    name = lambda t: Path(t).name if t else t  # noqa: E731
+    differ = [k for k in want if (name(saved.get(k)) != name(want[k]) if k == "teacher" else saved.get(k) != want[k])]
+    if differ:
+        what = ", ".join(f"{k} {saved.get(k)!r} (asked: {want[k]!r})" for k in differ[:4])
+        raise UserError(f"{path}: belongs to a {saved.get('method')} job with other settings: {what}",
+                        hint=f"use another output folder, or delete {path.parent} to start over")
 
 
 def _check_pack(configs: list[TrainConfig]) -> None:

@@ -58,10 +58,23 @@ def query(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
     if not slurm_ids:
         return {}
     found = (_sacct(slurm_ids) if shutil.which("sacct") else None) or {}
-    missing = [i for i in slurm_ids if i not in found]  # no accounting, or not yet recorded by slurmdbd
-    if missing and shutil.which("squeue"):
-        found.update(_squeue(missing))
+    # squeue for what sacct does not know yet (no accounting, or slurmdbd behind), and for why a queued
+    # job waits (a requeued job held until its BeginTime, a dependency that can never be satisfied)
+    ask = [i for i in slurm_ids if i not in found or found[i][0] == "queued"]
+    if ask and shutil.which("squeue"):
+        for jid, (st, reason) in _squeue(ask).items():
+            if jid not in found or (st == "queued" and reason):
+                found[jid] = (st, reason or found.get(jid, ("", ""))[1])
     return found
+
+
+def cancel(slurm_ids: list[str]) -> None:
+    """scancel these tasks (students stranded behind a failed teacher); a task already gone is no error."""
+    from kd.errors import UserError
+
+    p = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0 and "Invalid job id" not in p.stderr:
+        raise UserError(f"scancel {' '.join(slurm_ids)} failed: {p.stderr.strip().splitlines()[-1:]}")
 
 
 def _expand(jobid: str) -> list[str]:
@@ -107,7 +120,8 @@ def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
 
 def _squeue(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
     try:
-        p = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%t", "-j", ",".join(sorted({i.split('_')[0] for i in slurm_ids}))],
+        p = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%t|%r|%S", "-j",
+                            ",".join(sorted({i.split('_')[0] for i in slurm_ids}))],
                            capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return {}
@@ -116,11 +130,22 @@ def _squeue(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
     return {i: found[i] for i in slurm_ids if i in found}
 
 
+WAITING = {"BeginTime": "requeued, held until {start}", "DependencyNeverSatisfied": "its dependency can never be met",
+           "Dependency": "waiting for its teacher"}
+
+
 def parse_squeue(text: str) -> dict[str, tuple[str, str]]:
-    """Slurm id -> (our state, "") from ``squeue -h -r -o '%i|%t'``."""
+    """Slurm id -> (our state, why it waits) from ``squeue -h -r -o '%i|%t|%r|%S'`` (or ``'%i|%t'``)."""
     found = {}
     for line in text.splitlines():
-        jobid, _, st = line.partition("|")
+        jobid, st, reason, start = (line.split("|") + ["", "", ""])[:4]
+        why = WAITING.get(reason.strip(), "").format(start=_clock(start.strip()))
         for jid in _expand(jobid.strip()):
-            found[jid] = (SQUEUE.get(st.strip(), "running"), "")
+            found[jid] = (SQUEUE.get(st.strip(), "running"), why)
     return found
+
+
+def _clock(start: str) -> str:
+    """``2026-11-25T20:03:01`` -> ``20:03`` (today) or ``2026-11-26 20:03``."""
+    day, _, clock = start.partition("T")
+    return clock[:5] if day == time.strftime("%Y-%m-%d") else f"{day} {clock[:5]}".strip()

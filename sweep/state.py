@@ -3,7 +3,9 @@
     results/<sweep>/plan.json               the plan last run (ids, names, configs, dependencies)
     results/<sweep>/.lock                   held by the 'kdsweep run' (or submission) at work on the sweep
     results/<sweep>/jobs/<id>/config.json   what the job runs
-                             /attempt.json  who runs it now (host, pid, start), written at start
+                             /attempt.json  who runs it now (host, pid, start), written at start and
+                                            touched every HEARTBEAT_S seconds while it runs
+                             /.lock         locked (POSIX record lock) by the one process that trains it
                              /error.json    why the last attempt failed
                              /checkpoint.pt, model.pt, log
                              /result.json   written last, atomically: the job is done
@@ -17,7 +19,9 @@ import fcntl
 import json
 import os
 import socket
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +32,17 @@ from kd.errors import UserError
 from sweep.plan import Job, Plan
 
 DONE, RUNNING, FAILED, INTERRUPTED, PENDING = "done", "running", "failed", "interrupted", "pending"
+DAMAGED = "damaged"  # a result.json that does not parse: resume keeps it aside and reruns the job
 QUEUED, CANCELLED = "queued", "cancelled"  # from Slurm
+HEARTBEAT_S = 30  # a running attempt touches its attempt.json this often
+STALE_S = 180  # an attempt on another host silent for this long is taken for dead
 
 
 @dataclass(frozen=True)
 class JobState:
     state: str
     detail: str = ""  # the failure's last error line, or where it runs
+    stranded: bool = False  # queued on Slurm behind a teacher task that will never succeed
 
 
 def sweep_dir(results_root: Path, plan: Plan) -> Path:
@@ -70,8 +78,14 @@ def write_plan(sweep_folder: Path, plan: Plan) -> None:
     for j in plan.jobs:
         folder = job_dir(sweep_folder, j)
         config = folder / "config.json"
-        if not config.exists():
+        saved = read_json(config)
+        if saved is None:
             atomic.write_json(config, {"id": j.id, "name": j.name, "config": j.config})
+        elif saved.get("config") != j.config:  # never reuse a folder of other settings
+            other = saved.get("config") or {}
+            differ = sorted(k for k in {*other, *j.config} if other.get(k) != j.config.get(k))
+            raise UserError(f"{config}: this job folder holds other settings than job {j.name} "
+                            f"({', '.join(differ) or 'unreadable'})", hint=f"move {folder} away and run again")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -119,9 +133,22 @@ def record_attempt(folder: Path, **extra: Any) -> None:
                                                  "proc_start": _process_start(pid), **extra})
 
 
+def result_problem(path: Path) -> str | None:
+    """Why a result.json is damaged (None if it reads as a result)."""
+    try:
+        result = json.loads(path.read_bytes())
+        result["config"], result["metrics"]["test_accuracy"]  # noqa: B018
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{e.__class__.__name__}: {e}"[:120]
+    return None
+
+
 def job_state(folder: Path) -> JobState:
     if (folder / "result.json").exists():
-        return JobState(DONE)
+        problem = result_problem(folder / "result.json")
+        if problem is None:
+            return JobState(DONE)
+        return JobState(DAMAGED, f"result.json unreadable ({problem}): resume keeps it aside and reruns the job")
     error = read_json(folder / "error.json")
     if error is not None:
         return JobState(FAILED, error.get("line", ""))
@@ -131,5 +158,56 @@ def job_state(folder: Path) -> JobState:
     if alive(attempt):
         return JobState(RUNNING, f"pid {attempt['pid']} on {attempt['host']}")
     if attempt.get("host") != socket.gethostname() and not attempt.get("slurm_job_id"):
-        return JobState(RUNNING, f"on {attempt.get('host')} (not checkable from here)")
+        try:
+            silent = time.time() - (folder / "attempt.json").stat().st_mtime
+        except OSError:
+            silent = STALE_S
+        if silent < STALE_S:
+            return JobState(RUNNING, f"pid {attempt.get('pid')} on {attempt.get('host')} (heartbeat {silent:.0f} s ago)")
+        return JobState(INTERRUPTED, f"no heartbeat from pid {attempt.get('pid')} on {attempt.get('host')} "
+                                     f"for {silent / 60:.0f} min: taken for dead")
     return JobState(INTERRUPTED, "the process ended without a result or an error (killed?)")
+
+
+@contextmanager
+def job_locks(folders: list[Path], wait_s: float = 60.0) -> Iterator[None]:
+    """Hold each job folder's lock while training it: one folder, one writer. A folder locked by
+    another process (a cancelled Slurm task still in its KillWait, a second worker) is waited for
+    ``wait_s`` seconds, then refused. POSIX record locks (fcntl): NFSv4, GPFS and Lustre (mounted
+    with -o flock) honour them across nodes."""
+    files = []
+    try:
+        for folder in folders:
+            f = open(folder / ".lock", "a+")
+            files.append(f)
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() >= deadline:
+                        raise UserError(f"{folder}: another process trains this job "
+                                        f"({(read_json(folder / 'attempt.json') or {}).get('host', '?')}); "
+                                        f"not starting a second one") from None
+                    time.sleep(0.5)
+        yield
+    finally:
+        for f in files:
+            f.close()
+
+
+def heartbeat(folders: list[Path]) -> Callable[[], None]:
+    """Touch each folder's attempt.json every HEARTBEAT_S seconds from a daemon thread; returns stop()."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            for folder in folders:
+                try:
+                    os.utime(folder / "attempt.json")
+                except OSError:
+                    pass
+
+    threading.Thread(target=beat, daemon=True, name="heartbeat").start()
+    return done.set

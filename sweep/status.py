@@ -1,20 +1,24 @@
 """Where a sweep stands: each job's state from its folder, and the totals."""
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
 from sweep import slurm, state
 from sweep.plan import Job, Plan
 
-ORDER = (state.DONE, state.RUNNING, state.QUEUED, state.FAILED, state.CANCELLED, state.INTERRUPTED, state.PENDING)
+ORDER = (state.DONE, state.RUNNING, state.QUEUED, state.FAILED, state.CANCELLED, state.DAMAGED, state.INTERRUPTED,
+         state.PENDING)
 
 
 def job_states(plan: Plan, folder: Path) -> list[tuple[Job, state.JobState]]:
-    """Each job's state: its folder's word, and Slurm's for submitted jobs that are not done."""
-    states = {job.id: state.job_state(state.job_dir(folder, job)) for job in plan.jobs}
-    submitted = {jid: sid for jid, sid in slurm.latest_ids(folder).items()
-                 if jid in states and states[jid].state != state.DONE}
+    """Each job's state: its folder's word, and Slurm's for submitted jobs that are not done; a
+    student that waits on (or was cancelled for) a teacher that will not finish says so."""
+    jobs = {job.id: job for job in plan.jobs}
+    states = {jid: state.job_state(state.job_dir(folder, jid)) for jid in jobs}
+    ids = slurm.latest_ids(folder)
+    submitted = {jid: sid for jid, sid in ids.items() if jid in states and states[jid].state != state.DONE}
     seen = slurm.query(list(submitted.values()))
     for jid, sid in submitted.items():
         if sid not in seen:  # Slurm has forgotten it (no accounting): the folder tells
@@ -22,8 +26,37 @@ def job_states(plan: Plan, folder: Path) -> list[tuple[Job, state.JobState]]:
         st, reason = seen[sid]
         if st == state.FAILED and states[jid].state == state.FAILED:
             reason = states[jid].detail  # the job's own last error line says more than an exit code
+        if st == state.QUEUED and not reason and _beating(folder, jid, sid):
+            st = state.RUNNING  # the task writes its heartbeat: accounting has not caught up yet
         states[jid] = state.JobState(st, f"slurm {sid}" + (f": {reason}" if reason else ""))
+    for jid, s in states.items():  # students of a teacher that will not finish
+        if s.state not in (state.QUEUED, state.CANCELLED):
+            continue
+        lost = [d for d in jobs[jid].depends_on if states[d].state not in (state.DONE, state.RUNNING, state.QUEUED)
+                or _newer(ids.get(d), ids.get(jid))]
+        if lost:
+            t = lost[0]
+            why = (f"its teacher {jobs[t].name} {states[t].state}" if not _newer(ids.get(t), ids.get(jid))
+                   else f"its teacher {jobs[t].name} was submitted again after it")
+            states[jid] = state.JobState(s.state, f"{s.detail}: {why}" + (
+                ": never to be met; resume cancels and resubmits it" if s.state == state.QUEUED else ""),
+                stranded=s.state == state.QUEUED)
     return [(job, states[job.id]) for job in plan.jobs]
+
+
+def _newer(teacher: str | None, student: str | None) -> bool:
+    """The teacher was submitted again after the student: the student's afterok names a dead task."""
+    return bool(teacher and student) and int(teacher.split("_")[0]) > int(student.split("_")[0])
+
+
+def _beating(folder: Path, jid: str, sid: str) -> bool:
+    """Whether Slurm task ``sid`` is at work on the job: its attempt's heartbeat is fresh."""
+    attempt = state.job_dir(folder, jid) / "attempt.json"
+    record = state.read_json(attempt) or {}
+    try:
+        return record.get("slurm_job_id") == sid and time.time() - attempt.stat().st_mtime < state.STALE_S
+    except OSError:
+        return False
 
 
 def active(s: state.JobState) -> bool:

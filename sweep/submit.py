@@ -84,6 +84,7 @@ def preview(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = 
         params = executor_parameters(p, f"{plan.sweep.name}-{LEVEL_NAMES[i]}", mounts)
         if i > 0:
             params["dependency"] = "afterok:<the teacher tasks they need, e.g. 1234_0>"
+            params["additional_parameters"] = {**params.get("additional_parameters", {}), "kill-on-invalid-dep": "yes"}
         text = _make_sbatch_string(command=command, folder=folder / "slurm" / "%j", map_count=len(tasks), **params)
         out.append((LEVEL_NAMES[i], tasks, text))
     return out
@@ -94,6 +95,7 @@ class Submitted:
     arrays: list[tuple[str, str, int]] = field(default_factory=list)  # (level, slurm array id, tasks)
     skipped_active: int = 0
     already_done: int = 0
+    cancelled: int = 0  # students queued behind a failed teacher: cancelled, then submitted again
 
 
 def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = None,
@@ -107,11 +109,16 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
         state.write_plan(folder, plan)
         states = dict((j.id, s) for j, s in status.job_states(plan, folder))
         out.already_done = sum(s.state == state.DONE for s in states.values())
-        out.skipped_active = sum(status.active(s) for s in states.values())
-        todo = {j.id for j in plan.jobs if states[j.id].state != state.DONE and not status.active(states[j.id])}
+        stranded = {jid for jid, s in states.items() if s.stranded}  # queued behind a teacher that failed
+        out.skipped_active = sum(status.active(s) for jid, s in states.items() if jid not in stranded)
+        todo = {j.id for j in plan.jobs if states[j.id].state != state.DONE
+                and (not status.active(states[j.id]) or j.id in stranded)}
         if not todo:
             return out
         known = slurm.latest_ids(folder)
+        if stranded:
+            slurm.cancel([known[jid] for jid in sorted(stranded)])
+            out.cancelled = len(stranded)
         mounts = _mounts(folder, data_root)
         try:
             executor = submitit.SlurmExecutor(folder=folder / "slurm" / "%j", python=python_command(p, mounts),
@@ -128,8 +135,10 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
             params = executor_parameters(p, f"{plan.sweep.name}-{LEVEL_NAMES[i]}", mounts)
             deps = sorted({known[d] for t in tasks for j in t for d in j.depends_on
                            if states[d].state != state.DONE and d in known})
-            if deps:
+            if deps:  # Slurm cancels the students of a teacher that fails, instead of keeping them for ever
                 params["dependency"] = "afterok:" + ":".join(deps)
+                params["additional_parameters"] = {**params.get("additional_parameters", {}),
+                                                   "kill-on-invalid-dep": "yes"}
             executor.update_parameters(**params)
             folders = [[str(state.job_dir(folder, j).resolve()) for j in t] for t in tasks]
             try:

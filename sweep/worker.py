@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kd import atomic
 from kd.config import TrainConfig
+from kd.errors import UserError
 from sweep import logs, state
 
 
@@ -38,6 +39,7 @@ def train_config(folder: Path) -> TrainConfig:
 
 
 CHECKPOINT_MINUTES = 10.0
+LOCK_WAIT_S = 60.0  # a job folder locked by another process: wait this long (a Slurm KillWait), then refuse
 
 
 def checkpoint_every() -> float:
@@ -76,34 +78,45 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
     hides its start-up behind its teacher's training.
     """
     folders = [Path(f) for f in folders]
-    todo = [f for f in folders if not (f / "result.json").exists()]
-    for f in todo:
-        state.record_attempt(f, pack_size=len(todo), **attempt)
-    try:
-        if not todo:
-            return [state.read_json(f / "result.json") for f in folders]
-        configs = [train_config(f) for f in todo]
-        import torch
-
-        from kd import data as kd_data, phases, train
-
-        dataset = None
-        if after:
-            dev = train.pick_device(device)
-            dataset = kd_data.load(configs[0].dataset, data_root)
-            # the first optimiser imports torch._dynamo (seconds): do it while the teacher trains
-            phases.adam([torch.zeros(1, device=dev, requires_grad=True)], 1e-3)
-            if not _wait_for([Path(a) for a in after], stop):
-                return [None] * len(folders)
-        train.run_pack(configs, todo, data_root=data_root, device=device, stop=stop, dataset=dataset,
-                       checkpoint_every=checkpoint_every())
-    except Exception as e:  # a kill or Ctrl-C leaves no error.json: the job shows as interrupted
-        line = f"{e.__class__.__name__}: {e}".splitlines()[0] if str(e) else e.__class__.__name__
+    todo = [f for f in folders if state.job_state(f).state != state.DONE]  # a damaged result runs again
+    if not todo:
+        return [state.read_json(f / "result.json") for f in folders]
+    with state.job_locks(todo, wait_s=float(os.environ.get("KDSWEEP_LOCK_WAIT", LOCK_WAIT_S))):
+        todo = [f for f in todo if state.job_state(f).state != state.DONE]  # done by the process we waited for
         for f in todo:
-            if not (f / "result.json").exists():
-                atomic.write_json(f / "error.json", {"line": line, "traceback": traceback.format_exc()})
-        raise
+            state.record_attempt(f, pack_size=len(todo), **attempt)
+        stop_heartbeat = state.heartbeat(todo)
+        try:
+            _train(todo, data_root, device, stop, after)
+        except Exception as e:  # a kill or Ctrl-C leaves no error.json: the job shows as interrupted
+            line = f"{e.__class__.__name__}: {e}".splitlines()[0] if str(e) else e.__class__.__name__
+            for f in todo:
+                if not (f / "result.json").exists():
+                    atomic.write_json(f / "error.json", {"line": line, "traceback": traceback.format_exc()})
+            raise
+        finally:
+            stop_heartbeat()
     return [state.read_json(f / "result.json") for f in folders]
+
+
+def _train(todo: list[Path], data_root: Path | None, device: str | None, stop: Callable[[], bool] | None,
+           after: list[Path]) -> None:
+    configs = [train_config(f) for f in todo]
+    import torch
+
+    from kd import data as kd_data, phases, train
+
+    dataset = None
+    if after:
+        dev = train.pick_device(device)
+        dataset = kd_data.load(configs[0].dataset, data_root)
+        # the first optimiser imports torch._dynamo (seconds): do it while the teacher trains
+        phases.adam([torch.zeros(1, device=dev, requires_grad=True)], 1e-3)
+        if not _wait_for([Path(a) for a in after], stop):
+            return
+    train.run_pack(configs, todo, data_root=data_root, device=device, stop=stop, dataset=dataset,
+                   checkpoint_every=checkpoint_every(),
+                   keep_checkpoint=os.environ.get("KDSWEEP_KEEP_CHECKPOINTS", "0") not in ("", "0"))
 
 
 def _wait_for(folders: list[Path], stop: Callable[[], bool] | None, poll: float = 0.2) -> bool:
@@ -135,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     stop.catch(signal.SIGTERM, signal.SIGINT)
     try:
         results = run_unit(args.folders, data_root=args.data_root, device=args.device, after=args.after, stop=stop)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Exception:
         traceback.print_exc()
         return 1
@@ -155,8 +171,6 @@ class SlurmTask:
     """
 
     def __call__(self, folders: list[str], data_root: str | None = None) -> str:
-        import os
-
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if cpus:
             import torch
@@ -165,14 +179,15 @@ class SlurmTask:
         slurm_id = (f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
                     if "SLURM_ARRAY_JOB_ID" in os.environ else os.environ.get("SLURM_JOB_ID"))
         logs.setup(force=True)
+        folders = [Path(f) for f in folders]
+        _log_into(folders)
         import submitit
 
         warning = submitit.JobEnvironment._usr_sig()  # USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise
         requeue = signal.getsignal(warning)  # submitit's checkpoint-and-requeue handler
         stop = StopFlag()
         stop.catch(warning, signal.SIGTERM)
-        results = run_unit([Path(f) for f in folders], data_root=Path(data_root) if data_root else None, stop=stop,
-                           slurm_job_id=slurm_id)
+        results = run_unit(folders, data_root=Path(data_root) if data_root else None, stop=stop, slurm_job_id=slurm_id)
         if None in results and stop.signal == warning and callable(requeue):
             requeue(warning, None)  # requeues this task and exits
         return "done" if None not in results else "stopped"
@@ -181,3 +196,16 @@ class SlurmTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _log_into(folders: list[Path]) -> None:
+    """A Slurm task logs into its first job's ``log`` too (the others say where), as a local run does."""
+    header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} slurm task {os.environ.get('SLURM_JOB_ID', '?')}\n"
+    for f in folders[1:]:
+        with open(f / "log", "a") as other:
+            other.write(header + f"(packed with {len(folders)} jobs: see {folders[0] / 'log'})\n")
+    with open(folders[0] / "log", "a") as first:
+        first.write(header)
+    handler = logging.FileHandler(folders[0] / "log")
+    handler.setFormatter(logging.Formatter(logs.FORMAT, logs.DATEFMT))
+    logging.getLogger().addHandler(handler)

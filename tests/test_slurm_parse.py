@@ -32,15 +32,19 @@ def test_sacct_output_as_states():
     }
 
 
-def test_squeue_output_as_states():
-    """``squeue -h -r -o '%i|%t'``: one line per array task (-r), short state codes."""
+def test_squeue_output_as_states(monkeypatch):
+    """``squeue -h -r -o '%i|%t|%r|%S'``: one line per array task (-r), short state codes, the reason a
+    pending job waits and its start time (a requeued job is held until its BeginTime)."""
+    monkeypatch.setattr(slurm.time, "strftime", lambda fmt: "2026-11-25")  # "today" of the recording
     found = slurm.parse_squeue((GOLDEN / "squeue.txt").read_text())
     assert found == {
-        "4211_0": ("queued", ""), "4211_1": ("queued", ""), "4211_4": ("running", ""),
-        "4212_0": ("running", ""), "4212_1": ("queued", ""),  # RQ: requeued
+        "4211_0": ("queued", ""), "4211_1": ("queued", "waiting for its teacher"), "4211_4": ("running", ""),
+        "4212_0": ("running", ""), "4212_1": ("queued", "requeued, held until 09:16"),
+        "4212_2": ("queued", "its dependency can never be met"),
         "4212_9": ("running", ""), "4212_10": ("running", ""),  # CG completing, S suspended
         "4213": ("queued", ""), "4215_0": ("running", ""),  # CF: configuring
     }
+    assert slurm.parse_squeue("7_1|RQ\n") == {"7_1": ("queued", "")}  # the two-field form reads too
 
 
 @pytest.mark.parametrize("jobid, expanded", [
@@ -65,4 +69,4 @@ def test_query_asks_sacct_for_the_arrays_then_squeue_for_the_rest(tmp_path, monk
     assert found == {"4212_0": ("running", ""), "4212_5": ("failed", "exit code 1"), "4215_0": ("running", "")}
     assert (tmp_path / "sacct.args").read_text().split() == [
         "-n", "-P", "-X", "-D", "--format=JobID,State,ExitCode", "-j", "4212,4215,4216"]
-    assert (tmp_path / "squeue.args").read_text().split() == ["-h", "-r", "-o", "%i|%t", "-j", "4215,4216"]
+    assert (tmp_path / "squeue.args").read_text().split() == ["-h", "-r", "-o", "%i|%t|%r|%S", "-j", "4215,4216"]

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -22,10 +23,31 @@ def test_result_json_has_what_collect_needs(teacher_dir):
     assert r["wall_seconds"] > 0
 
 
-def test_checkpoints_load_with_weights_only(teacher_dir):
-    state = torch.load(teacher_dir / "checkpoint.pt", weights_only=True)
-    assert (state["epoch"], state["step"]) == (1, 0) and "optimizer" in state
+def test_a_finished_job_keeps_its_model_and_drops_its_checkpoint(tmp_path, small, teacher_dir):
+    assert not (teacher_dir / "checkpoint.pt").exists()  # 17 MB a job on a cluster quota, read by nothing
     assert set(torch.load(teacher_dir / "model.pt", weights_only=True)) == {"config", "state_dict"}
+    cfg = make_config(method="scratch", epochs=1, batch_size=100)
+    train.run(cfg, tmp_path, dataset=small, device="cpu", keep_checkpoint=True)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # loads with weights_only
+    assert (state["epoch"], state["step"]) == (1, 0) and "optimizer" in state
+
+
+def test_a_folder_of_another_job_is_refused_and_a_damaged_result_rerun(tmp_path, small, teacher_dir):
+    out = tmp_path / "t"
+    shutil.copytree(teacher_dir, out)
+    before = (out / "result.json").read_bytes()
+    with pytest.raises(UserError, match=r"result.json: belongs to a teacher job with other settings: method "
+                                        r"'teacher' \(asked: 'scratch'\)"):
+        train.run(make_config(method="scratch", epochs=1, batch_size=100), out, dataset=small, device="cpu")
+    assert (out / "result.json").read_bytes() == before
+    for damage in (b"\x00\xffgarbage", before[: len(before) // 2], b"{}"):
+        (out / "result.json").write_bytes(damage)
+        r = train.run(make_config(method="teacher", epochs=1, batch_size=100), out, dataset=small, device="cpu")
+        assert r["metrics"]["test_accuracy"] > 0.5 and json.loads((out / "result.json").read_text()) == r
+        kept = sorted(out.glob("result.json.damaged-*"))
+        assert kept and kept[-1].read_bytes() == damage  # the damaged file is kept for the user
+        for k in kept:
+            k.unlink()
 
 
 def test_finished_job_is_not_run_again(tmp_path, small):

@@ -1,0 +1,93 @@
+"""A teacher that fails or is cancelled on the real test cluster: its students are cancelled by Slurm
+(not stranded), status says why, and one resume after the cause is fixed finishes every job once."""
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from sweep import api, state
+from test_slurm import all_final, kdsweep, wait_until
+
+pytestmark = pytest.mark.slurm
+
+SWEEP = """name = "{name}"
+dataset = "mnist"
+methods = ["teacher", "kd"]
+[train]
+epochs = 1
+batch_size = 100
+[teacher]
+epochs = {teacher_epochs}
+batch_size = {teacher_batch}
+[grid]
+alpha = [0.5]
+temperature = [2, 4]
+"""
+
+
+def _status_lines(sweep_file, results):
+    out = kdsweep("status", sweep_file, "--results", results).stdout
+    return out, {line.split()[1]: line for line in out.splitlines()[1:-1]}
+
+
+def _submissions(results, name):
+    return json.loads((results / name / "slurm" / "submissions.json").read_text())
+
+
+def test_failed_teacher_cancels_its_students_and_one_resume_recovers(slurm_cluster, tmp_path, mini_mnist):
+    root = tmp_path / "data"
+    shutil.copytree(mini_mnist, root)
+    labels = root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    good = labels.read_bytes()
+    labels.write_bytes(good[:20])  # truncated by a full disk
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name="failed", teacher_epochs=1, teacher_batch=100))
+    results = tmp_path / "r"
+    args = ("--results", results, "--profile", "local-slurm", "--data-root", root)
+    kdsweep("run", sweep_file, *args)
+    states = wait_until(sweep_file, results, lambda st: st["teacher-s0"].state == state.FAILED
+                        and all(s.state == state.CANCELLED for n, s in st.items() if n.startswith("kd")))
+    out, lines = _status_lines(sweep_file, results)
+    assert "truncated or oversized IDX file" in lines["teacher-s0"]
+    for name in ("kd-a0.5-T2-s0", "kd-a0.5-T4-s0"):
+        assert "cancelled" in lines[name] and lines[name].endswith("its teacher teacher-s0 failed"), out
+    assert out.splitlines()[-1] == "0/3 done, 1 failed, 2 cancelled"
+
+    labels.write_bytes(good)  # the cause fixed
+    out = kdsweep("resume", sweep_file, *args).stdout
+    assert "submitted first array" in out and "submitted students array" in out
+    states = wait_until(sweep_file, results, all_final)
+    assert {s.state for s in states.values()} == {state.DONE}, states
+    record = _submissions(results, "failed")
+    assert [sorted(r["jobs"]) for r in record[2:]] == [sorted(r["jobs"]) for r in record[:2]]  # each once again
+    assert kdsweep("status", sweep_file, "--results", results).stdout.splitlines()[-1] == "3/3 done"
+
+
+def test_cancelled_teacher_cancels_its_students_and_one_resume_recovers(slurm_cluster, tmp_path, mini_mnist_env):
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name="cancelled", teacher_epochs=8, teacher_batch=16))  # about 3 s an epoch
+    results = tmp_path / "r"
+    args = ("--results", results, "--profile", "local-slurm")
+    kdsweep("run", sweep_file, *args)
+    plan = api.plan(sweep_file)
+    teacher = next(j for j in plan.jobs if j.method == "teacher")
+    checkpoint = state.job_dir(results / "cancelled", teacher) / "checkpoint.pt"
+    wait_until(sweep_file, results, lambda st: checkpoint.exists())  # an epoch done: the teacher trains
+    ids = _submissions(results, "cancelled")[0]["jobs"]
+    subprocess.run(["scancel", ids[teacher.id]], check=True)
+    wait_until(sweep_file, results, lambda st: st["teacher-s0"].state == state.CANCELLED
+               and all(s.state == state.CANCELLED for n, s in st.items() if n.startswith("kd")), timeout=60)
+    out, lines = _status_lines(sweep_file, results)
+    assert all(lines[n].endswith("its teacher teacher-s0 cancelled") for n in ("kd-a0.5-T2-s0", "kd-a0.5-T4-s0")), out
+    assert out.splitlines()[-1] == "0/3 done, 3 cancelled"
+
+    out = kdsweep("resume", sweep_file, *args).stdout
+    assert "submitted first array" in out and "submitted students array" in out
+    states = wait_until(sweep_file, results, all_final, timeout=300)
+    assert {s.state for s in states.values()} == {state.DONE}, states
+    log = (state.job_dir(results / "cancelled", teacher) / "log").read_text()
+    assert "caught SIGTERM: stopping after this step" in log  # scancel: the step in flight, then a checkpoint
+    assert re.search(r"resuming .* from epoch \d, step \d+", log), log  # where the cancelled teacher stopped
+    assert kdsweep("status", sweep_file, "--results", results).stdout.splitlines()[-1] == "3/3 done"

@@ -1,0 +1,63 @@
+"""One job folder, one writer; heartbeats of running attempts; a damaged result is no result."""
+import json
+import os
+import fcntl
+import subprocess
+import sys
+import time
+
+from sweep import state
+
+
+def _folder(tmp_path):
+    folder = tmp_path / "jobs" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"id": "abc", "name": "scratch-s0", "config": {
+        "dataset": "mnist-5k", "method": "scratch", "epochs": 1, "batch_size": 500}}))
+    return folder
+
+
+def test_a_second_worker_on_a_locked_job_folder_waits_then_refuses(tmp_path):
+    folder = _folder(tmp_path)
+    (folder / "attempt.json").write_text(json.dumps({"host": "node7", "pid": 1}))
+    with open(folder / ".lock", "a+") as held:  # another process trains this job
+        fcntl.lockf(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, "-m", "sweep.worker", str(folder)], capture_output=True, text=True,
+                           env={**os.environ, "KDSWEEP_LOCK_WAIT": "1.5"})
+        waited = time.monotonic() - t0
+    assert p.returncode == 2 and waited >= 1.5
+    assert p.stderr.strip().splitlines()[-1] == (f"error: {folder}: another process trains this job (node7); "
+                                                 "not starting a second one")
+    assert not (folder / "error.json").exists()  # the job is not failed: it runs elsewhere
+    assert json.loads((folder / "attempt.json").read_text()) == {"host": "node7", "pid": 1}  # untouched
+
+
+def test_a_silent_attempt_on_another_host_becomes_interrupted(tmp_path):
+    folder = _folder(tmp_path)
+    (folder / "attempt.json").write_text(json.dumps({"host": "node7", "pid": 4242}))
+    s = state.job_state(folder)
+    assert s.state == state.RUNNING and "on node7 (heartbeat" in s.detail
+    old = time.time() - state.STALE_S - 5
+    os.utime(folder / "attempt.json", (old, old))
+    s = state.job_state(folder)
+    assert s.state == state.INTERRUPTED and s.detail.startswith("no heartbeat from pid 4242 on node7 for 3 min")
+
+
+def test_heartbeat_touches_the_attempt(tmp_path, monkeypatch):
+    folder = _folder(tmp_path)
+    (folder / "attempt.json").write_text("{}")
+    os.utime(folder / "attempt.json", (0, 0))
+    monkeypatch.setattr(state, "HEARTBEAT_S", 0.05)
+    stop = state.heartbeat([folder])
+    time.sleep(0.3)
+    stop()
+    assert time.time() - (folder / "attempt.json").stat().st_mtime < 5
+
+
+def test_a_damaged_result_is_a_damaged_job(tmp_path):
+    folder = _folder(tmp_path)
+    for damage in (b"\x00\xffgarbage", b'{"config": {}, "metr', b"{}"):
+        (folder / "result.json").write_bytes(damage)
+        s = state.job_state(folder)
+        assert s.state == state.DAMAGED and "resume keeps it aside and reruns the job" in s.detail
