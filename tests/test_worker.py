@@ -61,3 +61,25 @@ def test_a_damaged_result_is_a_damaged_job(tmp_path):
         (folder / "result.json").write_bytes(damage)
         s = state.job_state(folder)
         assert s.state == state.DAMAGED and "resume keeps it aside and reruns the job" in s.detail
+
+
+def test_a_damaged_result_shows_damaged_and_resume_reruns_only_that_job(tmp_path, mini_mnist_env):
+    from sweep.cli import main
+
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('name = "s"\ndataset = "mnist"\nmethods = ["scratch"]\n'
+                          "[train]\nepochs = 1\nbatch_size = 100\n[grid]\nseed = [0, 1]\n")
+    results = tmp_path / "r"
+    args = [str(sweep_file), "--results", str(results)]
+    assert main(["-q", "run", *args, "--pack", "1"]) == 0
+    from sweep import api
+
+    damaged, intact = (state.job_dir(results / "s", j) for j in api.plan(sweep_file).jobs)
+    (damaged / "result.json").write_bytes(b'{"config": {"dataset": "mni')  # truncated by a full disk
+    untouched = (intact / "result.json").stat().st_mtime_ns
+    assert [s.state for _, s in api.status(sweep_file, results_root=results)] == [state.DAMAGED, state.DONE]
+    assert main(["-q", "resume", *args, "--pack", "1"]) == 0
+    assert [s.state for _, s in api.status(sweep_file, results_root=results)] == [state.DONE, state.DONE]
+    assert (intact / "result.json").stat().st_mtime_ns == untouched  # nothing finished runs twice
+    (kept,) = damaged.glob("result.json.damaged-*")
+    assert kept.read_bytes() == b'{"config": {"dataset": "mni'
