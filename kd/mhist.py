@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +32,17 @@ WHERE = "https://bmirds.github.io/MHIST/ (free after signing the dataset's terms
 
 def _rows(csv_path: Path) -> list[tuple[int, str, int, str]]:
     """(row number, image name, label, partition) for every row, each checked."""
+    rows = []
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise UserError(f"{csv_path}: missing column '{missing[0]}' (found: {', '.join(reader.fieldnames or [])})")
-            rows = []
             for i, row in enumerate(reader, start=2):  # row 1 is the header
+                empty = [c for c in COLUMNS if not (row[c] or "").strip()]
+                if empty:
+                    raise UserError(f"{csv_path}: row {i}: no value in column '{empty[0]}'")
                 label, part = row["Majority Vote Label"].strip(), row["Partition"].strip().lower()
                 if label not in LABELS:
                     raise UserError(f"{csv_path}: row {i}: unknown label {label!r} (expected HP or SSA)")
@@ -46,26 +50,49 @@ def _rows(csv_path: Path) -> list[tuple[int, str, int, str]]:
                     raise UserError(f"{csv_path}: row {i}: unknown partition {part!r} (expected train or test)")
                 rows.append((i, row["Image Name"].strip(), LABELS[label], part))
     except FileNotFoundError:
-        raise UserError(f"{csv_path}: not found", hint=f"MHIST's annotations.csv and images.zip come from {WHERE}") from None
+        raise _csv_missing(csv_path) from None
+    except csv.Error as e:
+        raise UserError(f"{csv_path}: row {len(rows) + 2}: not CSV ({e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{csv_path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise UserError(f"{csv_path}: cannot read ({e.strerror or e})") from None
     for part in ("train", "test"):
         if not any(r[3] == part for r in rows):
             raise UserError(f"{csv_path}: no rows in partition '{part}'")
     return rows
 
 
+def _csv_missing(csv_path: Path) -> UserError:
+    return UserError(f"{csv_path}: not found", hint=f"MHIST's annotations.csv and images.zip come from {WHERE}")
+
+
+def check_present(root: Path) -> None:
+    """That annotations.csv and the images (images.zip or images/) are in ``root``, without reading them."""
+    if not (root / "annotations.csv").is_file():
+        raise _csv_missing(root / "annotations.csv")
+    _images_path(root)
+
+
+def _images_path(root: Path) -> Path:
+    if (root / "images.zip").is_file():
+        return root / "images.zip"
+    if (root / "images").is_dir():
+        return root / "images"
+    raise UserError(f"{root}: neither images.zip nor images/ found", hint=f"MHIST's images come from {WHERE}")
+
+
 def _image_source(root: Path):
     """A function name -> PNG bytes, over images.zip or images/, and the source's path."""
-    zip_path, folder = root / "images.zip", root / "images"
-    if zip_path.is_file():
+    source = _images_path(root)
+    if source.suffix == ".zip":
         try:
-            archive = zipfile.ZipFile(zip_path)
+            archive = zipfile.ZipFile(source)
         except zipfile.BadZipFile as e:
-            raise UserError(f"{zip_path}: not a zip file ({e})") from None
+            raise UserError(f"{source}: not a zip file ({e})") from None
         members = {Path(n).name: n for n in archive.namelist() if not n.endswith("/")}
-        return (lambda name: archive.read(members[name]) if name in members else None), zip_path
-    if folder.is_dir():
-        return (lambda name: (folder / name).read_bytes() if (folder / name).is_file() else None), folder
-    raise UserError(f"{root}: neither images.zip nor images/ found", hint=f"MHIST's images come from {WHERE}")
+        return (lambda name: archive.read(members[name]) if name in members else None), source
+    return (lambda name: (source / name).read_bytes() if (source / name).is_file() else None), source
 
 
 def _decode(blob: bytes, where: str) -> np.ndarray:
@@ -99,7 +126,10 @@ def load_arrays(root: Path) -> dict[str, torch.Tensor]:
     read, source = _image_source(root)
     images, shape = {}, None
     for i, name, _, _ in rows:
-        blob = read(name)
+        try:
+            blob = read(name)
+        except (OSError, zipfile.BadZipFile, zlib.error) as e:  # a damaged member: bad CRC, bad deflate data
+            raise UserError(f"{source}/{name}: cannot read ({e})") from None
         if blob is None:
             raise UserError(f"{source}: image '{name}' (named in {csv_path.name} row {i}) is missing")
         img = _decode(blob, f"{source}/{name}")

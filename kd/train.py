@@ -62,6 +62,7 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
     outs = [Path(o) for o in out_dirs]
     if not configs or len(configs) != len(outs):
         raise ValueError("run_pack needs one output folder per config")
+    provenance.versions()  # the code as it is when training starts (cached), not when it ends
     _check_pack(configs)
     for o in outs:
         if o.exists() and not o.is_dir():
@@ -100,7 +101,7 @@ def finished(out: Path, config: TrainConfig) -> dict[str, Any] | None:
         return None
     try:
         result = json.loads(path.read_bytes())
-        saved, _ = result["config"], result["metrics"]["test_accuracy"]
+        saved, _, _ = result["config"], result["metrics"]["test_accuracy"], result["history"][-1]
     except (OSError, ValueError, KeyError, TypeError) as e:
         aside = path.with_name(f"{RESULT}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
         path.rename(aside)

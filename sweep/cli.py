@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -19,6 +20,44 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
+
+
+def _check_folder(path: Path, flag: str, write: bool = True) -> None:
+    """Refuse, before anything is written, a folder that cannot be one: a file in its place or
+    above it, or (``write``) one that cannot be made or written to."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag}: {path} exists and is not a folder")
+    existing = path
+    while not existing.exists():  # "a/file/sub" does not exist either: walk up to what does
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag}: {path}: {existing} is a file, not a folder")
+    if write and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: {path}: cannot write in {existing} (permission denied)")
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have, before any folder is made (torch says so only
+    once a job starts: RuntimeError for a bad name, a CUDA error for a missing GPU)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device: {device!r} is not a device (expected cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UserError(f"--device: {device!r}, but torch finds no CUDA device on this machine",
+                            hint="--device cpu, or leave --device out: cuda where present, else cpu")
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"--device: {device!r}, but this machine has {count} CUDA device(s): cuda:0 .. cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device: {device!r}, but MPS is not available on this machine")
+    elif dev.type not in ("cpu", "mps"):
+        raise UserError(f"--device: {device!r}: kd trains on cpu, cuda or mps")
 
 
 def _add_train(sub) -> None:
@@ -63,7 +102,7 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from kd.config import make_config
+    from kd.config import TEACHER_OF, make_config
 
     settings = {k: getattr(args, k) for k in ("dataset", "method", "model", "alpha", "temperature", "epochs",
                                               "batch_size", "lr", "seed", "subclasses", "beta", "aux_temperature")}
@@ -80,6 +119,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except UserError as e:  # name the flag as typed: --head-epochs, not the setting head_epochs
         flag = re.sub(r"--(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e), count=1)
         raise UserError(flag, e.hint) from None
+    if args.teacher and config.method not in TEACHER_OF:
+        raise UserError(f"--teacher: method '{config.method}' trains without a teacher "
+                        f"(a teacher is for {' and '.join(TEACHER_OF)})")
+    _check_folder(args.out, "--out")
+    _check_device(args.device)
     from kd import train
 
     result = train.run(config, args.out, data_root=args.data_root, device=args.device)
@@ -99,6 +143,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from kd import data
 
     root = args.root or data.default_root()
+    _check_folder(root, "--root" if args.root else "the data root ($KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
     where = data.download(args.name, root)
     print(f"{args.name}: ready in {where}  (use --data-root {root})")
     return 0
@@ -121,55 +166,90 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
                    help="results root; the sweep writes to DIR/<sweep name>/ (default: results)")
 
 
+def _max_jobs_arg(p: argparse.ArgumentParser) -> None:
+    from sweep.spec import MAX_JOBS
+
+    p.add_argument("--max-jobs", type=int, metavar="N", help="refuse a grid of more than N points (default: the "
+                   f"sweep file's max_jobs, else {MAX_JOBS:,}); counted before the grid is expanded")
+
+
+def _load_plan(args: argparse.Namespace):
+    """The sweep's plan; --max-jobs, where the command has it, overrides the sweep file's max_jobs."""
+    from dataclasses import replace
+
+    from sweep import spec
+    from sweep.plan import plan
+
+    sweep = spec.load(args.sweep)
+    if getattr(args, "max_jobs", None) is not None:
+        sweep = replace(sweep, max_jobs=spec.check_max_jobs(args.max_jobs, "--max-jobs"))
+    return plan(sweep)
+
+
+SHORT_PLAN, HEAD, TAIL = 200, 10, 5  # a longer plan lists its first HEAD and last TAIL jobs, unless --all
+
+
 def _add_plan(sub) -> None:
     p = sub.add_parser("plan", help="dry run: the jobs a sweep expands to; writes and submits nothing")
     _sweep_args(p)
     p.add_argument("--profile", help="also print the sbatch script of each job array for this cluster profile "
                    "(a name under slurm/profiles/ or a TOML file)")
     p.add_argument("--data-root", type=Path, help="data root the jobs will use (mounted into the container)")
-    p.add_argument("-v", "--verbose", action="store_true", help="also print each job's full config")
+    _max_jobs_arg(p)
+    p.add_argument("--all", action="store_true",
+                   help=f"list every job (a plan of more than {SHORT_PLAN} jobs lists its first and last ones)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every job, and each job's full config")
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from sweep import api
-
-    plan = api.plan(args.sweep)
-    sw = plan.sweep
-    counts = Counter(j.method for j in plan.jobs)
-    print(f"sweep {sw.name}" + (f": {sw.description}" if sw.description else "") + f"  [{sw.path}]")
-    print(f"{len(plan.jobs)} jobs from {plan.n_points} grid points ("
-          + ", ".join(f"{n} {m}" for m, n in counts.items()) + f"), {plan.excluded} excluded")
-    for _, why in plan.merged():
-        print(f"merged: {why}")
-    axes = [k for k in sw.axes if k not in ("alpha", "temperature", "seed")]
-    header = ["id", "name", "method", "alpha", "T", "seed", *axes, "epochs", "depends on"]
-    names = {j.id: j.name for j in plan.jobs}
-    rows = [[j.id, j.name, j.method, _fmt(j.config["alpha"]), _fmt(j.config["temperature"]), _fmt(j.config["seed"]),
-             *[_fmt(j.config[a]) for a in axes], _fmt(j.config["epochs"]),
-             ", ".join(names[d] for d in j.depends_on) or "-"] for j in plan.jobs]
-    print()
-    print(_table(header, rows))
-    print()
-    levels = plan.levels()
     from sweep.plan import units
 
-    packs = units(plan, plan.sweep.pack or "auto")
-    print(f"local run: {len(packs)} processes (pack {plan.sweep.pack or 'auto'}: students that share a teacher "
-          f"train together); largest pack {max(len(u) for u in packs)} jobs")
-    print("order: " + "; then ".join(f"{len(lvl)} jobs " + ("that need nothing" if not lvl[0].depends_on
-                                                             else "that wait for their teacher") for lvl in levels))
+    plan = _load_plan(args)
     out = api.folder(plan, args.results)
-    print(f"each job runs: python -m sweep.worker {out}/jobs/<id>   (kd.train.run(config, folder))")
-    if args.profile:
+    _check_folder(out, "--results", write=False)
+    if args.profile:  # loaded before anything is printed: a bad profile is one error line
         from sweep import profile, submit
 
         prof = profile.load(args.profile)
+    sw = plan.sweep
+    counts = Counter(j.method for j in plan.jobs)
+    print(f"sweep {sw.name}" + (f": {sw.description}" if sw.description else "") + f"  [{sw.path}]")
+    print(f"{len(plan.jobs):,} jobs from {plan.n_points:,} grid points ("
+          + ", ".join(f"{n:,} {m}" for m, n in counts.items()) + f"), {plan.excluded:,} excluded")
+    short = len(plan.jobs) > SHORT_PLAN and not (args.all or args.verbose)
+    merged = plan.merged()
+    for _, why in merged[:TAIL] if short else merged:
+        print(f"merged: {why}")
+    if short and len(merged) > TAIL:
+        print(f"merged: ... and {len(merged) - TAIL:,} more like these")
+    axes = [k for k in sw.axes if k not in ("alpha", "temperature", "seed")]
+    header = ["id", "name", "method", "alpha", "T", "seed", *axes, "epochs", "depends on"]
+    names = {j.id: j.name for j in plan.jobs}
+    shown = plan.jobs[:HEAD] + plan.jobs[-TAIL:] if short else plan.jobs
+    rows = [[j.id, j.name, j.method, _fmt(j.config["alpha"]), _fmt(j.config["temperature"]), _fmt(j.config["seed"]),
+             *[_fmt(j.config[a]) for a in axes], _fmt(j.config["epochs"]),
+             ", ".join(names[d] for d in j.depends_on) or "-"] for j in shown]
+    lines = _table(header, rows).splitlines()
+    if short:
+        lines.insert(1 + HEAD, f"... {len(plan.jobs) - HEAD - TAIL:,} more jobs (--all lists every one) ...")
+    print()
+    print("\n".join(lines))
+    print()
+    levels = plan.levels()
+    packs = units(plan, plan.sweep.pack or "auto")
+    print(f"local run: {len(packs):,} processes (pack {plan.sweep.pack or 'auto'}: students that share a teacher "
+          f"train together); largest pack {max(len(u) for u in packs)} jobs")
+    print("order: " + "; then ".join(f"{len(lvl):,} jobs " + ("that need nothing" if not lvl[0].depends_on
+                                                              else "that wait for their teacher") for lvl in levels))
+    print(f"each job runs: python -m sweep.worker {out}/jobs/<id>   (kd.train.run(config, folder))")
+    if args.profile:
         pack = plan.sweep.pack or prof.pack or "auto"
         for level, tasks, text in submit.preview(plan, prof, out.resolve(), args.data_root, pack=pack):
             jobs = sum(len(t) for t in tasks)
-            print(f"\n# ---- array '{level}': {len(tasks)} tasks ({jobs} jobs, pack {pack}), "
+            print(f"\n# ---- array '{level}': {len(tasks):,} tasks ({jobs:,} jobs, pack {pack}), "
                   f"profile {prof.name} ({prof.path}) ----")
             print(text.rstrip())
     if args.verbose:
@@ -191,7 +271,9 @@ def _add_run(sub, name: str = "run") -> None:
     p.add_argument("--pack", help="students trained together in one process: 'auto' (default) or a number; "
                    "1 runs each job in its own process")
     p.add_argument("--data-root", type=Path, help="where datasets live (default $KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N ... (default: cuda when present); local runs only: "
+                   "a SLURM job's device comes from the profile's gpus")
+    _max_jobs_arg(p)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -201,15 +283,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise UserError(f"--jobs: {args.jobs} must be >= 1")
-    plan = api.plan(args.sweep)
+    plan = _load_plan(args)
     folder = api.folder(plan, args.results)
+    _check_folder(folder, "--results")
     if args.profile:
+        if args.device:
+            raise UserError("--device: not with --profile: a SLURM job's device is the GPU that the profile's "
+                            "gpus asks for", hint="leave --device out (gpus = 0 in the profile: CPU jobs)")
         return _submit(args, plan, folder)
+    pack = _pack(args, plan)
+    _check_device(args.device)
     states = status.job_states(plan, folder)
     todo = [j for j, s in states if s.state != state.DONE]
     if not todo:
         print(f"nothing to do: {status.totals(states)} in {folder}")
         return 0
+    _check_inputs(plan, todo, args.data_root)
     verb = "resuming" if args.command == "resume" else "running"
     print(f"{verb} {len(todo)} of {len(plan.jobs)} jobs of {plan.sweep.name} "
           f"({len(plan.jobs) - len(todo)} already done) in {folder}, {args.jobs} at a time")
@@ -231,11 +320,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         bar.update(1)
 
     with _sigterm_as_interrupt():
-        summary = local.run(plan, folder, jobs=args.jobs, pack=_pack(args, plan), data_root=args.data_root,
+        summary = local.run(plan, folder, jobs=args.jobs, pack=pack, data_root=args.data_root,
                             device=args.device, on_event=on_event)
     bar.close()
     print(f"{status.totals(status.job_states(plan, folder))}  ->  kdsweep collect {args.sweep}")
     return 1 if summary.failed or summary.skipped else 0
+
+
+def _check_inputs(plan, jobs: list, data_root: Path | None) -> None:
+    """Before a local run makes any folder, cheaply: the files the jobs will read are there (each
+    dataset's, each weights file), so that a missing one is one line here, not a failure per job."""
+    from kd import data
+
+    for name in dict.fromkeys(j.config["dataset"] for j in jobs):
+        data.check_present(name, data_root)
+    for j in jobs:
+        weights = j.config.get("pretrained")
+        if weights not in (None, "imagenet", "none") and not Path(weights).is_file():
+            raise UserError(f"{plan.sweep.path or plan.sweep.name}: pretrained: {weights}: no such weights file "
+                            f"(job {j.name})")
 
 
 @contextmanager
@@ -269,6 +372,8 @@ def _submit(args: argparse.Namespace, plan, folder: Path) -> int:
     out = submit.submit(plan, prof, folder.resolve(), args.data_root, pack=_pack(args, plan, prof))
     for level, array_id, n in out.arrays:
         print(f"submitted {level} array {array_id}: {n} tasks (profile {prof.name})")
+    if out.cancelled:
+        print(f"cancelled {out.cancelled} students queued behind a teacher that failed; submitted again")
     if not out.arrays:
         print(f"nothing to submit: {out.already_done} done, {out.skipped_active} queued or running")
     elif out.skipped_active or out.already_done:
@@ -280,13 +385,16 @@ def _submit(args: argparse.Namespace, plan, folder: Path) -> int:
 def _add_status(sub) -> None:
     p = sub.add_parser("status", help="done / running / failed / pending per job and in total")
     _sweep_args(p)
+    _max_jobs_arg(p)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from sweep import api, status
 
-    plan = api.plan(args.sweep)
-    states = status.job_states(plan, api.folder(plan, args.results))
+    plan = _load_plan(args)
+    folder = api.folder(plan, args.results)
+    _check_folder(folder, "--results", write=False)
+    states = status.job_states(plan, folder)
     rows = [[j.id, j.name, s.state, s.detail] for j, s in states]
     print(_table(["id", "name", "state", "detail"], rows))
     print(status.totals(states))
@@ -299,20 +407,42 @@ def _add_collect(sub) -> None:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from sweep import api
+    import pandas as pd
+
+    from sweep import api, compare
 
     c = api.collect(args.sweep, results_root=args.results)
-    if 0 < c.rows <= 60:
-        import pandas as pd
-
-        df = pd.read_parquet(c.results).sort_values(["method", "alpha", "temperature", "seed"], na_position="first")
-        num = lambda v: None if pd.isna(v) else float(v)  # noqa: E731
-        rows = [[r.name, r.method, _fmt(num(r.alpha)), _fmt(num(r.temperature)), f"{100 * r.test_accuracy:.2f}%"]
+    df = pd.read_parquet(c.results) if c.rows else None
+    pct = lambda v: "-" if pd.isna(v) else f"{100 * v:.2f}%"  # noqa: E731
+    num = lambda v: None if pd.isna(v) else float(v)  # noqa: E731
+    if df is not None and df["seed"].nunique() == 1 and c.rows <= 60:
+        df = df.sort_values(["method", "alpha", "temperature", "seed"], na_position="first")
+        rows = [[r.name, r.method, _fmt(num(r.alpha)), _fmt(num(r.temperature)), pct(r.test_accuracy)]
                 for r in df.itertuples()]
         print(_table(["name", "method", "alpha", "T", "test accuracy"], rows))
         print()
+    elif df is not None:
+        means = compare.point_means(df)
+        if len(means) <= 60:
+            rows = [[r.method, _fmt(num(r.alpha)), _fmt(num(r.temperature)), str(r.n_seeds), pct(r.mean),
+                     "1 seed: no interval" if pd.isna(r.ci_low) else f"{pct(r.ci_low)} to {pct(r.ci_high)}"]
+                    for r in means.itertuples()]
+            print(_table(["method", "alpha", "T", "seeds", "mean test accuracy", "95% CI"], rows))
+            print()
+    comparisons = pd.read_parquet(c.comparisons) if c.comparisons else None
+    if comparisons is not None and len(comparisons):
+        for line in compare.summary(comparisons):
+            print(line)
+        if len(comparisons) <= 60:
+            for _, r in comparisons.iterrows():
+                print(f"  {compare.describe(r)}")
+        print()
     print(f"{c.rows} finished jobs -> {c.results}")
     print(f"{' ' * len(str(c.rows))} per-epoch rows  -> {c.epochs}")
+    if c.comparisons:
+        print(f"{' ' * len(str(c.rows))} comparisons     -> {c.comparisons}")
+    if c.code_diff:
+        print(f"{' ' * len(str(c.rows))} code changes    -> {c.code_diff}")
     if c.missing:
         print(f"not finished ({len(c.missing)}), not in the table:")
         for name, st, detail in c.missing:
@@ -330,6 +460,26 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     for path in api.plot(args.sweep, results_root=args.results):
         print(path)
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report (and a Markdown twin) of the collected results",
+                       description="Write results/<name>/report.html (figures inline, no network needed) and "
+                                   "report.md: the sweep file, the plan, the results, the paired comparisons "
+                                   "in words, the figures, unfinished jobs and provenance.",
+                       epilog="example: kdsweep run demo && kdsweep collect demo && kdsweep report demo")
+    _sweep_args(p)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sweep import api
+
+    written = api.report(args.sweep, results_root=args.results)
+    for line in written.headline:
+        print(line)
+    print(f"report -> {written.html}")
+    print(f"          {written.markdown}")
     return 0
 
 
@@ -374,7 +524,8 @@ COMMANDS = {"train": (_add_train, _cmd_train), "data": (_add_data, _cmd_data),
             "weights": (_add_weights, _cmd_weights), "models": (_add_models, _cmd_models),
             "plan": (_add_plan, _cmd_plan), "run": (_add_run, _cmd_run),
             "resume": (lambda sub: _add_run(sub, "resume"), _cmd_run), "status": (_add_status, _cmd_status),
-            "collect": (_add_collect, _cmd_collect), "plot": (_add_plot, _cmd_plot)}
+            "collect": (_add_collect, _cmd_collect), "plot": (_add_plot, _cmd_plot),
+            "report": (_add_report, _cmd_report)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,6 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    """A message as one line: control characters (from a key, value or path that holds them) escaped."""
+    from sweep.profile import CONTROL
+
+    return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -397,9 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+            print(f"hint: {_one_line(e.hint)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head or less, which closed early
         sys.stderr.close()

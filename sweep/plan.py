@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from kd.config import APPLIES, AUTO_PACK, DEFAULTS, TEACHER_OF, pack_key, packable, resolve
+from kd.config import APPLIES, AUTO_PACK, DEFAULTS, TEACHER_OF, combination_problem, pack_key, packable, resolve
 from kd.errors import UserError
 from sweep.spec import Sweep
 
@@ -123,8 +124,43 @@ def _name(config: dict[str, Any], varying: list[str]) -> str:
     return "-".join(str(p) for p in parts)
 
 
+def _methods(sweep: Sweep) -> list[str]:
+    """The sweep's methods, with the teachers its students need (they are part of the plan) first."""
+    methods = list(sweep.methods)
+    for student, teacher in TEACHER_OF.items():
+        if student in methods and teacher not in methods:
+            methods.insert(0, teacher)
+    return methods
+
+
+def check_size(sweep: Sweep) -> int:
+    """The number of grid points (over all methods: at least the number of jobs), from the axes'
+    lengths alone; a UserError above ``sweep.max_jobs``, before anything is expanded."""
+    axes = sweep.axes
+    sizes = {m: math.prod(len(axes[k]) for k in axes_for(m, list(axes))) for m in _methods(sweep)}
+    total = sum(sizes.values())
+    if total > sweep.max_jobs:
+        parts = "; ".join(f"{m}: " + " x ".join(f"{k} {len(axes[k])}" for k in axes_for(m, list(axes))) + f" = {n:,}"
+                          for m, n in sizes.items() if n > 1)
+        raise UserError(f"{sweep.path or sweep.name}: the grid has {total:,} points ({parts}), more than "
+                        f"max_jobs = {sweep.max_jobs:,}",
+                        hint="if you mean it: max_jobs = N at the top of the sweep file, or --max-jobs N")
+    return total
+
+
+def _check_combination(sweep: Sweep, config: dict[str, Any]) -> None:
+    """Settings of one job that are valid alone but not together: named where the sweep file sets them."""
+    problem = combination_problem(config)
+    if problem:
+        key, why = problem
+        table = "teacher" if config["method"] in TEACHER_METHODS and key in dict(sweep.teacher) else \
+            "grid" if key in sweep.axes else "train"
+        raise UserError(f"{sweep.path or sweep.name}: {table}.{key}: {why}")
+
+
 def plan(sweep: Sweep) -> Plan:
     """Expand the grid into jobs: teachers first, students after, in grid order."""
+    check_size(sweep)
     axes = sweep.axes
     varying = [k for k, v in axes.items() if len(v) > 1]
     base = dict(sweep.train)
@@ -138,6 +174,7 @@ def plan(sweep: Sweep) -> Plan:
     def add(config: dict[str, Any], point: dict[str, Any], depends_on: tuple[str, ...]) -> str:
         jid = job_id(config)
         if jid not in jobs:
+            _check_combination(sweep, config)
             jobs[jid] = {"config": config, "depends_on": depends_on, "points": []}
             order["teacher" if config["method"] in TEACHER_METHODS else "student"].append(jid)
         jobs[jid]["points"].append(point)
@@ -153,11 +190,7 @@ def plan(sweep: Sweep) -> Plan:
                                 {"method": method, **settings}, ())
         return teachers[key]
 
-    methods = list(sweep.methods)
-    for student, teacher in TEACHER_OF.items():
-        if student in methods and teacher not in methods:
-            methods.insert(0, teacher)  # students need their teacher: it is part of the plan
-    for method in methods:
+    for method in _methods(sweep):
         relevant = axes_for(method, list(axes))
         for values in itertools.product(*(axes[k] for k in relevant)):
             point = {"method": method, **dict(zip(relevant, values))}

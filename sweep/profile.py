@@ -21,6 +21,7 @@
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,11 @@ KEYS = {"name": str, "description": str, "partition": str, "account": str, "qos"
         "signal_delay_s": int, "max_requeue": int, "pack": (int, str), "sbatch": dict, "setup": list, "python": str, "container": dict}
 CONTAINER_KEYS = {"runtime": str, "image": str, "binds": list, "nv": bool, "python": str}
 WORD = re.compile(r"[A-Za-z0-9_.,:+@%-]+")  # partition, account, qos names: no spaces or shell characters
+# (lowest, highest, lowest excluded) of each number: far beyond any cluster's, low enough to catch a typo
+RANGES = {"gpus": (0, 64, False), "cpus": (1, 4096, False), "mem_gb": (0, 100_000, True),
+          "array_parallelism": (1, 1_000_000, False), "signal_delay_s": (0, 86_400, False), "max_requeue": (0, 1000, False)}
+# Control characters and what str.splitlines() also breaks at (newline, tab, NUL, escape, NEL, U+2028 ...)
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,22 @@ def _check_types(raw: dict[str, Any], types: dict[str, Any], where: str) -> None
         if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
             names = "/".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
             raise UserError(f"{where}{key}: expected {names}, got {value!r}")
+        _check_text(value, f"{where}{key}")
+
+
+def _check_text(value: Any, at: str) -> None:
+    """Refuse control characters (a newline above all) in every string, however deep: each string
+    lands on a line of the sbatch script, and a newline would put a line of its own there."""
+    if isinstance(value, dict):  # keys: checked against the known ones (sbatch's against a pattern)
+        for k, v in value.items():
+            _check_text(v, f"{at}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_text(v, f"{at}[{i}]")
+    elif isinstance(value, str) and CONTROL.search(value):
+        char = CONTROL.search(value).group()
+        raise UserError(f"{at}: {value!r} contains a control character (U+{ord(char):04X}): each value must be "
+                        "one line of text, or it would add lines of its own to the sbatch script")
 
 
 def parse_time(value: str | int, where: str) -> int:
@@ -125,11 +147,22 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Profile:
         value = raw.get(key)
         if value is not None and (key != "constraint" and not WORD.fullmatch(value)):
             raise UserError(f"{f}{key}: {value!r} is not a valid Slurm name (no spaces or shell characters)")
-    for key, low in (("gpus", 0), ("cpus", 1), ("array_parallelism", 1), ("signal_delay_s", 0), ("max_requeue", 0)):
-        if key in raw and raw[key] < low:
-            raise UserError(f"{f}{key}: {raw[key]} must be >= {low}")
-    if "mem_gb" in raw and raw["mem_gb"] <= 0:
-        raise UserError(f"{f}mem_gb: {raw['mem_gb']} must be > 0")
+    for key, (low, high, open_low) in RANGES.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise UserError(f"{f}{key}: {value!r} must be a finite number")
+        if value < low or (open_low and value == low):
+            raise UserError(f"{f}{key}: {value!r} must be {'>' if open_low else '>='} {low}")
+        if value > high:
+            raise UserError(f"{f}{key}: {value!r} must be <= {high:,}")
+    time_min = parse_time(raw.get("time", 60), f)
+    delay = raw.get("signal_delay_s", Profile.signal_delay_s)
+    if delay >= time_min * 60:
+        given = "" if "signal_delay_s" in raw else " (the default)"
+        raise UserError(f"{f}signal_delay_s: {delay}{given} must be less than the time limit ({time_min} minutes "
+                        f"= {time_min * 60} s): the warning signal would come as the job starts")
     sbatch = raw.get("sbatch", {})
     for key, value in sbatch.items():
         if not isinstance(value, (str, int, bool)) or not re.fullmatch(r"[a-z][a-z0-9-]*", key):
@@ -145,15 +178,16 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Profile:
     if runtime != "none" and not container_raw.get("image"):
         raise UserError(f"{f}container.image: runtime '{runtime}' needs an image")
     binds = container_raw.get("binds", [])
-    if not all(isinstance(b, str) and b for b in binds):
-        raise UserError(f"{f}container.binds: expected a list of paths ('SRC' or 'SRC:DST')")
+    if not all(isinstance(b, str) and b and "," not in b for b in binds):
+        raise UserError(f"{f}container.binds: expected a list of paths ('SRC' or 'SRC:DST', no commas: "
+                        f"Apptainer and pyxis split bind lists at commas), got {binds!r}")
     container = Container(runtime=runtime, image=container_raw.get("image", ""), binds=tuple(binds),
                           nv=container_raw.get("nv", True), python=container_raw.get("python", "python3"))
     return Profile(
         name=name, partition=raw.get("partition"), account=raw.get("account"), qos=raw.get("qos"),
-        constraint=raw.get("constraint"), time_min=parse_time(raw.get("time", 60), f),
+        constraint=raw.get("constraint"), time_min=time_min,
         gpus=raw.get("gpus", 1), cpus=raw.get("cpus", 4), mem_gb=raw.get("mem_gb"),
-        array_parallelism=raw.get("array_parallelism", 64), signal_delay_s=raw.get("signal_delay_s", 120),
+        array_parallelism=raw.get("array_parallelism", 64), signal_delay_s=delay,
         max_requeue=raw.get("max_requeue", 3), sbatch=tuple(sbatch.items()), setup=tuple(setup),
         python=raw.get("python"), container=container, pack=check_pack(raw.get("pack"), f"{f}pack"),
         description=raw.get("description", ""), path=path)

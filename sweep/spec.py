@@ -27,7 +27,8 @@ from typing import Any
 from kd.config import DATASETS, METHODS, SETTINGS, check_value
 from kd.errors import UserError, did_you_mean
 
-TOP_KEYS = ("name", "description", "dataset", "methods", "pack", "train", "teacher", "grid", "exclude")
+TOP_KEYS = ("name", "description", "dataset", "methods", "pack", "max_jobs", "train", "teacher", "grid", "exclude")
+MAX_JOBS = 100_000  # a larger grid is refused (before it is expanded) unless max_jobs says otherwise
 NOT_SETTABLE = ("method", "teacher")  # the plan sets these
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 EXAMPLES = Path(__file__).parent / "examples"
@@ -45,6 +46,7 @@ class Sweep:
     path: Path | None = None
     description: str = ""
     pack: int | str | None = None  # students per process: an int, "auto", or None (the profile's, else auto)
+    max_jobs: int = MAX_JOBS  # the largest grid planned (grid points over all methods)
 
     @property
     def axes(self) -> dict[str, tuple[Any, ...]]:
@@ -142,12 +144,9 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
             raise UserError(f"{f}dataset: given both as a key and as grid.dataset; keep one")
         dataset = ""
     elif dataset is None:
-        raise UserError(f"{f}dataset: missing (mnist-5k, mnist, fashion-mnist)")
+        raise UserError(f"{f}dataset: missing (one of {', '.join(DATASETS)})")
     else:
         dataset = check_value("dataset", dataset, f)
-        _check_dataset(dataset, f"{f}dataset")
-    for i, d in enumerate(axes.get("dataset", ())):
-        _check_dataset(d, f"{f}grid.dataset[{i}]")
 
     methods = raw.get("methods")
     if methods is None:
@@ -187,8 +186,10 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
         exclude.append(tuple(pairs))
 
     pack = check_pack(raw.get("pack"), f"{f}pack")
+    max_jobs = check_max_jobs(raw.get("max_jobs", MAX_JOBS), f"{f}max_jobs")
     return Sweep(name=name, dataset=dataset, methods=tuple(methods), train=train, teacher=teacher,
-                 grid=tuple(grid), exclude=tuple(exclude), path=path, description=description, pack=pack)
+                 grid=tuple(grid), exclude=tuple(exclude), path=path, description=description, pack=pack,
+                 max_jobs=max_jobs)
 
 
 def check_pack(value: Any, where: str) -> int | str | None:
@@ -197,6 +198,7 @@ def check_pack(value: Any, where: str) -> int | str | None:
     raise UserError(f"{where}: {value!r} must be \"auto\" or a number of students >= 1 (1: no packing)")
 
 
-def _check_dataset(name: str, where: str) -> None:
-    if name not in DATASETS:
-        raise UserError(f"{where}: unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+def check_max_jobs(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise UserError(f"{where}: {value!r} must be a number of jobs >= 1 (default {MAX_JOBS:,})")

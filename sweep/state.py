@@ -137,7 +137,7 @@ def result_problem(path: Path) -> str | None:
     """Why a result.json is damaged (None if it reads as a result)."""
     try:
         result = json.loads(path.read_bytes())
-        result["config"], result["metrics"]["test_accuracy"]  # noqa: B018
+        result["config"], result["metrics"]["test_accuracy"], result["history"][-1]  # noqa: B018
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"{e.__class__.__name__}: {e}"[:120]
     return None

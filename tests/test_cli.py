@@ -1,30 +1,9 @@
 import subprocess
 import sys
 
-import pytest
-
 from sweep.cli import main
 
-
-@pytest.mark.parametrize("args, message", [
-    (["--alpha", "1.5"], "--alpha: 1.5 must be in [0, 1]"),
-    (["--alpha", "-0.1"], "--alpha: -0.1 must be in [0, 1]"),
-    (["--temperature", "0"], "--temperature: 0.0 must be > 0"),
-    (["--epochs", "0"], "--epochs: 0 must be >= 1"),
-    (["--method", "kd"], "--teacher: method 'kd' with alpha > 0 needs a teacher"),
-    (["--dataset", "cifar", "--method", "scratch"], "unknown dataset 'cifar'"),
-    (["--method", "kd", "--teacher", "/no/such/teacher"], "teacher: /no/such/teacher not found"),
-    (["--alpha", "abc"], "argument --alpha: invalid float value: 'abc'"),
-    (["--method", "distill"], "argument --method: invalid choice: 'distill'"),
-])
-def test_train_user_errors(tmp_path, capsys, args, message):
-    out = tmp_path / "out"
-    assert main(["train", "--out", str(out), *args]) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], err
-    assert "Traceback" not in err
-    assert not out.exists()
+# The table of bad train flags is in tests/test_bad_inputs.py.
 
 
 def test_missing_out_is_a_usage_error(capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kd import data, mhist
+from kd import data
 from kd.errors import UserError
 
 HEADER = "Image Name,Majority Vote Label,Number of Annotators who Selected SSA (Out of 7),Partition\n"
@@ -51,37 +51,7 @@ def test_images_folder_instead_of_zip(tmp_path):
     assert len(data.load("mhist", tmp_path).test_y) == 4
 
 
-def _rows(**change):
-    rows = [(f"MHIST_{i:03d}.png", "HP", 0, "train" if i < 3 else "test") for i in range(5)]
-    i, row = change.pop("row", (None, None))
-    if i is not None:
-        rows[i] = row
-    return rows
-
-
-@pytest.mark.parametrize("make, message", [
-    (lambda r: (r / "annotations.csv").write_text("Image Name,Label,Partition\nx.png,HP,train\n"),
-     "annotations.csv: missing column 'Majority Vote Label'"),
-    (lambda r: make_mhist(r, rows=_rows(row=(1, ("MHIST_001.png", "TA", 0, "train"))), pngs=None),
-     "annotations.csv: row 3: unknown label 'TA' (expected HP or SSA)"),
-    (lambda r: make_mhist(r, rows=_rows(row=(3, ("MHIST_003.png", "HP", 0, "train"))) [:4]),
-     "annotations.csv: no rows in partition 'test'"),
-    (lambda r: (make_mhist(r), (r / "annotations.csv").open("a").write("ghost.png,HP,0,test\n")),
-     "images.zip: image 'ghost.png' (named in annotations.csv row 12) is missing"),
-    (lambda r: make_mhist(r, pngs={"MHIST_002.png": b"\x89PNG\r\n\x1a\nbroken"}),
-     "images.zip/MHIST_002.png: not a readable image"),
-    (lambda r: make_mhist(r, pngs={"MHIST_004.png": _png(np.random.RandomState(1), 12)}),
-     "images.zip/MHIST_004.png: image of 12x12, expected 16x16 like the others (annotations.csv row 6)"),
-    (lambda r: None, "annotations.csv: not found"),
-])
-def test_bad_inputs_name_the_file_and_row(tmp_path, make, message):
-    root = tmp_path / "MHIST"
-    root.mkdir(parents=True, exist_ok=True)
-    make(root)
-    with pytest.raises(UserError) as e:
-        data.load("mhist", tmp_path)
-    assert message in str(e.value), str(e.value)
-    assert "\n" not in str(e.value)
+# Bad MHIST files (csv, zip, png), each named with its row: tests/test_bad_inputs.py
 
 
 def test_teacher_and_student_on_mhist_format_data(tmp_path):

@@ -33,11 +33,11 @@ def test_head_phase_trains_the_head_only(tmp_path, small):
 
 def test_resume_across_the_phase_change_equals_uninterrupted(tmp_path, small):
     cfg = make_config(method="scratch", epochs=3, head_epochs=1, finetune_lr=3e-4, unfreeze_from=2, batch_size=100)
-    whole = train.run(cfg, tmp_path / "w", dataset=small, device="cpu")
+    whole = train.run(cfg, tmp_path / "w", dataset=small, device="cpu", keep_checkpoint=True)
     assert train.run(cfg, tmp_path / "c", dataset=small, device="cpu", stop=stop_after(10)) is None  # at the boundary
-    cut = train.run(cfg, tmp_path / "c", dataset=small, device="cpu")
+    cut = train.run(cfg, tmp_path / "c", dataset=small, device="cpu", keep_checkpoint=True)
     assert train.run(cfg, tmp_path / "m", dataset=small, device="cpu", stop=stop_after(14)) is None  # mid-epoch 2
-    train.run(cfg, tmp_path / "m", dataset=small, device="cpu")
+    train.run(cfg, tmp_path / "m", dataset=small, device="cpu", keep_checkpoint=True)
     assert all(torch.equal(a[k], b[k]) for a, b in [(_weights(tmp_path / "w"), _weights(tmp_path / "m"))] for k in a)
     a, b = _weights(tmp_path / "w"), _weights(tmp_path / "c")
     assert all(torch.equal(a[k], b[k]) for k in a)
