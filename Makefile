@@ -19,13 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch, torchvision, kd, sweep; print('installed torch', torch.__version__)"
 	touch $@
 
-# The demo sweep (sweep/examples/demo.toml) end to end: plan, run, collect, plot.
+# The demo sweep (sweep/examples/demo.toml) end to end: plan, run, collect, plot, report.
 demo: venv
 	$(BIN)/kdsweep plan demo
 	$(BIN)/kdsweep run demo
 	$(BIN)/kdsweep collect demo
 	$(BIN)/kdsweep plot demo
-	@echo; echo "table: results/demo/results.parquet, epochs.parquet   plots: results/demo/plots/"
+	$(BIN)/kdsweep report demo
+	@echo; echo "table: results/demo/results.parquet, epochs.parquet   plots: results/demo/plots/   report: results/demo/report.html"
 
 # As root, the SLURM tests run against a real one-node cluster (slurm/testcluster) started here.
 test: venv

@@ -3,7 +3,9 @@
     from sweep import api
     p = api.plan("demo")              # a sweep file path or a bundled example's name
     api.run("demo", jobs=2)
-    api.collect("demo")               # -> results/demo/results.parquet, epochs.parquet
+    api.collect("demo")               # -> results/demo/results.parquet, epochs.parquet, comparisons.parquet
+    api.compare("demo")               # each distilled point against scratch, paired over seeds (a DataFrame)
+    api.report("demo")                # -> results/demo/report.html, report.md
 """
 from __future__ import annotations
 
@@ -40,10 +42,28 @@ def status(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS
 
 
 def collect(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS):
+    """Write results.parquet, epochs.parquet and comparisons.parquet; returns a ``sweep.collect.Collected``."""
     from sweep import collect as c
 
     p = plan(sweep_file)
     return c.collect(p, folder(p, results_root))
+
+
+def compare(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS):
+    """The paired comparisons (``sweep.compare.paired``) of the collected results: one row per
+    student grid point and baseline, with the mean difference over seeds and its 95% interval."""
+    from sweep import collect as c, compare as cmp
+
+    (results,) = c.read_tables(folder(plan(sweep_file), results_root), (c.RESULTS,))
+    return cmp.paired(results)
+
+
+def report(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS):
+    """Write report.html and report.md from the collected results; returns a ``sweep.report.Written``."""
+    from sweep import report as r
+
+    p = plan(sweep_file)
+    return r.write(p, folder(p, results_root))
 
 
 def plot(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS) -> list[Path]:

@@ -1,16 +1,24 @@
-"""Aggregate finished jobs into Parquet: one row per job, one row per job and epoch."""
+"""Aggregate finished jobs into Parquet: one row per job, one row per job and epoch, and the
+paired comparisons of every student grid point with its baseline (sweep.compare)."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kd import atomic
-from sweep import state
+from kd import atomic, provenance
+from kd.errors import UserError
+from sweep import compare, state
 from sweep.plan import Plan
 
-RESULTS, EPOCHS = "results.parquet", "epochs.parquet"
+log = logging.getLogger(__name__)
+
+RESULTS, EPOCHS, COMPARISONS, CODE_DIFF = "results.parquet", "epochs.parquet", compare.COMPARISONS, "code.diff"
+DAMAGED = state.DAMAGED  # a result.json that exists but cannot be read: listed among the unfinished
+# result["versions"] keys -> columns; the rest become "<key>_version"
+VERSION_COLUMNS = {"git": "git_version", "dirty": "git_dirty", "diff_sha256": "git_diff_sha256"}
 
 
 @dataclass
@@ -19,6 +27,8 @@ class Collected:
     epochs: Path
     rows: int
     missing: list[tuple[str, str, str]] = field(default_factory=list)  # (job name, state, detail)
+    comparisons: Path | None = None
+    code_diff: Path | None = None  # the uncommitted changes the rows ran with, when still in the tree
 
 
 def job_row(plan: Plan, job, result: dict[str, Any]) -> dict[str, Any]:
@@ -34,24 +44,50 @@ def job_row(plan: Plan, job, result: dict[str, Any]) -> dict[str, Any]:
         row[key] = result.get(key)
     row["pack_size"] = result.get("pack_size", 1)
     row["teacher_forward_images"] = result.get("teacher_forward_images")
-    row.update({f"{k}_version": v for k, v in result.get("versions", {}).items()})
+    row.update({VERSION_COLUMNS.get(k, f"{k}_version"): v for k, v in result.get("versions", {}).items()})
     return row
 
 
+def read_result(path: Path) -> dict[str, Any] | None:
+    """A job's ``result.json``: None when there is none; ``UserError`` naming the file when it exists
+    but is damaged (not JSON, truncated, or without the metrics and history a result has)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        result = json.loads(raw)
+    except ValueError as e:  # UnicodeDecodeError is a ValueError too
+        raise UserError(f"{path}: damaged result, not JSON ({e})") from None
+    if not (isinstance(result, dict) and isinstance(result.get("metrics"), dict)
+            and "test_accuracy" in result["metrics"] and isinstance(result.get("history"), list)
+            and all(isinstance(h, dict) for h in result["history"])):
+        raise UserError(f"{path}: damaged result, no metrics and history")
+    return result
+
+
 def collect(plan: Plan, folder: Path) -> Collected:
-    """Write ``results.parquet`` and ``epochs.parquet`` for the finished jobs; list the others."""
+    """Write ``results.parquet``, ``epochs.parquet`` and ``comparisons.parquet`` for the finished
+    jobs (atomically); list the others. A damaged ``result.json`` is skipped with a warning and
+    listed as damaged: it does not stop the rest from being collected."""
     import pandas as pd
 
     rows, epochs, missing = [], [], []
     for job in plan.jobs:
         jdir = state.job_dir(folder, job)
         try:
-            result = json.loads((jdir / "result.json").read_bytes())
-        except FileNotFoundError:
+            result = read_result(jdir / "result.json")
+            row = job_row(plan, job, result) if result is not None else None
+        except (UserError, KeyError, TypeError, ValueError) as e:
+            detail = str(e) if isinstance(e, UserError) else f"{jdir / 'result.json'}: damaged result ({e!r})"
+            log.warning("skipped: %s", detail)
+            missing.append((job.name, DAMAGED, detail))
+            continue
+        if row is None:
             s = state.job_state(jdir)
             missing.append((job.name, s.state, s.detail))
             continue
-        rows.append(job_row(plan, job, result))
+        rows.append(row)
         for h in result["history"]:
             epochs.append({"sweep": plan.sweep.name, "job_id": job.id, "name": job.name, "method": job.method,
                            "alpha": job.config["alpha"], "temperature": job.config["temperature"],
@@ -62,7 +98,61 @@ def collect(plan: Plan, folder: Path) -> Collected:
     for df in (results, history):
         for col in ("alpha", "temperature"):
             df[col] = df[col].astype("float64")
-    out_r, out_e = folder / RESULTS, folder / EPOCHS
+    out_r, out_e, out_c = folder / RESULTS, folder / EPOCHS, folder / COMPARISONS
+    comparisons = compare.paired(results)
     atomic.write_with(out_r, lambda f: results.to_parquet(f, index=False))
     atomic.write_with(out_e, lambda f: history.to_parquet(f, index=False))
-    return Collected(out_r, out_e, len(rows), missing)
+    atomic.write_with(out_c, lambda f: comparisons.to_parquet(f, index=False))
+    return Collected(out_r, out_e, len(rows), missing, out_c, save_code_diff(results, folder))
+
+
+def save_code_diff(results, folder: Path) -> Path | None:
+    """``folder/code.diff``: the uncommitted changes that rows ran with (their ``git_diff_sha256``),
+    when the working tree still holds exactly those, under a first line that names the commit and
+    the hash (``git apply`` skips it). A code.diff of no row's code is removed. Returns the file or None."""
+    path = folder / CODE_DIFF
+    hashes = set(results["git_diff_sha256"].dropna()) if "git_diff_sha256" in results.columns else set()
+    now = provenance.diff() if hashes else None
+    digest = provenance.diff_hash(now) if now else None
+    if digest in hashes:
+        n = int((results["git_diff_sha256"] == digest).sum())
+        header = (f"# git diff HEAD -- {' '.join(provenance.CODE_PATHS)} at commit {provenance.commit()}, "
+                  f"sha256 {digest}: the uncommitted code of {n} job(s)\n")
+        atomic.write_with(path, lambda f: f.write(header.encode() + now))
+        return path
+    if hashes:
+        log.warning("%d result(s) ran on uncommitted code (git diff sha256 %s) that the working tree no longer "
+                    "holds: no %s for them", int(results["git_diff_sha256"].notna().sum()),
+                    ", ".join(h[:12] for h in sorted(hashes)), path)
+    if path.exists() and saved_diff_hash(path) not in hashes:
+        path.unlink()  # it belongs to no row any more: it would mislead
+        log.warning("%s removed: no job's code any more", path)
+    return path if path.exists() else None
+
+
+def saved_diff_hash(path: Path) -> str | None:
+    """The sha256 that a code.diff's first line names, or None."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline().decode(errors="replace")
+    except OSError:
+        return None
+    return first.split(" sha256 ", 1)[1].split(":", 1)[0] if first.startswith("# ") and " sha256 " in first else None
+
+
+def read_tables(folder: Path, names: tuple[str, ...] = (RESULTS, EPOCHS)):
+    """The sweep's Parquet tables, by name; ``UserError`` naming the file when one is missing or
+    cannot be read as Parquet."""
+    import pandas as pd
+
+    out = []
+    for name in names:
+        path = Path(folder) / name
+        try:
+            out.append(pd.read_parquet(path))
+        except FileNotFoundError:
+            raise UserError(f"{path}: not found", hint="run 'kdsweep collect' first") from None
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise UserError(f"{path}: damaged, not a Parquet table ({str(e).splitlines()[0]})",
+                            hint="run 'kdsweep collect' again to rewrite it") from None
+    return out

@@ -1,6 +1,13 @@
-"""Summary figures drawn from the Parquet files alone (no job folders needed)."""
+"""Summary figures drawn from the Parquet files alone (no job folders needed).
+
+With several seeds every point is a mean with its 95% confidence interval (sweep.compare); the
+difference heatmaps show the paired difference of each grid point to its baseline, seed by seed.
+"""
 from __future__ import annotations
 
+import io
+import logging
+import math
 from pathlib import Path
 
 import matplotlib
@@ -9,82 +16,128 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from kd import atomic  # noqa: E402
 from kd.errors import UserError  # noqa: E402
+from sweep import collect, compare  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
+         "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False, "axes.spines.right": False}
+DPI = 150
+CI_WORDS = "95% CI"
 
 
 def plot_all(folder: Path) -> list[Path]:
     """Draw every figure that the sweep's data supports into ``folder/plots``; returns the files."""
-    try:
-        results = pd.read_parquet(folder / "results.parquet")
-        epochs = pd.read_parquet(folder / "epochs.parquet")
-    except FileNotFoundError as e:
-        raise UserError(f"{e.filename}: not found", hint="run 'kdsweep collect' first") from None
+    results, epochs = collect.read_tables(folder)
     if results.empty:
-        raise UserError(f"{folder / 'results.parquet'}: no finished jobs to plot")
+        raise UserError(f"{folder / collect.RESULTS}: no finished jobs to plot")
+    missing = [c for c in ("sweep", "method", "alpha", "temperature", "seed", "test_accuracy") if c not in results]
+    if missing:
+        raise UserError(f"{folder / collect.RESULTS}: damaged, no column {', '.join(missing)}",
+                        hint="run 'kdsweep collect' again to rewrite it")
     out = folder / "plots"
     out.mkdir(exist_ok=True)
-    title = f"{results['sweep'].iloc[0]} ({', '.join(sorted(results['dataset'].unique()))})"
+    datasets = sorted(results["dataset"].unique()) if "dataset" in results else []
+    title = f"{results['sweep'].iloc[0]}" + (f" ({', '.join(datasets)})" if datasets else "")
     files = []
-    if (results["method"] == "kd").any():
-        files.append(_accuracy_vs_temperature(results, out / "accuracy_vs_temperature.png", title))
-        files.append(_heatmap(results, out / "heatmap_alpha_temperature.png", title))
-        if any(c.startswith("f1_") for c in results.columns):  # two classes (MHIST): the study's second figure
-            files.append(_f1_vs_temperature(results, out / "accuracy_f1_vs_temperature.png", title))
-    files.append(_per_epoch(epochs, out / "accuracy_per_epoch.png", title))
+    with plt.rc_context(STYLE):
+        if (results["method"] == "kd").any():
+            files.append(_accuracy_vs_temperature(results, out / "accuracy_vs_temperature.png", title))
+            files.append(_heatmap(results, out / "heatmap_alpha_temperature.png", title))
+            if any(c.startswith("f1_") for c in results.columns):  # two classes (MHIST): the study's second figure
+                files.append(_f1_vs_temperature(results, out / "accuracy_f1_vs_temperature.png", title))
+        comparisons = compare.paired(results)
+        for (method, base), group in comparisons.groupby(["method", "baseline"], sort=False):
+            if group[["alpha", "temperature"]].duplicated().any():  # other settings vary too: no alpha x T map
+                log.info("no difference heatmap for %s vs %s: settings besides alpha and T vary", method, base)
+                continue
+            files.append(_difference_heatmap(group, out / f"difference_{method}_vs_{base}.png", title))
+        files.append(_per_epoch(epochs, out / "accuracy_per_epoch.png", title))
     return files
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+    """Write the figure as a 256-colour PNG: a third of the size of a full-colour one (these are
+    committed with reference results and inlined in reports), with no difference to see."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
     try:
-        atomic.write_with(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+        fig.savefig(buffer, dpi=DPI, format="png")
     finally:
         plt.close(fig)
+    image = Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    atomic.write_with(path, lambda f: image.save(f, format="PNG", optimize=True))
     return path
 
 
+def _seeds_words(n: int) -> str:
+    return f"{n} seeds" if n > 1 else "1 seed: no interval"
+
+
 def _reference_lines(ax, results: pd.DataFrame) -> None:
-    for method, style, label in (("teacher", ("black", "--"), "teacher"), ("scratch", ("grey", ":"), "student from scratch")):
-        acc = results.loc[results["method"] == method, "test_accuracy"]
-        if len(acc):
-            ax.axhline(100 * acc.mean(), color=style[0], linestyle=style[1], linewidth=1.5,
-                       label=f"{label} ({100 * acc.mean():.2f}%)")
+    """The teacher as a dashed line, the student from scratch as a dotted line in its 95% band (the
+    teacher's interval is in its label: a second band would hide the first)."""
+    for method, color, style, label in (("teacher", "black", "--", "teacher"),
+                                        ("scratch", "dimgrey", ":", "student from scratch")):
+        ci = compare.t_interval(results.loc[results["method"] == method, "test_accuracy"])
+        if not ci.n:
+            continue
+        words = (f"{100 * ci.mean:.2f}%, {CI_WORDS} {100 * ci.low:.2f}-{100 * ci.high:.2f}, {ci.n} seeds"
+                 if ci.has_interval else f"{100 * ci.mean:.2f}%, {_seeds_words(ci.n)}")
+        ax.axhline(100 * ci.mean, color=color, linestyle=style, linewidth=1.5, label=f"{label} ({words})")
+        if ci.has_interval and method == "scratch":
+            ax.axhspan(100 * ci.low, 100 * ci.high, color=color, alpha=0.15, linewidth=0)
+
+
+def _error(stats: pd.DataFrame) -> np.ndarray | None:
+    """Asymmetric error bars (points) from a point_means table; None where no point has an interval."""
+    if stats["ci_low"].isna().all():
+        return None
+    return 100 * np.vstack([(stats["mean"] - stats["ci_low"]).fillna(0), (stats["ci_high"] - stats["mean"]).fillna(0)])
 
 
 def _accuracy_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> Path:
-    kd = results[results["method"] == "kd"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    colors = plt.cm.viridis(np.linspace(0.1, 0.85, kd["alpha"].nunique()))
-    for color, (alpha, group) in zip(colors, kd.groupby("alpha")):
-        stats = group.groupby("temperature")["test_accuracy"].agg(["mean", "std", "count"]).sort_index()
-        err = 100 * stats["std"].fillna(0) if (stats["count"] > 1).any() else None
-        ax.errorbar(stats.index, 100 * stats["mean"], yerr=err, marker="o", capsize=3, color=color,
-                    label=f"alpha = {alpha:g}")
-    seeds = results["seed"].nunique()
-    _temperature_axes(ax, results, "student test accuracy (%)",
-                      f"Student accuracy vs temperature: {title}" + (f", mean of {seeds} seeds" if seeds > 1 else ""))
+    means = compare.point_means(results)
+    kd = means[means["method"] == "kd"]
+    alphas = sorted(kd["alpha"].unique())
+    fig, ax = plt.subplots(figsize=(9, 6), layout="constrained")
+    colors = plt.cm.viridis(np.linspace(0.05, 0.85, len(alphas)))
+    for k, (color, alpha) in enumerate(zip(colors, alphas)):
+        stats = kd[kd["alpha"] == alpha].groupby("temperature").agg(
+            mean=("mean", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean")).sort_index()
+        dodge = 2 ** (0.06 * (k - (len(alphas) - 1) / 2))  # side by side on the log axis: bars do not hide each other
+        ax.errorbar(stats.index * dodge, 100 * stats["mean"], yerr=_error(stats), marker="o", markersize=5,
+                    capsize=3, linewidth=1.5, color=color, label=f"KD, alpha = {alpha:g}")
+    seeds = int(kd["n_seeds"].max())
+    detail = (f"mean of {seeds} seeds; bars and grey band: {CI_WORDS} of the mean" if seeds > 1
+              else "1 seed: no interval (run more seeds for error bars)")
+    _temperature_axes(ax, results, "student test accuracy (%)", f"Student accuracy vs temperature: {title}\n{detail}")
     return _save(fig, path)
 
 
 def _temperature_axes(ax, results: pd.DataFrame, ylabel: str, title: str) -> None:
-    """Teacher and scratch lines, a log2 temperature axis with the grid's values, labels, legend."""
+    """Teacher and scratch lines, a log2 temperature axis with the grid's values, labels, legend outside."""
     _reference_lines(ax, results)
     ax.set_xscale("log", base=2)
     temps = sorted(results.loc[results["method"] == "kd", "temperature"].unique())
     ax.set_xticks(temps, [f"{t:g}" for t in temps])
-    ax.set_xlabel("temperature T")
+    ax.minorticks_off()
+    ax.set_xlabel("temperature T (log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.figure.legend(loc="outside lower center", ncols=2, frameon=False)
 
 
 def _f1_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> Path:
     kd = results[results["method"] == "kd"]
     metrics = ["test_accuracy", *sorted(c for c in results.columns if c.startswith("f1_")), "macro_f1"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
     for (alpha, group), style in zip(kd.groupby("alpha"), ("-", "--", ":", "-.")):
         stats = group.groupby("temperature")[[m for m in metrics if m in group]].mean().sort_index()
         for m, color in zip(stats.columns, plt.cm.tab10.colors):
@@ -95,6 +148,20 @@ def _f1_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def _grid_axes(ax, table: pd.DataFrame) -> None:
+    ax.set_xticks(range(len(table.columns)), [f"{t:g}" for t in table.columns])
+    ax.set_yticks(range(len(table.index)), [f"{a:g}" for a in table.index])
+    ax.set_xlabel("temperature T")
+    ax.set_ylabel("alpha (weight of distillation)")
+    ax.tick_params(length=0)
+    for side in ("top", "right", "left", "bottom"):
+        ax.spines[side].set_visible(False)
+
+
+def _figsize(table: pd.DataFrame) -> tuple[float, float]:
+    return max(6.5, 1.25 * len(table.columns) + 3.0), max(3.2, 0.8 * len(table.index) + 2.0)
+
+
 def _heatmap(results: pd.DataFrame, path: Path, title: str) -> Path:
     kd = results[results["method"] == "kd"]
     table = kd.pivot_table(index="alpha", columns="temperature", values="test_accuracy", aggfunc="mean")
@@ -102,42 +169,81 @@ def _heatmap(results: pd.DataFrame, path: Path, title: str) -> Path:
     if len(scratch):  # alpha = 0 is the student from scratch at every temperature
         table.loc[0.0] = scratch.mean()
         table = table.sort_index()
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(table.columns) + 2.5), max(3.5, 0.6 * len(table.index) + 1.8)))
+    fig, ax = plt.subplots(figsize=_figsize(table), layout="constrained")
     im = ax.imshow(100 * table.values, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(table.columns)), [f"{t:g}" for t in table.columns])
-    ax.set_yticks(range(len(table.index)), [f"{a:g}" for a in table.index])
-    ax.set_xlabel("temperature T")
-    ax.set_ylabel("alpha (weight of distillation)")
+    _grid_axes(ax, table)
     lo, hi = np.nanmin(table.values), np.nanmax(table.values)
     for (i, j), v in np.ndenumerate(table.values):
         if not np.isnan(v):
-            ax.text(j, i, f"{100 * v:.2f}", ha="center", va="center", fontsize=8,
+            ax.text(j, i, f"{100 * v:.2f}", ha="center", va="center", fontsize=9,
                     color="white" if v < (lo + hi) / 2 else "black")
     fig.colorbar(im, ax=ax, label="test accuracy (%)")
-    ax.set_title(f"Student accuracy: {title}", fontsize=10)
+    seeds = results["seed"].nunique()
+    ax.set_title(f"Student accuracy (%): {title}" + (f"\nmean of {seeds} seeds" if seeds > 1 else ""))
+    return _save(fig, path)
+
+
+def _difference_heatmap(comparisons: pd.DataFrame, path: Path, title: str) -> Path:
+    """The paired difference to the baseline in points, diverging colours centred on 0; cells whose
+    interval excludes 0 are outlined and starred."""
+    method, base = comparisons["method"].iloc[0], comparisons["baseline"].iloc[0]
+    pivot = {col: comparisons.pivot_table(index="alpha", columns="temperature", values=col, aggfunc="first")
+             for col in ("difference", "ci_low", "ci_high")}
+    table = pivot["difference"].sort_index()
+    sig = comparisons.pivot_table(index="alpha", columns="temperature", values="significant",
+                                  aggfunc="first").reindex_like(table)
+    values = 100 * table.values
+    bound = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    bound = max(bound, 0.05)
+    fig, ax = plt.subplots(figsize=_figsize(table), layout="constrained")
+    im = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+    _grid_axes(ax, table)
+    for (i, j), v in np.ndenumerate(values):
+        if math.isnan(v):
+            continue
+        marked = bool(sig.values[i, j]) if not pd.isna(sig.values[i, j]) else False
+        lo, hi = (100 * pivot[k].reindex_like(table).values[i, j] for k in ("ci_low", "ci_high"))
+        text = f"{v:+.2f}{'*' if marked else ''}"
+        if not math.isnan(lo):
+            text += f"\n[{lo:+.2f}, {hi:+.2f}]"
+        ax.text(j, i, text, ha="center", va="center", fontsize=8.5 if "\n" in text else 9.5,
+                fontweight="bold" if marked else "normal", color="white" if abs(v) > 0.6 * bound else "black")
+        if marked:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+    vs = "kd at the same alpha and T" if base == "kd" else "the student from scratch" if base == "scratch" else base
+    fig.colorbar(im, ax=ax, label=f"difference to {base} (percentage points)")
+    seeds = int(comparisons["n_seeds"].max())
+    how = (f"paired over {seeds} seeds; [{CI_WORDS}]; * and outline: the interval excludes 0" if seeds > 1
+           else "1 seed: no interval, no cell can be called different")
+    ax.set_title(f"{method} minus {vs}, test accuracy: {title}\n{how}")
     return _save(fig, path)
 
 
 def _per_epoch(epochs: pd.DataFrame, path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    """Test accuracy per epoch: the mean of each group of jobs (teacher, scratch, KD per alpha over
+    its temperatures and seeds), the band spanning its jobs' lowest and highest."""
+    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
     kd = epochs[epochs["method"] == "kd"]
     alphas = sorted(kd["alpha"].dropna().unique())
-    cmap = dict(zip(alphas, plt.cm.viridis(np.linspace(0.1, 0.85, max(len(alphas), 1)))))
-    labelled = set()
-    for (method, alpha, name), g in epochs.groupby(["method", "alpha", "name"], dropna=False, sort=False):
-        if method == "kd":
-            label = f"kd, alpha = {alpha:g}" if alpha not in labelled else None
-            labelled.add(alpha)
-            ax.plot(g["epoch"], 100 * g["test_accuracy"], color=cmap[alpha], alpha=0.6, linewidth=1, label=label)
-        else:
-            color = "black" if method == "teacher" else "grey"
-            label = method if method not in labelled else None
-            labelled.add(method)
-            ax.plot(g["epoch"], 100 * g["test_accuracy"], color=color, linewidth=2,
-                    linestyle="--" if method == "teacher" else ":", label=label)
+    cmap = dict(zip(alphas, plt.cm.viridis(np.linspace(0.05, 0.85, max(len(alphas), 1)))))
+    groups = [("teacher", None, "black", "--", "teacher"), ("scratch", None, "dimgrey", ":", "student from scratch"),
+              *[("kd", a, cmap[a], "-", f"KD, alpha = {a:g}") for a in alphas],
+              *[(m, None, c, "-.", m) for m, c in zip(sorted(set(epochs["method"]) - {"teacher", "scratch", "kd"}),
+                                                       plt.cm.tab10.colors)]]
+    for method, alpha, color, style, label in groups:
+        g = epochs[(epochs["method"] == method) & ((epochs["alpha"] == alpha) if alpha is not None else True)]
+        if g.empty:
+            continue
+        stats = g.groupby("epoch")["test_accuracy"].agg(["mean", "min", "max"])
+        jobs = g["job_id"].nunique()
+        ax.plot(stats.index, 100 * stats["mean"], color=color, linestyle=style, linewidth=1.8,
+                label=label + (f" (mean of {jobs} jobs)" if jobs > 1 else ""))
+        if jobs > 1:
+            ax.fill_between(stats.index, 100 * stats["min"], 100 * stats["max"], color=color, alpha=0.12, linewidth=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Test accuracy per epoch: {title}")
+    several = epochs.groupby(["method", "alpha"], dropna=False)["job_id"].nunique().max() > 1
+    ax.set_title(f"Test accuracy per epoch: {title}" + ("\nbands: lowest to highest job of the group" if several else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return _save(fig, path)

@@ -173,7 +173,7 @@ def test_plots_from_parquet_alone(killed_and_resumed, tmp_path):
         shutil.copy(k["folder"] / name, copy / name)
     files = api.plot(k["sweep_file"], results_root=tmp_path / "results")
     assert sorted(f.name for f in files) == ["accuracy_per_epoch.png", "accuracy_vs_temperature.png",
-                                             "heatmap_alpha_temperature.png"]
+                                             "difference_kd_vs_scratch.png", "heatmap_alpha_temperature.png"]
     for f in files:
         with Image.open(f) as im:
             assert im.format == "PNG" and im.width >= 600 and im.height >= 300

@@ -1,0 +1,118 @@
+"""collect on hand-written job folders: damaged results are skipped and named, comparisons written,
+the code's provenance kept; plot on a damaged table is one error line."""
+import json
+import logging
+
+import pandas as pd
+import pytest
+
+from sweep import api, collect, state
+from sweep.cli import main
+from sweep_tables import finished_sweep
+
+
+@pytest.mark.parametrize("damage", [b"\x00\xff garbage \x8f", b'{"metrics": {"test_accuracy": 0.9', b"{}",
+                                    b'{"metrics": {"test_accuracy": 0.9}, "history": "none"}', b"[]"],
+                         ids=["garbage", "truncated", "empty-object", "no-history", "a-list"])
+def test_a_damaged_result_is_skipped_named_and_listed(tmp_path, caplog, capsys, damage):
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    folder = api.folder(plan, root)
+    job = next(j for j in plan.jobs if j.name == "kd-a0.5-T4-s1")
+    bad = state.job_dir(folder, job) / "result.json"
+    bad.write_bytes(damage)
+    with caplog.at_level(logging.WARNING, logger="sweep.collect"):
+        c = api.collect(sweep_file, results_root=root)
+    assert c.rows == len(plan.jobs) - 1
+    assert str(bad) in caplog.text  # the warning names the file
+    assert [(n, s) for n, s, _ in c.missing] == [("kd-a0.5-T4-s1", collect.DAMAGED)]
+    assert str(bad) in c.missing[0][2]
+    df = pd.read_parquet(c.results)
+    assert job.id not in set(df["job_id"]) and len(df) == len(plan.jobs) - 1
+    comparisons = pd.read_parquet(c.comparisons)
+    assert comparisons.set_index("point").loc["alpha 0.5, T 4", "n_seeds"] == 2  # the other seeds still count
+    assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "not finished (1), not in the table:\n  kd-a0.5-T4-s1: damaged (" in out
+
+
+def test_comparisons_are_written_beside_the_results(tmp_path, capsys):
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    c = api.collect(sweep_file, results_root=root)
+    assert c.comparisons == api.folder(plan, root) / "comparisons.parquet"
+    table = pd.read_parquet(c.comparisons)
+    assert list(table["point"]) == ["alpha 0.5, T 1", "alpha 0.5, T 4", "alpha 0.9, T 1", "alpha 0.9, T 4"]
+    assert table.set_index("point").loc["alpha 0.5, T 4", "verdict"] == "better"
+    pd.testing.assert_frame_equal(table, api.compare(sweep_file, results_root=root))
+    assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "kd against scratch: 2 of 4 points better with 95% confidence" in out
+    assert "  alpha 0.5, T 4 beats scratch by 0.63 points, 95% CI 0.49 to 0.78, 3 seeds" in out
+
+
+def test_one_seed_says_no_interval(tmp_path, capsys):
+    sweep_file, root, plan = finished_sweep(tmp_path, seeds=(0,))
+    c = api.collect(sweep_file, results_root=root)
+    table = pd.read_parquet(c.comparisons)
+    assert not table["interval"].any() and table["ci_low"].isna().all() and set(table["verdict"]) == {"no interval"}
+    main(["collect", str(sweep_file), "--results", str(root)])
+    out = capsys.readouterr().out
+    assert "alpha 0.5, T 4: +0.60 points against scratch, 1 seed: no interval" in out
+    assert "95% CI" not in out
+
+
+def test_version_columns(tmp_path):
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    folder = api.folder(plan, root)
+    job = plan.jobs[0]
+    path = state.job_dir(folder, job) / "result.json"
+    result = json.loads(path.read_text())
+    result["versions"].update(dirty=True, diff_sha256="d" * 64)
+    path.write_text(json.dumps(result))
+    df = pd.read_parquet(api.collect(sweep_file, results_root=root).results).set_index("job_id")
+    assert {"git_version", "git_dirty", "git_diff_sha256", "torch_version", "kd_version"} <= set(df.columns)
+    assert df.loc[job.id, "git_dirty"] and df.loc[job.id, "git_diff_sha256"] == "d" * 64
+
+
+@pytest.mark.parametrize("damage", [b"PAR1 this is not parquet", b"", b"\x00" * 100])
+def test_plot_on_a_damaged_table_is_one_error_line(tmp_path, capsys, damage):
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    api.collect(sweep_file, results_root=root)
+    bad = api.folder(plan, root) / "results.parquet"
+    bad.write_bytes(damage)
+    for command in ("plot", "report"):
+        assert main([command, str(sweep_file), "--results", str(root)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].startswith(f"error: {bad}: damaged, not a Parquet table") and "Traceback" not in "".join(err)
+        assert err[1:] == ["hint: run 'kdsweep collect' again to rewrite it"]
+
+
+def test_plot_without_collect_says_so(tmp_path, capsys):
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    assert main(["plot", str(sweep_file), "--results", str(root)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {api.folder(plan, root) / 'results.parquet'}: not found")
+
+
+def test_code_diff_is_saved_for_the_rows_that_ran_on_it_and_removed_when_stale(tmp_path, monkeypatch):
+    from kd import provenance
+
+    changes = b"diff --git a/kd/train.py b/kd/train.py\n-x = 1\n+x = 2\n"
+    digest = provenance.diff_hash(changes)
+    monkeypatch.setattr(provenance, "diff", lambda root=None: changes)
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    folder = api.folder(plan, root)
+
+    def record(sha):
+        for job in plan.jobs:
+            path = state.job_dir(folder, job) / "result.json"
+            r = json.loads(path.read_text())
+            r["versions"].update(dirty=True, diff_sha256=sha)
+            path.write_text(json.dumps(r))
+
+    record(digest)
+    c = api.collect(sweep_file, results_root=root)
+    text = c.code_diff.read_bytes()
+    assert c.code_diff == folder / "code.diff" and text.endswith(changes)
+    assert text.startswith(b"# git diff HEAD -- kd sweep pyproject.toml at commit ")
+    assert collect.saved_diff_hash(c.code_diff) == digest
+    record("e" * 64)  # the jobs ran again on other code: the saved diff is nobody's
+    assert api.collect(sweep_file, results_root=root).code_diff is None and not (folder / "code.diff").exists()

@@ -1,0 +1,79 @@
+"""Which code a result came from: a commit only where git names one, and uncommitted changes flagged."""
+import hashlib
+import shutil
+import subprocess
+
+import pytest
+
+from kd import provenance
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+def _git(root, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", *args],
+                   cwd=root, check=True, capture_output=True)
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    root = tmp_path / "checkout"
+    (root / "kd").mkdir(parents=True)
+    (root / "kd" / "train.py").write_text("x = 1\n")
+    _git(root, "init", "-q")
+    return root
+
+
+def test_outside_a_repository_there_is_no_commit(tmp_path):
+    assert provenance.commit(tmp_path) is None and provenance.diff(tmp_path) is None
+
+
+def test_a_repository_without_commits_has_no_commit(checkout):
+    """`git rev-parse HEAD` prints "HEAD" there and fails: the exit status is what counts."""
+    assert provenance.commit(checkout) is None
+
+
+def test_a_folder_inside_some_other_repository_has_no_commit(checkout):
+    _git(checkout, "add", ".")
+    _git(checkout, "commit", "-q", "-m", "one")
+    assert provenance.commit(checkout / "kd") is None  # kd copied into another project: not its commit
+
+
+def test_commit_and_dirty_tree(checkout):
+    _git(checkout, "add", ".")
+    _git(checkout, "commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
+    assert provenance.commit(checkout) == head and len(head) == 40
+    assert provenance.diff(checkout) == b""
+    (checkout / "kd" / "train.py").write_text("x = 2\n")
+    changes = provenance.diff(checkout)
+    assert b"-x = 1\n+x = 2\n" in changes
+    assert provenance.diff_hash(changes) == hashlib.sha256(changes).hexdigest()
+
+
+def test_without_git_there_is_no_commit(checkout, monkeypatch):
+    _git(checkout, "add", ".")
+    _git(checkout, "commit", "-q", "-m", "one")
+    monkeypatch.setenv("PATH", str(checkout / "no-such-dir"))
+    assert provenance.git("rev-parse", "HEAD", cwd=checkout) is None
+    assert provenance.commit(checkout) is None
+
+
+def test_versions_record_the_commit_and_the_changes(checkout, tmp_path):
+    _git(checkout, "add", ".")
+    _git(checkout, "commit", "-q", "-m", "one")
+    clean = provenance.versions(checkout)
+    assert {"python", "torch", "kd"} <= set(clean) and len(clean["git"]) == 40
+    assert clean["dirty"] is False and clean["diff_sha256"] is None
+    (checkout / "kd" / "train.py").write_text("x = 2\n")
+    provenance.versions.cache_clear()
+    dirty = provenance.versions(checkout)
+    assert dirty["git"] == clean["git"] and dirty["dirty"] is True
+    assert dirty["diff_sha256"] == hashlib.sha256(provenance.diff(checkout)).hexdigest()
+    elsewhere = provenance.versions(tmp_path / "checkout" / "kd")
+    assert (elsewhere["git"], elsewhere["dirty"], elsewhere["diff_sha256"]) == (None, None, None)
+
+
+def test_versions_of_this_code():
+    v = provenance.versions()
+    assert v["git"] != "HEAD" and (v["git"] is None) == (v["dirty"] is None)

@@ -1,0 +1,152 @@
+"""kdsweep report on hand-written job folders: one self-contained HTML page and its Markdown twin."""
+import base64
+import io
+import json
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kd import atomic
+from sweep import api, report, state
+from sweep.cli import main
+from sweep_tables import finished_sweep
+
+
+class Page(HTMLParser):
+    """The parts of a page the tests look at: images, tables (header cells), headings, text, links."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.images, self.tables, self.h2, self.links, self.text = [], [], [], [], []
+        self._in = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a)
+        elif tag == "table":
+            self.tables.append([])
+        elif tag in ("th", "h2"):
+            self._in = tag
+        for key in ("src", "href"):
+            if key in a and tag != "img":
+                self.links.append(a[key])
+
+    def handle_endtag(self, tag):
+        if tag == self._in:
+            self._in = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in == "th":
+            self.tables[-1].append(data)
+        elif self._in == "h2":
+            self.h2.append(data)
+
+
+@pytest.fixture
+def reported(tmp_path):
+    """A 3-seed sweep: one job never ran, one failed, one left a damaged result; collected, reported."""
+    sweep_file, root, plan = finished_sweep(tmp_path, skip=("kd-a0.9-T1-s2", "kd-a0.9-T4-s2"))
+    folder = api.folder(plan, root)
+    by = {j.name: j for j in plan.jobs}
+    atomic.write_json(state.job_dir(folder, by["kd-a0.9-T1-s2"]) / "error.json", {"line": "RuntimeError: out of memory"})
+    (state.job_dir(folder, by["kd-a0.5-T1-s2"]) / "result.json").write_bytes(b'{"metrics": {"test_acc')
+    api.collect(sweep_file, results_root=root)
+    return sweep_file, root, plan, folder
+
+
+def test_report_html_is_self_contained_with_every_figure_and_table(reported, capsys):
+    sweep_file, root, plan, folder = reported
+    assert main(["report", str(sweep_file), "--results", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"report -> {folder / 'report.html'}" in out and "kd against scratch: " in out
+    page = Page((folder / "report.html").read_text())
+    assert page.h2 == ["Summary", "Comparisons", "Figures", "Results", "Failures and unfinished jobs", "Plan",
+                       "Sweep file", "Provenance"]
+    pngs = sorted(p.name for p in (folder / "plots").glob("*.png"))
+    assert pngs == ["accuracy_per_epoch.png", "accuracy_vs_temperature.png", "difference_kd_vs_scratch.png",
+                    "heatmap_alpha_temperature.png"]
+    assert sorted(i["alt"] for i in page.images) == pngs
+    for img in page.images:
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix)  # inline: no file, no network
+        with Image.open(io.BytesIO(base64.b64decode(img["src"][len(prefix):], validate=True))) as im:
+            im.verify()
+            assert im.format == "PNG" and im.width >= 600
+    headers = [tuple(t) for t in page.tables]
+    assert headers == [
+        ("point", "baseline", "accuracy (%)", "baseline (%)", "difference (points)", "95% CI (points)", "seeds", "verdict"),
+        ("method", "alpha", "T", "seeds", "test accuracy (%)", "95% CI (%)"),
+        ("job", "method", "alpha", "T", "seed", "test accuracy (%)", "training s", "pack"),
+        ("job", "state", "detail"),
+        ("id", "job", "method", "alpha", "T", "seed", "depends on"),
+        ("what", "value (number of jobs)")]
+    assert not [link for link in page.links if "//" in link]  # nothing to fetch
+    text = " ".join(page.text)
+    assert "alpha 0.5, T 4 beats scratch by 0.63 points, 95% CI 0.49 to 0.78, 3 seeds" in text
+    assert "alpha 0.9, T 1 does not differ from scratch (+0.05 points" in text
+    assert "1 damaged, 1 failed, 1 pending" in text and "RuntimeError: out of memory" in text
+    assert 'seed = [0, 1, 2]' in text  # the sweep file itself
+    assert "3 x 1 teacher job alone; 1 x 3 scratch jobs packed; 1 x 12 kd jobs packed" in text
+    assert "One process per grid point would have taken about" in text and "bench/kd_grid.py" in text
+
+
+def test_markdown_twin_says_the_same(reported):
+    sweep_file, root, plan, folder = reported
+    written = api.report(sweep_file, results_root=root)
+    md = written.markdown.read_text()
+    html = written.html.read_text()
+    for line in ("alpha 0.5, T 4 beats scratch by 0.63 points, 95% CI 0.49 to 0.78, 3 seeds",
+                 "kd against scratch: 2 of 4 points better with 95% confidence"):
+        assert line in md and line in html
+    for png in (folder / "plots").glob("*.png"):
+        assert f"](plots/{png.name})" in md
+
+
+def test_one_seed_report_says_no_interval(tmp_path):
+    sweep_file, root, plan = finished_sweep(tmp_path, seeds=(0,))
+    api.collect(sweep_file, results_root=root)
+    text = " ".join(Page(api.report(sweep_file, results_root=root).html.read_text()).text)
+    assert "alpha 0.5, T 4: +0.60 points against scratch, 1 seed: no interval" in text
+    assert "1 seed: no interval (run more seeds" in text and "beats" not in text
+
+
+def test_mixed_code_versions_are_warned_about(tmp_path):
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    folder = api.folder(plan, root)
+    for job in plan.jobs[:2]:
+        path = state.job_dir(folder, job) / "result.json"
+        r = json.loads(path.read_text())
+        r["versions"].update(git="b" * 40, dirty=True, diff_sha256="c" * 64)
+        path.write_text(json.dumps(r))
+    results = pd.read_parquet(api.collect(sweep_file, results_root=root).results)
+    (warning,) = report.code_warnings(results)
+    assert warning.startswith("This sweep mixes 2 code versions: 16 jobs at commit aaaaaaaaaa; "
+                              "2 jobs at commit bbbbbbbbbb + uncommitted diff cccccccccc.")
+    assert "mixes 2 code versions" in api.report(sweep_file, results_root=root).html.read_text()
+    assert report.code_warnings(results.iloc[2:]) == []
+
+
+def test_committed_results_without_job_folders(tmp_path):
+    """A results folder of Parquet files only: jobs missing from the table are said to be missing, not pending."""
+    sweep_file, root, plan = finished_sweep(tmp_path, skip=("kd-a0.9-T4-s2",))
+    api.collect(sweep_file, results_root=root)
+    folder = api.folder(plan, root)
+    for p in (folder / "jobs").glob("*/*"):
+        p.unlink()
+    for d in (folder / "jobs").iterdir():
+        d.rmdir()
+    (folder / "jobs").rmdir()
+    text = " ".join(Page(api.report(sweep_file, results_root=root).html.read_text()).text)
+    assert "kd-a0.9-T4-s2" in text and "not in results.parquet" in text and "pending" not in text
+
+
+def test_compute_time_counts_a_pack_once():
+    rows = pd.DataFrame({"device": ["cpu (x86_64)"] * 3 + ["NVIDIA H100 (tf32 on)"],
+                         "wall_seconds": [3600.0, 1800.0, 1800.0, 360.0], "pack_size": [1, 2, 2, 1]})
+    assert report.compute_time(rows) == [("NVIDIA H100 (tf32 on)", 0.1, 0.0, 0.1),
+                                         ("cpu (x86_64)", 1.5, 0.5, pytest.approx(1.0 + 11.3 * 0.5))]
