@@ -15,7 +15,6 @@ rounding of batched arithmetic).
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import platform
@@ -27,14 +26,15 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kd import atomic, data as kd_data, metrics as kd_metrics, models, phases, provenance, rng, teacher as kd_teacher
+from kd import atomic, data as kd_data, metrics as kd_metrics, models, phases, provenance, results, rng
+from kd import teacher as kd_teacher
 from kd.config import NOT_PACKABLE, PACK_SHARED, TrainConfig, packable
 from kd.errors import UserError
 from kd.losses import class_logits, cross_entropy, kd_loss, subclass_teacher_loss
 from kd.stack import Stack, stack_optimizer, unstack_optimizer
 
 log = logging.getLogger(__name__)
-RESULT, CHECKPOINT, MODEL = "result.json", "checkpoint.pt", kd_teacher.MODEL
+RESULT, CHECKPOINT, MODEL = results.RESULT, "checkpoint.pt", kd_teacher.MODEL
 ORDER_STRIDE = 1_000_003  # a prime: seed * ORDER_STRIDE + epoch seeds an epoch's batch order, distinct per (seed, epoch)
 AUGMENT_STREAM = 1000  # kd.rng streams 1000.. are the augmentation's; 0.. the dropout layers'
 
@@ -97,16 +97,16 @@ def finished(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     """The job's result if ``out`` holds it; None if not finished. A result of other settings is an
     error; a damaged one (unreadable, truncated, incomplete) is moved aside with a warning."""
     path = out / RESULT
-    if not path.is_file():
-        return None
     try:
-        result = json.loads(path.read_bytes())
-        saved, _, _ = result["config"], result["metrics"]["test_accuracy"], result["history"][-1]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        result = results.read(path)
+    except results.DamagedResult as e:
         aside = path.with_name(f"{RESULT}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
         path.rename(aside)
-        log.warning("%s is damaged (%s): kept as %s; the job runs again", path, e.__class__.__name__, aside.name)
+        log.warning("%s: kept as %s; the job runs again", e, aside.name)
         return None
+    if result is None:
+        return None
+    saved = result["config"]
     same_job(path, saved, config)
     return result
 

@@ -2,13 +2,12 @@
 paired comparisons of every student grid point with its baseline (sweep.compare)."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kd import atomic, provenance
+from kd import atomic, provenance, results
 from kd.errors import UserError
 from sweep import compare, state
 from sweep.plan import Plan
@@ -50,20 +49,11 @@ def job_row(plan: Plan, job, result: dict[str, Any]) -> dict[str, Any]:
 
 def read_result(path: Path) -> dict[str, Any] | None:
     """A job's ``result.json``: None when there is none; ``UserError`` naming the file when it exists
-    but is damaged (not JSON, truncated, or without the metrics and history a result has)."""
+    but is damaged (``kd.results.read``)."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        result = json.loads(raw)
-    except ValueError as e:  # UnicodeDecodeError is a ValueError too
-        raise UserError(f"{path}: damaged result, not JSON ({e})") from None
-    if not (isinstance(result, dict) and isinstance(result.get("metrics"), dict)
-            and "test_accuracy" in result["metrics"] and isinstance(result.get("history"), list)
-            and all(isinstance(h, dict) for h in result["history"])):
-        raise UserError(f"{path}: damaged result, no metrics and history")
-    return result
+        return results.read(path)
+    except results.DamagedResult as e:
+        raise UserError(str(e)) from None
 
 
 def collect(plan: Plan, folder: Path) -> Collected:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kd import atomic
+from kd import atomic, results
 from kd.errors import UserError
 from sweep.plan import Job, Plan
 
@@ -136,10 +136,9 @@ def record_attempt(folder: Path, **extra: Any) -> None:
 def result_problem(path: Path) -> str | None:
     """Why a result.json is damaged (None if it reads as a result)."""
     try:
-        result = json.loads(path.read_bytes())
-        result["config"], result["metrics"]["test_accuracy"], result["history"][-1]  # noqa: B018
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"{e.__class__.__name__}: {e}"[:120]
+        results.read(path)
+    except results.DamagedResult as e:
+        return str(e).split(": damaged result, ", 1)[-1][:120]
     return None
 
 
