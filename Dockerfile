@@ -25,6 +25,11 @@ RUN if [ "$BAKE_WEIGHTS" = "1" ]; then \
       python -c "from torchvision import models as m; m.resnet50(weights='IMAGENET1K_V2'); m.mobilenet_v2(weights='IMAGENET1K_V2')"; \
     fi
 
+# what a job records as the image it ran in (kd.provenance): the commit this image was built from
+ARG KDSWEEP_COMMIT=unknown
+RUN printf '{"image": "kd-sweep", "commit": "%s", "built": "%s"}\n' "$KDSWEEP_COMMIT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+      > /etc/kd-sweep-image
+
 RUN useradd --create-home --uid 1000 kd \
     && mkdir -p /data /results \
     && chown kd:kd /data /results

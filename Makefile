@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # The torch build that this project is tested with; pip takes it from local disk where it lies there.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean image ch-image
 
 venv: $(VENV)/.installed
 
@@ -28,9 +28,30 @@ demo: venv
 	$(BIN)/kdsweep report demo
 	@echo; echo "table: results/demo/results.parquet, epochs.parquet   plots: results/demo/plots/   report: results/demo/report.html"
 
-# As root, the SLURM tests run against a real one-node cluster (slurm/testcluster) started here.
+# As root, the SLURM tests run against a real one-node cluster (slurm/testcluster) started here, and
+# the container tests against the project's image, built here (tests/container).
 test: venv
-	slurm/testcluster/with-cluster.sh $(BIN)/python -m pytest -q
+	slurm/testcluster/with-cluster.sh tests/container/with-image.sh $(BIN)/python -m pytest -q
+
+# The project's image (Dockerfile), with podman or docker. BASE_IMAGE: any image with python and torch
+# (default: the Dockerfile's PyTorch image); the image records the commit it was built from.
+IMAGE ?= kd-sweep:latest
+BASE_IMAGE ?=
+ENGINE ?= $(shell command -v podman || command -v docker || echo podman)
+IMAGE_BUILD_FLAGS ?=
+image:
+	$(ENGINE) build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	  --build-arg KDSWEEP_COMMIT=$$(git describe --always --dirty --abbrev=40 2>/dev/null || echo unknown) \
+	  $(IMAGE_BUILD_FLAGS) -t $(IMAGE) .
+
+# The image as a directory for Charliecloud's ch-run (CH_IMAGE=/path/dir): exported with podman or
+# docker, much faster than ch-convert, with the image's ENV written where `ch-run --set-env` reads it.
+CH_IMAGE ?= kd-sweep.ch
+ch-image:
+	rm -rf $(CH_IMAGE).tmp && mkdir -p $(CH_IMAGE).tmp/ch
+	c=$$($(ENGINE) create $(IMAGE)) && $(ENGINE) export $$c | tar -x -C $(CH_IMAGE).tmp; s=$$?; $(ENGINE) rm $$c >/dev/null; exit $$s
+	$(ENGINE) image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' $(IMAGE) > $(CH_IMAGE).tmp/ch/environment
+	rm -rf $(CH_IMAGE) && mv $(CH_IMAGE).tmp $(CH_IMAGE)
 
 bench: venv
 	$(BIN)/python bench/plan_collect.py

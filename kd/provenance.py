@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -22,6 +24,7 @@ import kd
 log = logging.getLogger(__name__)
 CODE_ROOT = Path(kd.__file__).resolve().parent.parent  # the checkout that holds kd/, when it is one
 CODE_PATHS = ("kd", "sweep", "pyproject.toml")  # what computes a result: the package and its dependencies
+IMAGE_RECORD = Path("/etc/kd-sweep-image")  # written by the Dockerfile: the commit the image was built from
 
 
 def git(*args: str, cwd: Path = CODE_ROOT) -> bytes | None:
@@ -65,9 +68,34 @@ def versions(root: Path = CODE_ROOT) -> dict[str, Any]:
     import torch  # here, not at the top: sweep.collect reads the helpers above without torch
 
     out: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "kd": kd.__version__,
-                           "git": commit(root), "dirty": None, "diff_sha256": None}
+                           "git": commit(root), "dirty": None, "diff_sha256": None, "container": container()}
     changes = diff(root) if out["git"] else None
     if changes is not None:
         out["dirty"] = bool(changes)
         out["diff_sha256"] = diff_hash(changes) if changes else None
     return out
+
+
+def container(record: Path = IMAGE_RECORD) -> dict[str, Any] | None:
+    """The kd-sweep image this process runs in (its record: the commit it was built from, when)
+    and the runtime that started it, as far as the runtime says; None outside the image."""
+    try:
+        image = json.loads(record.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        image = {"image": "kd-sweep", "record": f"unreadable: {e}"}
+    return {**image, "runtime": runtime()}
+
+
+def runtime() -> str:
+    """The container runtime, from the marks each leaves: an environment variable or a file."""
+    if os.environ.get("CH_RUNNING"):  # Charliecloud's ch-run
+        return "charliecloud"
+    if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
+        return "apptainer"
+    if os.environ.get("container") == "podman" or Path("/run/.containerenv").exists():
+        return "podman"
+    if Path("/.dockerenv").exists():
+        return "docker"
+    return "unknown"

@@ -14,10 +14,10 @@
     sbatch = { mail-type = "FAIL" }  # any other sbatch option
     setup = ["module load cuda"]   # shell lines before the job
     [container]
-    runtime = "apptainer"          # none | apptainer | pyxis
+    runtime = "apptainer"          # none | apptainer | charliecloud | pyxis
     image = "/shared/images/kd.sif"
     binds = ["/scratch"]
-    nv = true
+    nv = true                      # Apptainer's --nv (Charliecloud: ch-fromhost --nvidia on the image, once)
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any
 from kd.errors import UserError
 from sweep.spec import check_pack, read_toml, unknown_key
 
-RUNTIMES = ("none", "apptainer", "pyxis")
+RUNTIMES = ("none", "apptainer", "charliecloud", "pyxis")
 PROFILE_DIRS = (Path("slurm/profiles"), Path(__file__).resolve().parent.parent / "slurm" / "profiles")
 KEYS = {"name": str, "description": str, "partition": str, "account": str, "qos": str, "constraint": str,
         "time": (str, int), "gpus": int, "cpus": int, "mem_gb": (int, float), "array_parallelism": int,
@@ -193,10 +193,25 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Profile:
         description=raw.get("description", ""), path=path)
 
 
-def check_for_submission(profile: Profile) -> None:
-    """What can only be checked where the jobs are submitted: the image file exists."""
+def check_for_submission(profile: Profile, mounts: list[str] = ()) -> None:
+    """What can only be checked where the jobs are submitted: the image exists, and (Charliecloud)
+    each folder the jobs need can be bound into it."""
     c = profile.container
+    where = f"{profile.path or profile.name}: container.image"
     if c.runtime == "apptainer" and not c.image.startswith(("docker://", "oras://", "library://")):
         if not Path(c.image).is_file():
-            raise UserError(f"{profile.path or profile.name}: container.image: {c.image} does not exist",
+            raise UserError(f"{where}: {c.image} does not exist",
                             hint="build it: apptainer build kd.sif docker-daemon://kd-sweep:latest")
+    if c.runtime == "charliecloud":
+        image = Path(c.image)
+        if not image.is_dir() and not image.is_file():
+            raise UserError(f"{where}: {c.image} does not exist",
+                            hint="make a directory image: make image ch-image CH_IMAGE=" + c.image)
+        if image.is_dir():  # ch-run binds only onto directories the (read-only) image has; /tmp is the host's
+            for bind in [*c.binds, *mounts]:
+                dst = Path(bind.split(":", 1)[-1])
+                if not dst.is_relative_to("/tmp") and not (image / str(dst).lstrip("/")).is_dir():
+                    raise UserError(f"{where}: {c.image} has no directory {dst}: ch-run binds only onto "
+                                    "directories that exist in the image",
+                                    hint=f"add it to the image (RUN mkdir -p {dst} in the Dockerfile) or bind "
+                                         "the folder elsewhere ('SRC:DST' in container.binds)")

@@ -3,7 +3,7 @@
 The first array holds the jobs that need nothing (teachers, students from scratch); the
 second the students, depending ``afterok`` on exactly the teacher tasks they need. The
 container is applied through submitit's own means: the job's python command is prefixed
-by ``apptainer exec``, or pyxis options are given to srun. submitit renders the sbatch
+by ``apptainer exec`` or ``ch-run``, or pyxis options are given to srun. submitit renders the sbatch
 text (``_make_sbatch_string``); this module only turns a profile into its parameters.
 """
 from __future__ import annotations
@@ -28,6 +28,9 @@ def python_command(p: prof.Profile, mounts: list[str]) -> str:
         binds = [*c.binds, *mounts]
         parts = ["apptainer", "exec", *(["--nv"] if c.nv else []),
                  *[a for b in binds for a in ("--bind", b)], c.image, c.python]
+        return shlex.join(parts)
+    if c.runtime == "charliecloud":  # --set-env: the image's ENV (PATH to its python, KDSWEEP_DATA ...)
+        parts = ["ch-run", "--set-env", *[a for b in [*c.binds, *mounts] for a in ("-b", b)], c.image, "--", c.python]
         return shlex.join(parts)
     if c.runtime == "pyxis":
         return shlex.quote(c.python)
@@ -101,7 +104,7 @@ class Submitted:
 def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = None,
            pack: int | str = "auto") -> Submitted:
     """Submit every job that is neither done nor queued/running; never submits a job twice."""
-    prof.check_for_submission(p)
+    prof.check_for_submission(p, _mounts(folder, data_root))
     import submitit
 
     out = Submitted()

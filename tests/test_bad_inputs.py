@@ -323,7 +323,7 @@ PROFILES = [
     (_top('sbatch = { "Mail Type" = "FAIL" }'), "sbatch.Mail Type: expected an sbatch option"),
     (_top("sbatch = { mail-type = 1.5 }"), "sbatch.mail-type: expected an sbatch option name = string, number or true"),
     (_top('setup = ["module load cuda", 3]'), "setup: expected a list of shell lines"),
-    (_p('runtime = "none"', 'runtime = "docker"'), "container.runtime: 'docker' is not one of none, apptainer, pyxis"),
+    (_p('runtime = "none"', 'runtime = "docker"'), "container.runtime: 'docker' is not one of none, apptainer, charliecloud, pyxis"),
     (_p('runtime = "none"', 'runtime = "apptainer"'), "container.image: runtime 'apptainer' needs an image"),
     (_box('binds = ["/a,/b"]'), "container.binds: expected a list of paths"),
     (_box('binds = [""]'), "container.binds: expected a list of paths"),

@@ -39,7 +39,7 @@ def test_time_formats(value, minutes):
 
 
 def test_bundled_profiles_load():
-    for name in ("local-slurm", "generic-apptainer", "pyxis-enroot"):
+    for name in ("local-slurm", "generic-apptainer", "pyxis-enroot", "charliecloud"):
         assert prof.load(name).name == name
 
 
@@ -100,3 +100,26 @@ def test_dockerfile_lints_clean():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     p = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "", p.stdout + p.stderr
+
+
+def test_charliecloud_profile_runs_python_through_ch_run(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["plan", "demo", "--profile", "charliecloud", "--results", "/shared/results"]) == 0
+    out = capsys.readouterr().out
+    assert ("ch-run --set-env -b /scratch -b /shared/results /shared/containers/kd-sweep -- "
+            "python3 -u -m submitit.core._submit") in out
+
+
+def test_charliecloud_refuses_a_bind_the_image_has_no_directory_for(tmp_path, capsys):
+    image = tmp_path / "image"
+    (image / "scratch").mkdir(parents=True)
+    p = tmp_path / "cc.toml"
+    p.write_text(GOOD.replace('runtime = "none"', f'runtime = "charliecloud"\nimage = "{image}"\nbinds = ["/scratch"]'))
+    results = Path("/var/tmp") / f"kd-results-{os.getpid()}"  # outside /tmp, and not in the image
+    assert main(["run", "demo", "--profile", str(p), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert f"has no directory {results}: ch-run binds only onto directories that exist in the image" in err
+    assert not results.exists()
+    p.write_text(GOOD.replace('runtime = "none"', f'runtime = "charliecloud"\nimage = "{tmp_path}/nope"'))
+    assert main(["run", "demo", "--profile", str(p), "--results", str(tmp_path / "r")]) == 2
+    assert f"container.image: {tmp_path}/nope does not exist" in capsys.readouterr().err

@@ -77,3 +77,20 @@ def test_versions_record_the_commit_and_the_changes(checkout, tmp_path):
 def test_versions_of_this_code():
     v = provenance.versions()
     assert v["git"] != "HEAD" and (v["git"] is None) == (v["dirty"] is None)
+
+
+def test_the_image_a_job_ran_in_is_recorded(tmp_path, monkeypatch):
+    """Inside the image its record (the Dockerfile's /etc/kd-sweep-image) and the runtime; outside, None."""
+    assert provenance.container(tmp_path / "absent") is None
+    record = tmp_path / "kd-sweep-image"
+    record.write_text('{"image": "kd-sweep", "commit": "abc123", "built": "2026-11-25T21:48:54Z"}\n')
+    for var in ("CH_RUNNING", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "container"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CH_RUNNING", "Weird Al Yankovic")  # what ch-run 0.31 sets
+    assert provenance.container(record) == {"image": "kd-sweep", "commit": "abc123", "built": "2026-11-25T21:48:54Z",
+                                            "runtime": "charliecloud"}
+    monkeypatch.delenv("CH_RUNNING")
+    monkeypatch.setenv("APPTAINER_CONTAINER", "/images/kd.sif")
+    assert provenance.container(record)["runtime"] == "apptainer"
+    record.write_text("{damaged")
+    assert provenance.container(record)["record"].startswith("unreadable")
