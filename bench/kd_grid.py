@@ -1,9 +1,13 @@
-"""Benchmark: the same KD grid two ways in one run, on the same machine, and their ratio.
+"""Benchmark: the same KD grid three ways in one run, on the same machine, and their ratios.
 
-  (a) naive: one process per grid point (bench/naive_kd.py: DataLoader, teacher forward every step)
-  (b) kd-sweep: `kdsweep run` on the same grid, students packed, teacher logits cached
+  (a) kd-sweep: `kdsweep run` on the grid, students packed, teacher logits cached
+  (b) the reference study's loop: one process (a notebook) training one student after another,
+      the teacher's forward pass at every step (bench/reference_loop.py)
+  (c) one process per grid point, as one job per point pays (bench/naive_kd.py: DataLoader,
+      teacher forward every step)
+  and the floor: kd-sweep's arithmetic at this machine's measured matmul rate.
 
-    python bench/kd_grid.py                                  # 24 kd students of the reference grid,
+    python bench/kd_grid.py --repeat 3                       # 24 kd students of the reference grid,
                                                              # mnist-5k, 2 epochs, this machine's CPU
     python bench/kd_grid.py --dataset fashion-mnist --epochs 12 --full-grid --device cuda --naive-sample 3
 
@@ -13,9 +17,10 @@ runs only K of the naive students and scales their mean time to all of them (sai
 
     python bench/kd_grid.py --compare-with HEAD~3 --repeat 3   # kd-sweep now against an earlier commit
 
---compare-with REV times only kd-sweep's side, this tree's code against commit REV's (checked out
-into a temporary git worktree), alternating, ``--repeat`` times each on the same teacher, and prints
-the medians and their ratio: a regression check, side by side in one run.
+--repeat N runs the three sides N times, alternating, and prints the medians. --compare-with REV
+times only kd-sweep's side, this tree's code against commit REV's (checked out into a temporary
+git worktree), alternating, ``--repeat`` times each on the same teacher, and prints the medians
+and their ratio: a regression check, side by side in one run.
 """
 from __future__ import annotations
 
@@ -70,7 +75,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the naive runs")
     ap.add_argument("--jobs", type=int, default=1, help="kd-sweep's processes at once (kdsweep run -j)")
     ap.add_argument("--compare-with", metavar="REV", help="time kd-sweep against commit REV's kd-sweep instead")
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each side with --compare-with (medians)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each side, alternating (medians)")
     args = ap.parse_args()
 
     import torch
@@ -98,72 +103,100 @@ def main() -> None:
           f"({len(d.train_y):,} train images), device {args.device}"
           + (", whole grid end to end (teacher + scratch + students)" if args.full_grid else ""))
 
-    # (b) kd-sweep
-    if not args.full_grid:  # the teacher is trained first, untimed, and shared by both sides
+    if not args.full_grid:  # the teacher is trained first, untimed, and shared by every side
         state.write_plan(folder, plan)  # its folder and config, as `kdsweep run` writes them
         sh([sys.executable, "-m", "sweep.worker", str(state.job_dir(folder, teacher)), "--device", args.device]
            + (["--data-root", args.data_root] if args.data_root else []), env)
     if args.compare_with:
         return compare_versions(args, run, results, folder, env)
-    t0 = time.perf_counter()
-    sh(run, env)
-    ours = time.perf_counter() - t0
-    teacher_model = state.job_dir(folder, teacher) / "model.pt"
-    done = [state.read_json(state.job_dir(folder, j) / "result.json") for j in plan.jobs]
-    ours_teacher_images = sum(r.get("teacher_forward_images", 0) / r.get("pack_size", 1) for r in done)
-
-    # (a) naive
+    start = tmp / "start"
+    results.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(results, start)  # every kd-sweep run starts from here: the trained teacher, or nothing
+    teacher_model = tmp / "teacher.pt"  # what the naive students distil from: this teacher, or kd-sweep's
+    if not args.full_grid:
+        shutil.copy(state.job_dir(folder, teacher) / "model.pt", teacher_model)
+    data_args = ["--data-root", args.data_root] if args.data_root else []
+    reference = [sys.executable, str(HERE / "reference_loop.py"), "--dataset", args.dataset, "--epochs", str(args.epochs),
+                 "--device", args.device, "--alpha", *map(str, ALPHAS), "--temperature", *map(str, TEMPS), *data_args]
+    reference += (["--teacher-epochs", str(teacher_epochs), "--scratch"] if args.full_grid
+                  else ["--teacher", str(teacher_model)])
     naive_base = [sys.executable, str(HERE / "naive_kd.py"), "--dataset", args.dataset, "--epochs", str(args.epochs),
-                  "--device", args.device, "--workers", str(args.workers)] + (
-                      ["--data-root", args.data_root] if args.data_root else [])
+                  "--device", args.device, "--workers", str(args.workers), *data_args]
     points = [(a, t) for a in ALPHAS for t in TEMPS]
     sample = points if not args.naive_sample else points[:: max(1, len(points) // args.naive_sample)][: args.naive_sample]
-    runs = []
-    t0 = time.perf_counter()
-    extra = 0.0
+
+    times: dict[str, list[float]] = {"kd-sweep": [], "reference": [], "naive": []}
+    for rep in range(args.repeat):
+        # (a) kd-sweep: `kdsweep run`, process start included
+        shutil.rmtree(results, ignore_errors=True)
+        shutil.copytree(start, results)
+        t0 = time.perf_counter()
+        sh(run, env)
+        times["kd-sweep"].append(time.perf_counter() - t0)
+        done = [state.read_json(state.job_dir(folder, j) / "result.json") for j in plan.jobs]
+        if args.full_grid:
+            shutil.copy(state.job_dir(folder, teacher) / "model.pt", teacher_model)
+        # (b) the reference study's loop: one process, one student after another (its start-up not counted)
+        ref = json.loads(sh(reference, env).stdout.strip().splitlines()[-1])
+        times["reference"].append(ref["seconds"])
+        # (c) one process per grid point, process start included
+        t0, extra, runs = time.perf_counter(), 0.0, []
+        if args.full_grid:
+            for method in ("teacher", "scratch"):
+                t1 = time.perf_counter()
+                sh(naive_base + ["--method", method], env)
+                extra += time.perf_counter() - t1
+        for a, t in sample:
+            out = sh(naive_base + ["--teacher", str(teacher_model), "--alpha", str(a), "--temperature", str(t)], env)
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        per_student = (time.perf_counter() - t0 - extra) / len(sample)
+        times["naive"].append(extra + per_student * len(points))
+        print(f"run {rep + 1}: kd-sweep {times['kd-sweep'][-1]:.1f} s, reference loop {times['reference'][-1]:.1f} s, "
+              f"one process per point {times['naive'][-1]:.1f} s", flush=True)
+
+    # the floor: kd-sweep's arithmetic at this machine's measured matmul rate
+    from kd.train import flops_per_sample, pick_device
+
+    dev = pick_device(args.device)  # the same TF32 setting the runs had
+    student_fwd = flops_per_sample(models.build("mnist-mlp", 10, d.input_shape).to(dev), d.input_shape, dev)
+    teacher_fwd = flops_per_sample(models.build("mnist-cnn", 10, d.input_shape).to(dev), d.input_shape, dev)
+    n_students = len(points) + args.full_grid
+    samples = n_students * args.epochs * n_train
+    flop = {"students' training": 3 * student_fwd * samples,
+            "their evaluation": student_fwd * n_students * args.epochs * len(d.test_y),
+            "teacher logits, once": teacher_fwd * len(d.train_y)}
     if args.full_grid:
-        for method in ("teacher", "scratch"):
-            t1 = time.perf_counter()
-            sh(naive_base + ["--method", method], env)
-            extra += time.perf_counter() - t1
-    for a, t in sample:
-        out = sh(naive_base + ["--teacher", str(teacher_model), "--alpha", str(a), "--temperature", str(t)], env)
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    measured = time.perf_counter() - t0
-    per_student = (measured - extra) / len(sample)
-    naive = extra + per_student * len(points)
-    naive_teacher_images = statistics.mean(r["teacher_images"] for r in runs) * len(points)
-
-    student = models.build("mnist-mlp", 10, d.input_shape)
-    from kd.train import flops_per_sample
-
-    fwd = flops_per_sample(student, d.input_shape, torch.device("cpu"))
-    samples = len(points) * args.epochs * n_train
-    from kd.train import pick_device
-
-    pick_device(args.device)  # the same TF32 setting the runs had
+        flop["teacher's training"] = 3 * teacher_fwd * teacher_epochs * n_train + teacher_fwd * teacher_epochs * len(d.test_y)
     peak = matmul_gflops(args.device)
-    note = "" if len(sample) == len(points) else f"  ({len(sample)} of {len(points)} naive students run, mean scaled)"
-    print(f"naive (one process per point, DataLoader, teacher every step): {naive:8.1f} s{note}")
-    print(f"kd-sweep run (packed students, cached teacher logits):           {ours:8.1f} s")
-    print(f"speed-up: {naive / ours:.1f}x")
+    floor = sum(flop.values()) / peak / 1e9
+    med = {k: statistics.median(v) for k, v in times.items()}
+    note = "" if len(sample) == len(points) else f"; {len(sample)} of {len(points)} students run, mean scaled"
+    n = args.repeat
+    print(f"\nmedians of {n} run{'s' * (n > 1)}, side by side:")
+    print(f"  kd-sweep run (packed students, cached teacher logits) {med['kd-sweep']:8.1f} s")
+    print(f"  reference study's loop (one process, teacher each step) {med['reference']:6.1f} s   "
+          f"kd-sweep {med['reference'] / med['kd-sweep']:.1f}x faster (its process start not counted)")
+    print(f"  one process per grid point (DataLoader, teacher each step) {med['naive']:4.1f} s   "
+          f"kd-sweep {med['naive'] / med['kd-sweep']:.1f}x faster{note}")
+    print(f"  floor: kd-sweep's arithmetic at the measured float32 matmul rate ({peak:,.0f} GFLOP/s) {floor:.1f} s: "
+          f"kd-sweep takes {med['kd-sweep'] / floor:.1f}x the floor")
+    print("    arithmetic: " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP" for k, v in flop.items()))
     split = {}
     for job, r in zip(plan.jobs, done):
         if job.method == "teacher" and not args.full_grid:
             continue  # trained before the clock started
         key = f"{job.method} x{r.get('pack_size', 1)}" if job.method == "kd" else job.method
         split[key] = sum(h["seconds"] for h in r["history"])  # epochs' time: training and evaluation
-    print("kd-sweep epochs' time per unit: " + ", ".join(f"{k} {v:.1f} s" for k, v in split.items())
+    print("  kd-sweep epochs' time per unit (last run): " + ", ".join(f"{k} {v:.1f} s" for k, v in split.items())
           + "; the rest is process start, data loading, teacher cache and checkpoints")
-    print(f"student-samples/s: naive {samples / (per_student * len(points)):,.0f}   kd-sweep {samples / ours:,.0f}")
-    print(f"teacher forward images: naive {naive_teacher_images:,.0f}   kd-sweep {ours_teacher_images:,.0f}  "
-          f"({naive_teacher_images / max(ours_teacher_images, 1):.0f}x fewer)")
-    print(f"student training arithmetic: {3 * fwd * samples / 1e12:.2f} TFLOP; kd-sweep reached "
-          f"{3 * fwd * samples / ours / 1e9:,.0f} GFLOP/s = {3 * fwd * samples / ours / 1e9 / peak:.1%} of this "
-          f"machine's measured float32 matmul rate ({peak:,.0f} GFLOP/s)")
+    ours_teacher = sum(r.get("teacher_forward_images", 0) / r.get("pack_size", 1) for r in done)
+    print(f"  teacher forward images: reference loop {ref['teacher_images']:,}, "
+          f"one process per point {statistics.mean(r['teacher_images'] for r in runs) * len(points):,.0f}, "
+          f"kd-sweep {ours_teacher:,.0f}")
     accs = [r["metrics"]["test_accuracy"] for r in done if r["config"]["method"] == "kd"]
-    print(f"mean kd student accuracy: naive {statistics.mean(r['test_accuracy'] for r in runs):.4f}  "
-          f"kd-sweep {statistics.mean(accs):.4f}")
+    ref_kd = [v for k, v in ref["accuracy"].items() if k.startswith("alpha")]
+    print(f"  mean kd student accuracy: kd-sweep {statistics.mean(accs):.4f}, reference loop "
+          f"{statistics.mean(ref_kd):.4f}, one process per point {statistics.mean(r['test_accuracy'] for r in runs):.4f}")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -2,6 +2,8 @@
 frozen pretrained backbone, then fine-tuning from a given parameter on with a lower learning rate."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -14,14 +16,44 @@ def phase(config: TrainConfig, epoch: int) -> str:
     return HEAD if config.head_epochs and epoch < config.head_epochs else FULL
 
 
-def adam(params, lr: float) -> torch.optim.Adam:
+def _skip_dynamo_import() -> None:
+    """torch.optim wraps Adam's update and the optimiser's zero_grad/state_dict/... in
+    ``torch._disable_dynamo``, which imports torch._dynamo on the first call (about 1.1 s of this
+    2-core CPU, in every process that trains) only to switch off a compiler this project never
+    runs. That wrapper first looks for the function it caches on the wrapped function; giving it
+    the function itself skips the import and calls the same code. (Under torch.compile this would
+    let the compiler trace the optimiser: kd does not compile. A torch without such wrappers is
+    left alone.)"""
+    from torch.optim import adam as adam_module
+
+    for wrapped in (adam_module.adam, *(getattr(torch.optim.Optimizer, n, None) for n in
+                                        ("zero_grad", "state_dict", "load_state_dict", "add_param_group"))):
+        fn = getattr(wrapped, "__wrapped__", None)
+        if fn is not None and getattr(fn, "__code__", None) is not None and not hasattr(fn, "__dynamo_disable"):
+            setattr(fn, "__dynamo_disable", fn)
+
+
+_skip_dynamo_import()
+_ADAM_STEP = inspect.unwrap(torch.optim.Adam.step)  # without the wrapper that imports torch._dynamo
+
+
+class Adam(torch.optim.Adam):
+    """torch's Adam, the same update: its step without the wrapper that imports torch._dynamo at
+    every call (to place graph breaks for torch.compile) and sets grad mode, which this does."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        return _ADAM_STEP(self, closure)
+
+
+def adam(params, lr: float) -> Adam:
     """Adam (Kingma & Ba 2015) with the fused kernel where the device has one: the same update,
     in one pass over memory instead of several (8x faster on a CPU for packed students)."""
     params = list(params)
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return Adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-        return torch.optim.Adam(params, lr=lr)
+        return Adam(params, lr=lr)
 
 
 def head_names(model: nn.Module) -> set[str]:

@@ -240,11 +240,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print()
     levels = plan.levels()
     packs = units(plan, plan.sweep.pack or "auto")
-    print(f"local run: {len(packs):,} processes (pack {plan.sweep.pack or 'auto'}: students that share a teacher "
+    print(f"local run: {len(packs):,} units (pack {plan.sweep.pack or 'auto'}: students that share a teacher "
           f"train together); largest pack {max(len(u) for u in packs)} jobs")
     print("order: " + "; then ".join(f"{len(lvl):,} jobs " + ("that need nothing" if not lvl[0].depends_on
                                                               else "that wait for their teacher") for lvl in levels))
-    print(f"each job runs: python -m sweep.worker {out}/jobs/<id>   (kd.train.run(config, folder))")
+    print(f"each unit (a job, or a pack) runs in a worker (python -m sweep.worker; locally -j long-lived ones): "
+          f"kd.train.run_pack(configs, [{out}/jobs/<id>, ...])")
     if args.profile:
         pack = plan.sweep.pack or prof.pack or "auto"
         for level, tasks, text in submit.preview(plan, prof, out.resolve(), args.data_root, pack=pack):

@@ -4,19 +4,19 @@ A small scheduler. Its units are those of the plan (a teacher, or a pack of stud
 together); a unit needs its students' teachers. One loop reaps the units that ended, skips
 the students whose teacher did not finish, and starts what may start, at most ``jobs`` at
 once. A unit may start when its teachers are done, or early when each one is done or
-training here: it imports torch and loads its data meanwhile, then waits for their results
-(``python -m sweep.worker FOLDERS --after TEACHER_FOLDERS``). An early unit holds one of the
-``jobs`` places like any other; units whose teachers are done go first.
+training here: it loads its data meanwhile, then waits for their results. An early unit holds
+one of the ``jobs`` places like any other; units whose teachers are done go first.
 
-Each unit runs in its own process, so one crash does not take the sweep down. The sweep's
-lock (``state.sweep_lock``) keeps two ``kdsweep run`` from running the same sweep.
+Units run in at most ``jobs`` long-lived worker processes (``sweep.pool``), each importing torch
+once and taking units one after another; a unit that crashes its worker fails alone, and the next
+unit gets a new worker. The sweep's lock (``state.sweep_lock``) keeps two ``kdsweep run`` from
+running the same sweep.
 """
 from __future__ import annotations
 
 import functools
 import os
-import subprocess
-import sys
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sweep import state, status
 from sweep.plan import Job, Plan, units
+from sweep.pool import Pool, Task
 
 TEACHER_LOST = "its teacher did not finish"
 PACK_LOST = "packed with a student whose teacher did not finish"
@@ -49,7 +50,7 @@ class Summary:
 @dataclass
 class _Unit:
     jobs: list[Job]
-    proc: subprocess.Popen | None = None
+    proc: Task | None = None
     started: float = 0.0
     stopped: bool = False  # terminated here: it waited for a teacher that will not finish
 
@@ -89,7 +90,8 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                 waiting.append(_Unit(todo))
         threads = max(1, (os.cpu_count() or 1) // jobs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
-        start = functools.partial(_start, folder=folder, data_root=data_root, device=device, env=env)
+        pool = Pool(env, data_root, device)
+        start = functools.partial(_start, folder=folder, pool=pool)
         running: list[_Unit] = []
         try:
             while waiting or running:
@@ -104,7 +106,8 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                         elif unit.stopped:
                             finish(job, "skipped", TEACHER_LOST if set(job.depends_on) & lost else PACK_LOST, seconds)
                         else:
-                            finish(job, "failed", s.detail or f"exit status {unit.proc.returncode}", seconds)
+                            rc = unit.proc.returncode
+                            finish(job, "failed", _ended(rc) if rc < 0 else s.detail or _ended(rc), seconds)
                 # a unit waiting for a teacher that will not finish would wait for ever: stop it
                 for unit in running:
                     if unit.needs & lost and not unit.stopped:
@@ -137,25 +140,25 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                 unit.proc.terminate()
             for unit in running:
                 unit.proc.wait()
+            pool.close()
     return summary
 
 
-def _start(members: list[Job], after: list[Path], *, folder: Path, data_root: Path | None, device: str | None,
-           env: dict[str, str]) -> subprocess.Popen:
-    """Start one unit's process: its job folders, and the folders of the teachers to wait for."""
+def _ended(status: int) -> str:
+    """How a unit's process ended, when the unit left no error of its own."""
+    if status < 0:  # killed: by the OOM killer, a crash in native code, someone's kill -9
+        return f"its worker was killed by {signal.Signals(-status).name}"
+    return f"exit status {status}"
+
+
+def _start(members: list[Job], after: list[Path], *, folder: Path, pool: Pool) -> Task:
+    """Start one unit in a worker: its job folders, and the folders of the teachers to wait for."""
     dirs = [state.job_dir(folder, j) for j in members]
-    cmd = [sys.executable, "-m", "sweep.worker", *map(str, dirs)]
-    if after:
-        cmd += ["--after", *map(str, after)]
-    if data_root:
-        cmd += ["--data-root", str(data_root)]
-    if device:
-        cmd += ["--device", device]
-    header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode()
-    with open(dirs[0] / "log", "ab") as log:
-        for d in dirs[1:]:  # a pack logs into its first job's log; the others say where
-            with open(d / "log", "ab") as other:
-                other.write(header + f"(packed with {len(dirs)} students: see {dirs[0] / 'log'})\n".encode())
+    header = (f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(map(str, dirs))}"
+              + (f" --after {' '.join(map(str, after))}" if after else "") + "\n")
+    for d in dirs[1:]:  # a pack logs into its first job's log; the others say where
+        with open(d / "log", "a") as other:
+            other.write(header + f"(packed with {len(dirs)} students: see {dirs[0] / 'log'})\n")
+    with open(dirs[0] / "log", "a") as log:
         log.write(header)
-        log.flush()
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    return pool.run(dirs, after, dirs[0] / "log")

@@ -12,6 +12,8 @@ checkpointed every ``KDSWEEP_CHECKPOINT_MINUTES`` (default 10) minutes of traini
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -102,16 +104,12 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
 def _train(todo: list[Path], data_root: Path | None, device: str | None, stop: Callable[[], bool] | None,
            after: list[Path]) -> None:
     configs = [train_config(f) for f in todo]
-    import torch
-
-    from kd import data as kd_data, phases, train
+    from kd import data as kd_data, train
 
     dataset = None
-    if after:
-        dev = train.pick_device(device)
+    if after:  # start up (CUDA, the data) while the teacher trains
+        train.pick_device(device)
         dataset = kd_data.load(configs[0].dataset, data_root)
-        # the first optimiser imports torch._dynamo (seconds): do it while the teacher trains
-        phases.adam([torch.zeros(1, device=dev, requires_grad=True)], 1e-3)
         if not _wait_for([Path(a) for a in after], stop):
             return
     train.run_pack(configs, todo, data_root=data_root, device=device, stop=stop, dataset=dataset,
@@ -136,18 +134,12 @@ def _wait_for(folders: list[Path], stop: Callable[[], bool] | None, poll: float 
         time.sleep(poll)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="run kd-sweep job folders as one unit (used by kdsweep run)")
-    p.add_argument("folders", type=Path, nargs="+", help="one job, or the students of one pack")
-    p.add_argument("--after", type=Path, nargs="*", default=[], help="wait for these jobs' results first")
-    p.add_argument("--data-root", type=Path)
-    p.add_argument("--device")
-    args = p.parse_args(argv)
-    logs.setup()
-    stop = StopFlag()
-    stop.catch(signal.SIGTERM, signal.SIGINT)
+def run_one(folders: list[Path], after: list[Path], data_root: Path | None, device: str | None,
+            stop: StopFlag) -> int:
+    """One unit to its exit status: 0 done, 2 a user's error (one line), 1 a bug (a traceback),
+    128 + the signal when a signal stopped it."""
     try:
-        results = run_unit(args.folders, data_root=args.data_root, device=args.device, after=args.after, stop=stop)
+        results = run_unit(folders, data_root=data_root, device=device, after=after, stop=stop)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -155,6 +147,65 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return 1
     return 128 + stop.signal if None in results and stop.signal else 0
+
+
+def serve(channel: int, data_root: Path | None, device: str | None) -> int:
+    """A long-lived worker (sweep.pool): imports torch once, then runs the units it reads from stdin,
+    one JSON line each, until its end; each unit's output goes into the unit's log, and its exit
+    status back as one line on file descriptor ``channel``. A signal stops the unit and the worker."""
+    stop = StopFlag()
+    stop.catch(signal.SIGTERM, signal.SIGINT)
+    from kd import train
+
+    train.pick_device(device)  # torch and CUDA: once per worker, not once per unit
+    with os.fdopen(channel, "w") as answers:
+        for line in sys.stdin:
+            request = json.loads(line)
+            with _output_into(Path(request["log"])):
+                status = run_one([Path(f) for f in request["folders"]], [Path(a) for a in request["after"]],
+                                 data_root, device, stop)
+            answers.write(json.dumps({"status": status}) + "\n")
+            answers.flush()
+            if stop.signal:
+                return status
+    return 0
+
+
+@contextlib.contextmanager
+def _output_into(log: Path):
+    """This process's stdout and stderr (file descriptors 1 and 2) appended to ``log`` meanwhile."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, old in zip((1, 2), saved):
+            os.dup2(old, fd)
+            os.close(old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="run kd-sweep job folders as one unit (used by kdsweep run)")
+    p.add_argument("folders", type=Path, nargs="*", help="one job, or the students of one pack")
+    p.add_argument("--after", type=Path, nargs="*", default=[], help="wait for these jobs' results first")
+    p.add_argument("--data-root", type=Path)
+    p.add_argument("--device")
+    p.add_argument("--serve", type=int, metavar="FD", help="run units read from stdin; answer on file descriptor FD")
+    args = p.parse_args(argv)
+    logs.setup()
+    if args.serve is not None:
+        return serve(args.serve, args.data_root, args.device)
+    if not args.folders:
+        p.error("give the job folders of one unit, or --serve FD")
+    stop = StopFlag()
+    stop.catch(signal.SIGTERM, signal.SIGINT)
+    return run_one(args.folders, args.after, args.data_root, args.device, stop)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ class StandIn:
         self.starts = []  # (job names, names of the teacher folders it waits for, process)
         self.fail = set()  # names of jobs whose unit exits 1
 
-    def __call__(self, members, after, *, folder, data_root, device, env):
+    def __call__(self, members, after, *, folder, pool):
         arg = {"dirs": [str(state.job_dir(folder, j)) for j in members], "after": [str(a) for a in after],
                "seconds": 0.3 if members[0].method == "teacher" else 0.1,
                "fail": bool({j.name for j in members} & self.fail)}

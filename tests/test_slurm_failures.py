@@ -67,7 +67,7 @@ def test_failed_teacher_cancels_its_students_and_one_resume_recovers(slurm_clust
 
 def test_cancelled_teacher_cancels_its_students_and_one_resume_recovers(slurm_cluster, tmp_path, mini_mnist_env):
     sweep_file = tmp_path / "s.toml"
-    sweep_file.write_text(SWEEP.format(name="cancelled", teacher_epochs=8, teacher_batch=16))  # about 3 s an epoch
+    sweep_file.write_text(SWEEP.format(name="cancelled", teacher_epochs=3, teacher_batch=16))  # about 3 s an epoch
     results = tmp_path / "r"
     args = ("--results", results, "--profile", "local-slurm")
     kdsweep("run", sweep_file, *args)

@@ -264,7 +264,8 @@ def started():
 
 @pytest.mark.parametrize("jobs, seeds", [(1, 2), (2, 3)])
 def test_jobs_limits_the_training_processes(tmp_path, started, jobs, seeds):
-    """Units that need nothing are all ready at once: -j N starts N of them, then one per unit that ends."""
+    """Units that need nothing are all ready at once: -j N runs N of them at once in N long-lived
+    workers, each taking the next unit when its own ends (no process start per unit)."""
     sweep_file = tmp_path / "seeds.toml"
     sweep_file.write_text(SEEDS.format(epochs=1, seeds=", ".join(map(str, range(seeds)))))
     proc = started("run", str(sweep_file), "--results", str(tmp_path), "-j", str(jobs), "--pack", "1")
@@ -275,8 +276,11 @@ def test_jobs_limits_the_training_processes(tmp_path, started, jobs, seeds):
         time.sleep(0.01)
     out = proc.communicate()[0]
     assert proc.returncode == 0, out
-    assert len(seen) == seeds and most == jobs, (seen, most)
+    assert len(seen) == jobs and most == jobs, (seen, most)  # N workers for more than N units
     assert f"{seeds}/{seeds} done" in out
+    pids = {json.loads((state.job_dir(tmp_path / "seeds", j) / "attempt.json").read_text())["pid"]
+            for j in api.plan(sweep_file).jobs}
+    assert pids == seen  # each unit ran in one of them
 
 
 def test_sigterm_stops_the_run_and_its_children(tmp_path, started):
@@ -297,3 +301,47 @@ def test_sigterm_stops_the_run_and_its_children(tmp_path, started):
     rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
     assert out.splitlines()[-1] == "0/2 done, 1 interrupted, 1 pending", out
     assert f"{plan.jobs[0].name}  interrupted" in out
+
+
+CRASH = """name = "crash"
+dataset = "mnist"
+methods = ["scratch"]
+[train]
+batch_size = 500
+[grid]
+seed = [0, 1, 2]
+epochs = [2, 400]
+[[exclude]]
+seed = 0
+epochs = 400
+[[exclude]]
+seed = 2
+epochs = 400
+[[exclude]]
+seed = 1
+epochs = 2
+"""
+
+
+def test_a_unit_that_kills_its_worker_fails_alone_and_the_next_unit_gets_a_new_worker(tmp_path, started):
+    """One worker (-j 1) takes three units in turn; the second one's worker is killed (as the OOM
+    killer does): that unit fails, named with how it ended, and the third runs in a new worker."""
+    sweep_file = tmp_path / "crash.toml"
+    sweep_file.write_text(CRASH)
+    first, long, last = api.plan(sweep_file).jobs  # 2 epochs, 400 epochs, 2 epochs
+    folder = tmp_path / "crash"
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1", "-j", "1")
+    deadline = time.monotonic() + 120
+    while not (state.job_dir(folder, long) / "checkpoint.pt").exists():  # the long unit trains
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.02)
+    worker = json.loads((state.job_dir(folder, long) / "attempt.json").read_text())["pid"]
+    assert json.loads((state.job_dir(folder, first) / "attempt.json").read_text())["pid"] == worker  # reused
+    os.kill(worker, signal.SIGKILL)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, out
+    (line,) = [x for x in out.splitlines() if long.name in x and x.startswith("failed")]
+    assert line.endswith("its worker was killed by SIGKILL"), out
+    assert json.loads((state.job_dir(folder, last) / "attempt.json").read_text())["pid"] != worker  # a new one
+    rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
+    assert out.splitlines()[-1] == "2/3 done, 1 interrupted", out

@@ -1,0 +1,131 @@
+"""Long-lived worker processes for local runs: each imports torch once, then runs units one after
+another (``python -m sweep.worker --serve``), so a sweep pays the interpreter and torch start-up
+once per worker, not once per unit.
+
+A unit is sent as one JSON line on the worker's stdin; the worker sends its exit status back as one
+line on a pipe of its own (its stdout and stderr go into the unit's log). A unit that kills its
+worker (a crash, the OOM killer) fails alone: the scheduler sees the worker's exit status as the
+unit's, and the next unit gets a new worker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+class Worker:
+    """One ``sweep.worker --serve`` process. ``run`` gives it a unit; ``poll`` says when it ended."""
+
+    def __init__(self, env: dict[str, str], data_root: Path | None, device: str | None) -> None:
+        read, write = os.pipe()
+        cmd = [sys.executable, "-m", "sweep.worker", "--serve", str(write)]
+        if data_root:
+            cmd += ["--data-root", str(data_root)]
+        if device:
+            cmd += ["--device", device]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     pass_fds=(write,), env=env, text=True)
+        os.close(write)
+        os.set_blocking(read, False)
+        self._answers = os.fdopen(read, "rb", buffering=0)
+        self._buffer = b""
+        self.busy = False
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, folders: list[Path], after: list[Path], log: Path) -> Task:
+        request = {"folders": [str(f) for f in folders], "after": [str(a) for a in after], "log": str(log)}
+        self.busy = True
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # it died just now: answer() gives its exit status as the unit's
+            pass
+        return Task(self)
+
+    def answer(self) -> int | None:
+        """The exit status of the unit in flight: its answer, or the worker's own when it died."""
+        try:
+            chunk = self._answers.read()
+        except BlockingIOError:
+            chunk = None
+        if chunk:
+            self._buffer += chunk
+        if b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            self.busy = False
+            return int(json.loads(line)["status"])
+        if not self.alive:  # died in the unit: that is the unit's end
+            self.busy = False
+            return self.proc.returncode
+        return None
+
+    def close(self) -> None:
+        """Ask an idle worker to exit (end of input), and reap it."""
+        if self.alive:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._answers.close()
+
+
+class Task:
+    """A unit running in a worker, with the part of ``subprocess.Popen`` the scheduler uses."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.worker.answer()
+        return self.returncode
+
+    def terminate(self) -> None:
+        """Stop the unit (it checkpoints where it is); its worker then exits."""
+        if self.worker.alive:
+            self.worker.proc.terminate()
+
+    def wait(self) -> int:
+        while self.poll() is None:
+            try:
+                self.worker.proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.returncode
+
+
+class Pool:
+    """Workers started as units need them: an idle one takes the next unit, else a new one starts
+    (the scheduler runs at most ``jobs`` units at once, so there are at most that many)."""
+
+    def __init__(self, env: dict[str, str], data_root: Path | None, device: str | None) -> None:
+        self.env, self.data_root, self.device = env, data_root, device
+        self.workers: list[Worker] = []
+
+    def run(self, folders: list[Path], after: list[Path], log: Path) -> Task:
+        for w in [w for w in self.workers if not w.alive and not w.busy]:  # a dead worker is replaced
+            w.close()
+            self.workers.remove(w)
+        idle = [w for w in self.workers if not w.busy and w.alive]
+        if idle:
+            worker = idle[0]
+        else:
+            worker = Worker(self.env, self.data_root, self.device)
+            self.workers.append(worker)
+        return worker.run(folders, after, log)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
