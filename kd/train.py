@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from kd import atomic, data as kd_data, metrics as kd_metrics, models, phases, provenance, results, rng
 from kd import teacher as kd_teacher
@@ -86,7 +85,7 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
             groups.setdefault((state["epoch"], state.get("step", 0)) if state else (0, 0), []).append((c, o, state))
         for members in groups.values():
             for (_, o, _), r in zip(members, _train(members, data, teachers, dev, stop, checkpoint_every,
-                                                    seen_by_teacher)):
+                                                    seen_by_teacher, keep_checkpoint)):
                 results[o] = r
                 if r is not None and not keep_checkpoint:
                     (o / CHECKPOINT).unlink(missing_ok=True)
@@ -149,9 +148,10 @@ def _teachers(configs: list[TrainConfig], data: kd_data.Dataset, dev: torch.devi
 
 def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.Dataset, teachers,
            dev: torch.device, stop: Callable[[], bool] | None, checkpoint_every: float | None,
-           seen_by_teacher: int) -> list[dict | None]:
+           seen_by_teacher: int, keep_checkpoint: bool = False) -> list[dict | None]:
     """Train members (config, folder, checkpoint or None; all at the same position) as one stack.
-    ``seen_by_teacher``: the teachers' forward-pass count when the call began (for the results)."""
+    ``seen_by_teacher``: the teachers' forward-pass count when the call began (for the results).
+    The last epoch writes no checkpoint (the results follow at once) unless ``keep_checkpoint``."""
     configs, outs = [c for c, _, _ in members], [o for _, o, _ in members]
     c0, n = configs[0], len(members)
     nets = []
@@ -234,8 +234,9 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
         for i, c in enumerate(configs):
             histories[i].append(epoch_record(epoch, c, (loss_sum[i] / max(seen, 1)).item(), test_loss[i], test_acc[i],
                                              seconds))
-        save(epoch + 1, 0)
-        last_save = time.monotonic()
+        if epoch + 1 < c0.epochs or keep_checkpoint:
+            save(epoch + 1, 0)
+            last_save = time.monotonic()
         if stopped and epoch + 1 < c0.epochs:
             log.info("stopped after epoch %d: checkpointed, rerun to resume", epoch + 1)
             return [None] * n
@@ -388,13 +389,31 @@ def evaluate(stack: Stack, x: torch.Tensor, y: torch.Tensor, subclasses: int = 1
 
 
 def flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int:
-    """Forward FLOPs for one sample, counted by torch.utils.flop_counter."""
+    """Forward FLOPs for one sample, as torch.utils.flop_counter counts them (2 x multiply-adds of
+    every convolution and matrix product; biases, activations and norms not counted), from the
+    shapes of one forward pass: FlopCounterMode costs a second of a CPU on first use, in every
+    process (it imports torch._dynamo). A test checks both agree on every model."""
+    total = 0
+
+    def count(module: torch.nn.Module, inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.modules.conv._ConvNd):  # weight [C_out, C_in / groups, *k] per output position
+            total += 2 * module.weight.numel() * output[0, 0].numel() * output.shape[0]
+        else:  # Linear: weight [out, in] per row of the output
+            total += 2 * module.weight.numel() * (output.numel() // output.shape[-1])
+
+    layers = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, layers)]
     was_training = model.training
     model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, *input_shape, device=device))
-    model.train(was_training)
-    return int(counter.get_total_flops())
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return total
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

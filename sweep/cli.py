@@ -225,7 +225,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"merged: {why}")
     if short and len(merged) > TAIL:
         print(f"merged: ... and {len(merged) - TAIL:,} more like these")
-    axes = [k for k in sw.axes if k not in ("alpha", "temperature", "seed")]
+    axes = [k for k in sw.axes if k not in ("alpha", "temperature", "seed", "epochs")]
     header = ["id", "name", "method", "alpha", "T", "seed", *axes, "epochs", "depends on"]
     names = {j.id: j.name for j in plan.jobs}
     shown = plan.jobs[:HEAD] + plan.jobs[-TAIL:] if short else plan.jobs

@@ -20,3 +20,17 @@ def test_unknown_model_lists_known_ones():
 def test_keras_initialisation_zero_biases():
     model = models.build("mnist-mlp", 10, (1, 28, 28))
     assert all(torch.count_nonzero(m.bias) == 0 for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+@pytest.mark.parametrize("name, shape", [("mnist-cnn", (1, 28, 28)), ("mnist-mlp", (1, 28, 28)),
+                                         ("resnet50", (3, 224, 224)), ("mobilenet_v2", (3, 224, 224))])
+def test_flops_are_what_torch_flop_counter_counts(name, shape):
+    """kd counts FLOPs from layer shapes (FlopCounterMode costs a second in every process)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kd.train import flops_per_sample
+
+    model = models.build(name, 10, shape, pretrained="none" if name in ("resnet50", "mobilenet_v2") else None)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.zeros(1, *shape))
+    assert flops_per_sample(model, shape, torch.device("cpu")) == counter.get_total_flops() > 0
