@@ -11,5 +11,6 @@ done
 [ ${#need[@]} -eq 0 ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q >/dev/null
-apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+# with their recommended packages (netavark, iptables ...): what the builds' network needs
+apt-get install -y -q "${need[@]}" >/dev/null
 echo "installed: ${need[*]}" >&2
