@@ -107,7 +107,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                             finish(job, "skipped", TEACHER_LOST if set(job.depends_on) & lost else PACK_LOST, seconds)
                         else:
                             rc = unit.proc.returncode
-                            finish(job, "failed", _ended(rc) if rc < 0 else s.detail or _ended(rc), seconds)
+                            finish(job, "failed", s.detail if 0 <= rc < 128 and s.detail else _ended(rc), seconds)
                 # a unit waiting for a teacher that will not finish would wait for ever: stop it
                 for unit in running:
                     if unit.needs & lost and not unit.stopped:
@@ -148,6 +148,8 @@ def _ended(status: int) -> str:
     """How a unit's process ended, when the unit left no error of its own."""
     if status < 0:  # killed: by the OOM killer, a crash in native code, someone's kill -9
         return f"its worker was killed by {signal.Signals(-status).name}"
+    if status > 128 and status - 128 in signal.valid_signals():  # asked to stop: it checkpointed where it was
+        return f"stopped by {signal.Signals(status - 128).name}: interrupted, resume continues it"
     return f"exit status {status}"
 
 

@@ -33,6 +33,7 @@ class Worker:
         self._answers = os.fdopen(read, "rb", buffering=0)
         self._buffer = b""
         self.busy = False
+        self.exiting = False  # stopped by a signal: it exits, and takes no other unit
 
     @property
     def alive(self) -> bool:
@@ -58,8 +59,10 @@ class Worker:
             self._buffer += chunk
         if b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
+            answer = json.loads(line)
+            self.exiting = bool(answer.get("exiting"))
             self.busy = False
-            return int(json.loads(line)["status"])
+            return int(answer["status"])
         if not self.alive:  # died in the unit: that is the unit's end
             self.busy = False
             return self.proc.returncode
@@ -115,7 +118,7 @@ class Pool:
         self.workers: list[Worker] = []
 
     def run(self, folders: list[Path], after: list[Path], log: Path) -> Task:
-        for w in [w for w in self.workers if not w.alive and not w.busy]:  # a dead worker is replaced
+        for w in [w for w in self.workers if not w.busy and (w.exiting or not w.alive)]:  # replaced
             w.close()
             self.workers.remove(w)
         idle = [w for w in self.workers if not w.busy and w.alive]

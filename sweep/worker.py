@@ -164,7 +164,8 @@ def serve(channel: int, data_root: Path | None, device: str | None) -> int:
             with _output_into(Path(request["log"])):
                 status = run_one([Path(f) for f in request["folders"]], [Path(a) for a in request["after"]],
                                  data_root, device, stop)
-            answers.write(json.dumps({"status": status}) + "\n")
+            # a signal stops the worker too: it says so with the answer, so that no unit is sent its way
+            answers.write(json.dumps({"status": status, "exiting": bool(stop.signal)}) + "\n")
             answers.flush()
             if stop.signal:
                 return status

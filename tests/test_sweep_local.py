@@ -345,3 +345,32 @@ def test_a_unit_that_kills_its_worker_fails_alone_and_the_next_unit_gets_a_new_w
     assert json.loads((state.job_dir(folder, last) / "attempt.json").read_text())["pid"] != worker  # a new one
     rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
     assert out.splitlines()[-1] == "2/3 done, 1 interrupted", out
+
+
+def test_a_worker_stopped_by_a_signal_takes_no_other_unit(tmp_path):
+    """A unit stopped by a signal checkpoints and its worker exits; the next unit, sent at once (before
+    that worker is gone), goes to a new worker instead of failing with it."""
+    from sweep.pool import Pool
+
+    sweep_file = tmp_path / "crash.toml"
+    sweep_file.write_text(CRASH)
+    plan = api.plan(sweep_file)
+    folder = tmp_path / "crash"
+    state.write_plan(folder, plan)
+    _, long, last = (state.job_dir(folder, j) for j in plan.jobs)  # 2 epochs, 400 epochs, 2 epochs
+    pool = Pool({**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}, None, "cpu")
+    try:
+        stopped = pool.run([long], [], long / "log")
+        deadline = time.monotonic() + 120
+        while not (long / "checkpoint.pt").exists():
+            assert time.monotonic() < deadline and stopped.poll() is None, (long / "log").read_text()
+            time.sleep(0.02)
+        stopped.terminate()
+        assert stopped.wait() == 128 + signal.SIGTERM
+        after = pool.run([last], [], last / "log")
+        assert after.worker is not stopped.worker
+        assert after.wait() == 0 and (last / "result.json").exists()
+        assert "caught SIGTERM: stopping after this step" in (long / "log").read_text()
+        assert state.job_state(long).state == state.INTERRUPTED
+    finally:
+        pool.close()
