@@ -16,14 +16,15 @@ def phase(config: TrainConfig, epoch: int) -> str:
     return HEAD if config.head_epochs and epoch < config.head_epochs else FULL
 
 
-def _skip_dynamo_import() -> None:
+def skip_dynamo_import() -> None:
     """torch.optim wraps Adam's update and the optimiser's zero_grad/state_dict/... in
     ``torch._disable_dynamo``, which imports torch._dynamo on the first call (about 1.1 s of this
     2-core CPU, in every process that trains) only to switch off a compiler this project never
     runs. That wrapper first looks for the function it caches on the wrapped function; giving it
-    the function itself skips the import and calls the same code. (Under torch.compile this would
-    let the compiler trace the optimiser: kd does not compile. A torch without such wrappers is
-    left alone.)"""
+    the function itself skips the import and calls the same code. It changes torch for the whole
+    process (under torch.compile the compiler would then trace the optimiser), so only the
+    processes kd-sweep owns call it (its workers, Slurm tasks, ``kdsweep train``), not an import of
+    kd. A torch without such wrappers is left alone."""
     from torch.optim import adam as adam_module
 
     for wrapped in (adam_module.adam, *(getattr(torch.optim.Optimizer, n, None) for n in
@@ -33,7 +34,6 @@ def _skip_dynamo_import() -> None:
             setattr(fn, "__dynamo_disable", fn)
 
 
-_skip_dynamo_import()
 _ADAM_STEP = inspect.unwrap(torch.optim.Adam.step)  # without the wrapper that imports torch._dynamo
 
 

@@ -124,8 +124,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         f"(a teacher is for {' and '.join(TEACHER_OF)})")
     _check_folder(args.out, "--out")
     _check_device(args.device)
-    from kd import train
+    from kd import phases, train
 
+    phases.skip_dynamo_import()  # kdsweep's own process: nothing in it compiles
     result = train.run(config, args.out, data_root=args.data_root, device=args.device)
     m = result["metrics"]
     print(f"{config.method} on {config.dataset}: test accuracy {m['test_accuracy']:.2%}  "

@@ -104,8 +104,9 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
 def _train(todo: list[Path], data_root: Path | None, device: str | None, stop: Callable[[], bool] | None,
            after: list[Path]) -> None:
     configs = [train_config(f) for f in todo]
-    from kd import data as kd_data, train
+    from kd import data as kd_data, phases, train
 
+    phases.skip_dynamo_import()  # a process of kd-sweep's own: nothing here compiles
     dataset = None
     if after:  # start up (CUDA, the data) while the teacher trains
         train.pick_device(device)

@@ -128,7 +128,13 @@ def test_kd_adam_is_torch_adam_without_the_dynamo_import(fused):
 
 
 def test_training_does_not_import_the_compiler():
-    code = ("import sys, torch; from kd import phases; p = [torch.zeros(3, requires_grad=True)]; "
+    """In kd-sweep's own processes (sweep.worker, kdsweep train); an import of kd leaves torch as it is."""
+    untouched = ("import torch; from kd import phases; from torch.optim import adam; "
+                 "print(hasattr(adam.adam.__wrapped__, '__dynamo_disable'))")
+    p = subprocess.run([sys.executable, "-c", untouched], capture_output=True, text=True, check=True)
+    assert p.stdout.strip() == "False", p.stderr
+    code = ("import sys, torch; from kd import phases; phases.skip_dynamo_import(); "
+            "p = [torch.zeros(3, requires_grad=True)]; "
             "o = phases.adam(p, 1e-3); p[0].sum().backward(); o.step(); o.zero_grad(); o.state_dict(); "
             "print('torch._dynamo' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
