@@ -11,6 +11,12 @@ from kd.errors import UserError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 EVAL_BATCH = 1000  # images per forward pass where a model only predicts (evaluation, a teacher's logits)
+CPU_PREDICT_BATCH = 128  # a teacher's logits on a CPU: batches whose activations stay in cache (3x faster than 1000)
+
+
+def predict_batch(device: torch.device) -> int:
+    """Images per forward pass of a model that only predicts, on ``device``."""
+    return CPU_PREDICT_BATCH if device.type == "cpu" else EVAL_BATCH
 
 
 def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:

@@ -4,10 +4,14 @@ The members' weights are stacked along a leading axis (as ``torch.func.stack_mod
 does) and every tensor of a step carries that axis: inputs ``[N, B, ...]``, logits ``[N, B, K]``.
 For plain MLPs (Flatten, Linear, ReLU and Dropout layers only; the reference student is one,
 without dropout) the layers are batched matrix products (``torch.baddbmm``: N small products
-become one, horizontal fusion as in HFTA, Wang et al., MLSys 2021); other models run one vmapped
-functional call (PyTorch's model-ensembling recipe), or, alone, a plain functional call. Dropout draws its masks from ``kd.rng`` with a key per
-member and step, so a member's masks do not depend on its pack. Adam is element-wise, so one
-Adam over the stacked parameters is exactly one Adam per member.
+become one, horizontal fusion as in HFTA, Wang et al., MLSys 2021), and their training step's
+backward pass is written out (``Stack.backward``): each gradient is one batched product written
+into the same buffer every step, in the parameter's own layout, where autograd allocated a new
+transposed gradient and copied it (a quarter of a packed step on a CPU). Other models run one
+vmapped functional call (PyTorch's model-ensembling recipe), or, alone, a plain functional call,
+and autograd. Dropout draws its masks from ``kd.rng`` with a key per member and step, so a
+member's masks do not depend on its pack. Adam is element-wise, so one Adam over the stacked
+parameters is exactly one Adam per member.
 """
 from __future__ import annotations
 
@@ -66,11 +70,29 @@ class Stack:
         dev = next(iter(self.params.values())).device
         for k in self.dropout_keys:
             self.buffers[k] = torch.zeros(self.n, dtype=torch.int64, device=dev)
-        self.forward = _stacked_mlp(base) or (_single(base) if self.n == 1 else _vmapped(base))
+        self.mlp_layers = _mlp_layers(base)
+        self.forward = (_stacked_mlp(self.mlp_layers) if self.mlp_layers else
+                        _single(base) if self.n == 1 else _vmapped(base))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, B, K]`` for inputs ``[N, B, ...]`` (each member its own batch)."""
         return self.forward(self.params, self.buffers, x)
+
+    def backward(self, x: torch.Tensor, losses_of: Callable[[torch.Tensor], torch.Tensor],
+                 bf16: bool = False) -> torch.Tensor:
+        """One training step's forward and backward pass: the members' losses ``[N]`` =
+        ``losses_of(logits [N, B, K])``, and each trainable parameter's ``.grad`` set to the gradient
+        of its member's loss (replacing the last step's: no zero_grad). ``bf16``: the forward pass
+        under bfloat16 autocast, the losses in float32."""
+        if self.mlp_layers and not bf16 and all(p.requires_grad for p in self.params.values()):
+            return _mlp_backward(self.mlp_layers, self.params, self.buffers, x, losses_of)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = self(x).float()
+        losses = losses_of(logits)
+        for p in self.params.values():
+            p.grad = None
+        losses.sum().backward()  # parameters are disjoint: each member gets its own loss's gradient
+        return losses.detach()
 
     def train(self, mode: bool = True) -> None:
         self.base.train(mode)
@@ -99,13 +121,18 @@ def _vmapped(base: nn.Module) -> Forward:
     return vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, 0))
 
 
-def _stacked_mlp(base: nn.Module) -> Forward | None:
-    """For plain MLPs: the members' layers as batched products on the stacked weights. Same
-    arithmetic as vmap's batching of the same model, with a fraction of its per-step Python work,
-    which is what bounds a step of small models on a GPU. None for other models."""
+def _mlp_layers(base: nn.Module) -> list[nn.Module] | None:
+    """A plain MLP's layers (Flatten, Linear, ReLU and dropout only, in a Sequential); None for other models."""
     layers = list(base) if isinstance(base, nn.Sequential) else []
     if not layers or not all(isinstance(m, (nn.Flatten, nn.Linear, nn.ReLU, KeyedDropout)) for m in layers):
         return None
+    return layers
+
+
+def _stacked_mlp(layers: list[nn.Module]) -> Forward:
+    """For plain MLPs: the members' layers as batched products on the stacked weights. Same
+    arithmetic as vmap's batching of the same model, with a fraction of its per-step Python work,
+    which is what bounds a step of small models on a GPU."""
 
     def forward(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         h = x
@@ -121,6 +148,63 @@ def _stacked_mlp(base: nn.Module) -> Forward | None:
         return h
 
     return forward
+
+
+@torch.no_grad()
+def _mlp_backward(layers: list[nn.Module], params: dict, buffers: dict, x: torch.Tensor,
+                  losses_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """A plain MLP stack's training step with its backward pass written out: the forward pass
+    keeps what the gradients need (each Linear's input, each ReLU's output, each dropout mask);
+    autograd differentiates only the losses with respect to the logits; then, layer by layer back,
+    dW = g^T a, db = sum over the batch of g, and g <- g W for the layer below (not below the first
+    Linear, whose input is data), masked where the ReLU was 0 or dropout dropped. The same
+    arithmetic as autograd's on the forward pass above, in another order of float rounding."""
+    tape: list[tuple] = []
+    h = x
+    for i, m in enumerate(layers):
+        if isinstance(m, nn.Flatten):
+            tape.append(("flatten", h.shape))
+            h = h.flatten(2)
+        elif isinstance(m, nn.Linear):
+            tape.append(("linear", i, h))
+            h = torch.baddbmm(params[f"{i}.bias"].unsqueeze(1), h, params[f"{i}.weight"].transpose(1, 2))
+        elif isinstance(m, nn.ReLU):
+            h = h.relu_() if tape and tape[-1][0] == "linear" else torch.relu(h)  # a Linear's output is its own
+            tape.append(("relu", h))
+        elif m.training and m.p:
+            mask = (rng.uniform(buffers[f"{i}.key"], tuple(h.shape[1:])) >= m.p).to(h.dtype)
+            h = h * mask * (1.0 / (1.0 - m.p))
+            tape.append(("dropout", mask, 1.0 / (1.0 - m.p)))
+    logits = h.detach().requires_grad_()
+    with torch.enable_grad():
+        losses = losses_of(logits)
+        losses.sum().backward()
+    g = logits.grad
+    first_linear = next(k for k, t in enumerate(tape) if t[0] == "linear")
+    for k in range(len(tape) - 1, first_linear - 1, -1):
+        kind = tape[k][0]
+        if kind == "linear":
+            _, i, a = tape[k]
+            weight, bias = params[f"{i}.weight"], params[f"{i}.bias"]
+            _into(weight, torch.bmm, g.transpose(1, 2), a)  # [N, out, in], the weight's own layout
+            _into(bias, torch.sum, g, 1)
+            if k > first_linear:
+                g = torch.bmm(g, weight)
+        elif kind == "relu":
+            g = torch.ops.aten.threshold_backward.grad_input(g, tape[k][1], 0, grad_input=g)
+        elif kind == "dropout":
+            g = g * tape[k][1] * tape[k][2]
+        else:
+            g = g.reshape(tape[k][1])
+    return losses.detach()
+
+
+def _into(param: torch.Tensor, op: Callable, *args) -> None:
+    """param.grad = op(*args), written into the last step's gradient buffer when there is one."""
+    if param.grad is None:
+        param.grad = op(*args)
+    else:
+        op(*args, out=param.grad)
 
 
 def stack_optimizer(states: list[dict]) -> dict:

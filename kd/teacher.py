@@ -51,6 +51,10 @@ def load(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int |
     _check_outputs(file, cfg["method"], has, outputs)
     teacher = models.build(cfg["model"], has, data.input_shape, "none").to(device)  # weights: from the file
     teacher.load_state_dict(saved["state_dict"])
+    if any(isinstance(m, torch.nn.Conv2d) for m in teacher.modules()):
+        # channels-last convolutions: the reference CNN's logits 2-3x faster on a CPU (oneDNN), and
+        # the layout cuDNN's fastest kernels take; the same logits up to float rounding
+        teacher = teacher.to(memory_format=torch.channels_last)
     teacher.eval().requires_grad_(False)
     return teacher
 
@@ -59,7 +63,7 @@ def forward(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The teacher's logits for uint8 images (or, already scaled and augmented, float ones)."""
     FORWARD_IMAGES["count"] += len(x)
     if x.dtype == torch.uint8:
-        return models.logits_of(teacher, x)
+        return models.logits_of(teacher, x, models.predict_batch(x.device))
     with torch.no_grad():
         return teacher(x)
 

@@ -53,6 +53,56 @@ def test_packed_mlp_students_equal_students_trained_alone(tmp_path, small, teach
     assert [p["pack_size"] for p in packed] == [4] * 4
 
 
+def test_written_out_mlp_backward_equals_autograd():
+    """Stack.backward's hand-written pass for plain MLPs (the packed step's fast path) gives
+    autograd's gradients, with dropout and a flatten, step after step (each step's gradient
+    replaces the last, as zero_grad + backward would), and on a short last batch."""
+    from torch import nn
+
+    from kd import rng
+    from kd.losses import kd_loss
+    from kd.stack import Stack
+
+    def net(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 8), nn.ReLU(),
+                             nn.Linear(8, 5))
+
+    stack = Stack([net(s) for s in range(3)])
+    assert stack.mlp_layers is not None
+    stack.train()
+    alpha, temperature = torch.tensor([0.2, 0.5, 1.0]), torch.tensor([1.0, 4.0, 16.0])
+    for step, batch in enumerate((7, 7, 4)):
+        x, teacher, labels = torch.randn(3, batch, 3, 4), torch.randn(3, batch, 5), torch.randint(0, 5, (3, batch))
+        stack.set_dropout_keys([rng.derive(rng.keys_tensor([0, 1, 2], 0), step)])
+        losses_of = lambda z: kd_loss(z, teacher, labels, alpha, temperature)  # noqa: E731
+        written = stack.backward(x, losses_of)
+        got = {k: p.grad.clone() for k, p in stack.params.items()}
+        for p in stack.params.values():
+            p.grad = None
+        want_losses = losses_of(stack(x))
+        want_losses.sum().backward()
+        assert torch.allclose(written, want_losses.detach(), rtol=1e-6, atol=0)
+        for k, p in stack.params.items():
+            assert torch.allclose(got[k], p.grad, rtol=1e-5, atol=1e-7), (step, k)
+        for k, p in stack.params.items():
+            p.grad = got[k]  # the buffers the next step writes into
+
+
+def test_mlp_backward_with_frozen_layers_leaves_them_without_gradients():
+    from torch import nn
+
+    from kd.losses import cross_entropy
+    from kd.stack import Stack
+
+    stack = Stack([nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)) for _ in range(2)])
+    stack.params["0.weight"].requires_grad_(False)
+    stack.params["0.bias"].requires_grad_(False)
+    x, labels = torch.randn(2, 5, 6), torch.randint(0, 3, (2, 5))
+    stack.backward(x, lambda z: cross_entropy(z, labels))
+    assert stack.params["0.weight"].grad is None and stack.params["2.weight"].grad is not None
+
+
 def test_packed_cnn_students_with_dropout_equal_students_alone(tmp_path, tiny, teacher_dir):
     configs = [_kd(teacher_dir, a, 4.0, model="mnist-cnn", seed=s) for a, s in ((0.5, 0), (0.9, 3))]
     for i, c in enumerate(configs):

@@ -34,6 +34,19 @@ def test_a_finished_job_keeps_its_model_and_drops_its_checkpoint(tmp_path, small
     assert (state["epoch"], state["step"]) == (1, 0) and "optimizer" in state
 
 
+
+def test_a_truncated_checkpoint_is_damaged_and_the_job_starts_over(tmp_path, small, caplog):
+    """Checkpoints are written without torch's CRC-32 (speed): a cut one must still be refused."""
+    cfg = make_config(method="scratch", epochs=1, batch_size=100)
+    assert train.run(cfg, tmp_path / "cut", dataset=small, device="cpu", stop=lambda: True) is None
+    ckpt = tmp_path / "cut" / "checkpoint.pt"
+    assert torch.load(ckpt, weights_only=True)["step"] == 1  # it loads whole
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    r = train.run(cfg, tmp_path / "cut", dataset=small, device="cpu")
+    assert "is damaged" in caplog.text and "starting this job over" in caplog.text
+    whole = train.run(cfg, tmp_path / "whole", dataset=small, device="cpu")
+    assert r["history"][0]["train_loss"] == whole["history"][0]["train_loss"]
+
 def test_a_folder_of_another_job_is_refused_and_a_damaged_result_rerun(tmp_path, small, teacher_dir):
     out = tmp_path / "t"
     shutil.copytree(teacher_dir, out)
