@@ -134,7 +134,8 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                         emit(Event(job, "started"))
                 if waiting and not running:  # a bug: a teacher neither done, nor running, nor lost
                     raise RuntimeError(f"cannot schedule {[j.name for u in waiting for j in u.jobs]}")
-                time.sleep(poll if running else 0)
+                if running:
+                    pool.wait(poll)  # a unit's end wakes it at once
         finally:
             for unit in running:  # interrupted: stop the children, their checkpoints stay
                 unit.proc.terminate()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -116,6 +118,15 @@ class Pool:
     def __init__(self, env: dict[str, str], data_root: Path | None, device: str | None) -> None:
         self.env, self.data_root, self.device = env, data_root, device
         self.workers: list[Worker] = []
+
+    def wait(self, timeout: float) -> None:
+        """Until a busy worker answers or dies (its answer pipe is readable, or at its end), or
+        ``timeout`` seconds: a unit's end is seen at once, not at the next poll."""
+        pipes = [w._answers for w in self.workers if w.busy]
+        if pipes:
+            select.select(pipes, [], [], timeout)
+        else:
+            time.sleep(timeout)
 
     def run(self, folders: list[Path], after: list[Path], log: Path) -> Task:
         for w in [w for w in self.workers if not w.busy and (w.exiting or not w.alive)]:  # replaced
