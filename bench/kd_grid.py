@@ -63,6 +63,20 @@ def matmul_gflops(device: str) -> float:
     return 2 * n ** 3 / statistics.median(times[2:]) / 1e9
 
 
+def training_flops(model, input_shape: tuple[int, ...], dev) -> int:
+    """A training step's arithmetic per sample: the forward pass, then each layer's weight gradient
+    (as much as its forward) and its input gradient (as much again), except the first weight
+    layer's input gradient, which no one computes (its input is data, not a parameter's output)."""
+    from torch import nn
+
+    from kd.train import flops_per_sample
+
+    layers = list(model.children())
+    first = next(i for i, m in enumerate(layers) if isinstance(m, (nn.Linear, nn.Conv2d)))
+    first_fwd = flops_per_sample(nn.Sequential(*layers[:first + 1]), input_shape, dev)
+    return 3 * flops_per_sample(model, input_shape, dev) - first_fwd
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="mnist-5k")
@@ -158,15 +172,17 @@ def main() -> None:
     from kd.train import flops_per_sample, pick_device
 
     dev = pick_device(args.device)  # the same TF32 setting the runs had
-    student_fwd = flops_per_sample(models.build("mnist-mlp", 10, d.input_shape).to(dev), d.input_shape, dev)
-    teacher_fwd = flops_per_sample(models.build("mnist-cnn", 10, d.input_shape).to(dev), d.input_shape, dev)
+    student, teacher_net = (models.build(m, 10, d.input_shape).to(dev) for m in ("mnist-mlp", "mnist-cnn"))
+    student_fwd = flops_per_sample(student, d.input_shape, dev)
+    teacher_fwd = flops_per_sample(teacher_net, d.input_shape, dev)
     n_students = len(points) + args.full_grid
     samples = n_students * args.epochs * n_train
-    flop = {"students' training": 3 * student_fwd * samples,
+    flop = {"students' training": training_flops(student, d.input_shape, dev) * samples,
             "their evaluation": student_fwd * n_students * args.epochs * len(d.test_y),
             "teacher logits, once": teacher_fwd * len(d.train_y)}
     if args.full_grid:
-        flop["teacher's training"] = 3 * teacher_fwd * teacher_epochs * n_train + teacher_fwd * teacher_epochs * len(d.test_y)
+        flop["teacher's training"] = (training_flops(teacher_net, d.input_shape, dev) * teacher_epochs * n_train
+                                      + teacher_fwd * teacher_epochs * len(d.test_y))
     peak = matmul_gflops(args.device)
     floor = sum(flop.values()) / peak / 1e9
     med = {k: statistics.median(v) for k, v in times.items()}
