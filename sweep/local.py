@@ -107,7 +107,9 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                             finish(job, "skipped", TEACHER_LOST if set(job.depends_on) & lost else PACK_LOST, seconds)
                         else:
                             rc = unit.proc.returncode
-                            finish(job, "failed", s.detail if 0 <= rc < 128 and s.detail else _ended(rc), seconds)
+                            last = getattr(unit.proc, "last_line", "")
+                            finish(job, "failed", s.detail if 0 <= rc < 128 and s.detail else
+                                   _ended(rc) + (f": {last}" if last else ""), seconds)
                 # a unit waiting for a teacher that will not finish would wait for ever: stop it
                 for unit in running:
                     if unit.needs & lost and not unit.stopped:

@@ -14,6 +14,7 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +29,13 @@ class Worker:
             cmd += ["--data-root", str(data_root)]
         if device:
             cmd += ["--device", device]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # its own output, outside any unit (an import that fails at its start, a crash between units):
+        # kept in an unnamed file, and copied into the log of the unit it took down with it
+        self._output = tempfile.TemporaryFile()
+        self._seen = 0  # how much of it the units before the current one were told of
+        self._log: Path | None = None
+        self.last_line = ""  # the last line of that output, when it died in a unit
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=self._output, stderr=self._output,
                                      pass_fds=(write,), env=env, text=True)
         os.close(write)
         os.set_blocking(read, False)
@@ -43,7 +50,7 @@ class Worker:
 
     def run(self, folders: list[Path], after: list[Path], log: Path) -> Task:
         request = {"folders": [str(f) for f in folders], "after": [str(a) for a in after], "log": str(log)}
-        self.busy = True
+        self.busy, self._log = True, log
         try:
             self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
@@ -64,11 +71,27 @@ class Worker:
             answer = json.loads(line)
             self.exiting = bool(answer.get("exiting"))
             self.busy = False
+            self._seen = os.fstat(self._output.fileno()).st_size
             return int(answer["status"])
         if not self.alive:  # died in the unit: that is the unit's end
             self.busy = False
+            self._report_output()
             return self.proc.returncode
         return None
+
+    def _report_output(self, limit: int = 65536) -> None:
+        """Its own output since the last unit ended (a traceback at its start, say) into the log
+        of the unit it died in, and its last line in ``last_line``."""
+        end = os.fstat(self._output.fileno()).st_size
+        start = max(self._seen, end - limit)
+        if end <= start or self._log is None:
+            return
+        text = os.pread(self._output.fileno(), end - start, start).decode(errors="replace")
+        self._seen = end
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        self.last_line = lines[-1][:300] if lines else ""
+        with open(self._log, "a") as f:
+            f.write(f"--- the worker process (pid {self.proc.pid}) before it ended ---\n{text}")
 
     def close(self) -> None:
         """Ask an idle worker to exit (end of input), and reap it."""
@@ -83,6 +106,7 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
         self._answers.close()
+        self._output.close()
 
 
 class Task:
@@ -96,6 +120,11 @@ class Task:
         if self.returncode is None:
             self.returncode = self.worker.answer()
         return self.returncode
+
+    @property
+    def last_line(self) -> str:
+        """The last line its worker wrote outside the unit, when it died in it (else empty)."""
+        return self.worker.last_line
 
     def terminate(self) -> None:
         """Stop the unit (it checkpoints where it is); its worker then exits."""

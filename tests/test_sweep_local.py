@@ -347,6 +347,24 @@ def test_a_unit_that_kills_its_worker_fails_alone_and_the_next_unit_gets_a_new_w
     assert out.splitlines()[-1] == "2/3 done, 1 interrupted", out
 
 
+
+def test_a_worker_that_fails_at_its_start_leaves_its_traceback_in_the_job_log(tmp_path, monkeypatch):
+    """A broken environment (here: a torch that does not import) ends the worker before it takes its
+    unit: the job fails with the error's last line, and the traceback is in the job's log."""
+    broken = tmp_path / "broken" / "torch"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('this torch is broken (a test)')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(broken.parent), os.environ.get("PYTHONPATH", "")]))
+    sweep_file = tmp_path / "one.toml"
+    sweep_file.write_text('name = "one"\ndataset = "mnist"\nmethods = ["scratch"]\n[train]\nepochs = 1\n')
+    rc, out, err = _run_main(["run", str(sweep_file), "--results", str(tmp_path), "--device", "cpu"])
+    assert rc == 1, out + err
+    (job,) = api.plan(sweep_file).jobs
+    (line,) = [x for x in out.splitlines() if x.startswith("failed")]
+    assert line.endswith("exit status 1: ImportError: this torch is broken (a test)"), out
+    log = (state.job_dir(tmp_path / "one", job) / "log").read_text()
+    assert "Traceback" in log and "this torch is broken" in log, log
+
 def test_a_worker_stopped_by_a_signal_takes_no_other_unit(tmp_path):
     """A unit stopped by a signal checkpoints and its worker exits; the next unit, sent at once (before
     that worker is gone), goes to a new worker instead of failing with it."""

@@ -128,3 +128,15 @@ def _plain(value):
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
     return value.item() if hasattr(value, "item") else value
+
+
+def test_checkpoints_written_in_the_background_raise_their_errors_in_the_training_thread(tmp_path):
+    writer = train.CheckpointWriter()
+    (tmp_path / "a-file").write_text("")
+    writer.write([(tmp_path / "a.pt", {"epoch": 1}), (tmp_path / "a-file" / "b.pt", {"epoch": 1})])
+    with pytest.raises(OSError):
+        writer.wait()
+    assert torch.load(tmp_path / "a.pt", weights_only=True) == {"epoch": 1}
+    writer.write([(tmp_path / "a.pt", {"epoch": 2})])  # the next batch waits for the one before
+    writer.wait()
+    assert torch.load(tmp_path / "a.pt", weights_only=True) == {"epoch": 2}
