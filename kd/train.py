@@ -188,62 +188,68 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
     writer = CheckpointWriter()
 
     def save(epoch: int, step: int, partial: dict[str, Any] | None = None) -> None:
-        """Every member's checkpoint: a copy of its state now, written while training goes on."""
-        states = [{"epoch": epoch, "step": step, "history": list(histories[i]), "config": configs[i].to_dict(),
-                   "model": stack.state_of(i), "optimizer": state,
-                   "partial": partial and {**partial, "loss_sum": partial["loss_sum"][i]}}
-                  for i, state in enumerate(unstack_optimizer(optimizer.state_dict(), n))]
-        writer.write([(outs[i] / CHECKPOINT, st) for i, st in enumerate(states)])
+        """Every member's checkpoint: a copy of its state now, in host memory (not the device's),
+        written while training goes on."""
+        files = []
+        for i, state in enumerate(unstack_optimizer(optimizer.state_dict(), n)):
+            files.append((outs[i] / CHECKPOINT, _on_host({
+                "epoch": epoch, "step": step, "history": list(histories[i]), "config": configs[i].to_dict(),
+                "model": stack.state_of(i), "optimizer": state,
+                "partial": partial and {**partial, "loss_sum": partial["loss_sum"][i]}})))
+        writer.write(files)
 
-    for epoch in range(start_epoch, c0.epochs):
-        if phases.phase(c0, epoch) != phase:  # head-only training is over: fine-tune, with a new optimiser
-            phase = phases.phase(c0, epoch)
-            optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase)
-        loss_fn = objective(configs, weight, phase)
-        order = torch.stack([epoch_order(s, epoch, len(train_y)) for s in seeds]).to(dev)  # [N, n_train]
-        keys = rng.keys_tensor(seeds, epoch, device=dev)
-        partial = first.get("partial") if epoch == start_epoch and start_step else None
-        t0 = time.perf_counter() - (partial["seconds"] if partial else 0.0)
-        loss_sum = torch.tensor([s["partial"]["loss_sum"] for _, _, s in members], device=dev) if partial else \
-            torch.zeros(n, device=dev)
-        seen = partial["seen"] if partial else 0
-        stack.train()
-        for m in frozen:  # frozen layers keep their batch-norm statistics, as Keras' trainable=False does
-            m.eval()
-        stopped = False
-        for step in range(start_step if epoch == start_epoch else 0, steps):
-            idx = order[:, step * batch:(step + 1) * batch]  # [N, B]: each member its own batch
-            x = kd_data.to_float(train_x[idx])
-            step_keys = rng.derive(keys, step)
-            if c0.augment:
-                x = augment(x, rng.derive(step_keys, AUGMENT_STREAM))
-            stack.set_dropout_keys([rng.derive(step_keys, layer) for layer in range(len(stack.dropout_keys))])
-            teacher_logits, labels = _teacher_logits(teachers, idx, x), train_y[idx]
-            losses = stack.backward(x, lambda z: loss_fn(z, teacher_logits, labels), bf16=c0.precision == "bf16")
-            optimizer.step()
-            loss_sum += losses * idx.shape[1]
-            seen += idx.shape[1]
-            stopped = stop is not None and stop()
-            if step + 1 < steps and (stopped or (checkpoint_every and time.monotonic() - last_save >= checkpoint_every)):
-                save(epoch, step + 1, {"loss_sum": loss_sum.tolist(), "seen": seen, "seconds": time.perf_counter() - t0})
+    with writer:  # an error here waits for the write in flight: no checkpoint is written after the unit ends
+        for epoch in range(start_epoch, c0.epochs):
+            if phases.phase(c0, epoch) != phase:  # head-only training is over: fine-tune, with a new optimiser
+                phase = phases.phase(c0, epoch)
+                optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase)
+            loss_fn = objective(configs, weight, phase)
+            order = torch.stack([epoch_order(s, epoch, len(train_y)) for s in seeds]).to(dev)  # [N, n_train]
+            keys = rng.keys_tensor(seeds, epoch, device=dev)
+            partial = first.get("partial") if epoch == start_epoch and start_step else None
+            t0 = time.perf_counter() - (partial["seconds"] if partial else 0.0)
+            loss_sum = torch.tensor([s["partial"]["loss_sum"] for _, _, s in members], device=dev) if partial else \
+                torch.zeros(n, device=dev)
+            seen = partial["seen"] if partial else 0
+            stack.train()
+            for m in frozen:  # frozen layers keep their batch-norm statistics, as Keras' trainable=False does
+                m.eval()
+            stopped = False
+            for step in range(start_step if epoch == start_epoch else 0, steps):
+                idx = order[:, step * batch:(step + 1) * batch]  # [N, B]: each member its own batch
+                x = kd_data.to_float(train_x[idx])
+                step_keys = rng.derive(keys, step)
+                if c0.augment:
+                    x = augment(x, rng.derive(step_keys, AUGMENT_STREAM))
+                stack.set_dropout_keys([rng.derive(step_keys, layer) for layer in range(len(stack.dropout_keys))])
+                teacher_logits, labels = _teacher_logits(teachers, idx, x), train_y[idx]
+                losses = stack.backward(x, lambda z: loss_fn(z, teacher_logits, labels), bf16=c0.precision == "bf16")
+                optimizer.step()
+                loss_sum += losses * idx.shape[1]
+                seen += idx.shape[1]
+                stopped = stop is not None and stop()
+                due = checkpoint_every and time.monotonic() - last_save >= checkpoint_every
+                if step + 1 < steps and (stopped or due):
+                    save(epoch, step + 1, {"loss_sum": loss_sum.tolist(), "seen": seen,
+                                           "seconds": time.perf_counter() - t0})
+                    last_save = time.monotonic()
+                    if stopped:
+                        writer.wait()
+                        log.info("stopped at epoch %d, step %d of %d: checkpointed there", epoch + 1, step + 1, steps)
+                        return [None] * n
+            test_loss, test_acc = evaluate(stack, test_x, test_y, subclasses_of(c0))
+            seconds = time.perf_counter() - t0
+            for i, c in enumerate(configs):
+                train_loss = (loss_sum[i] / max(seen, 1)).item()
+                histories[i].append(epoch_record(epoch, c, train_loss, test_loss[i], test_acc[i], seconds))
+            if epoch + 1 < c0.epochs or keep_checkpoint:
+                save(epoch + 1, 0)
                 last_save = time.monotonic()
-                if stopped:
-                    writer.wait()
-                    log.info("stopped at epoch %d, step %d of %d: checkpointed there", epoch + 1, step + 1, steps)
-                    return [None] * n
-        test_loss, test_acc = evaluate(stack, test_x, test_y, subclasses_of(c0))
-        seconds = time.perf_counter() - t0
-        for i, c in enumerate(configs):
-            histories[i].append(epoch_record(epoch, c, (loss_sum[i] / max(seen, 1)).item(), test_loss[i], test_acc[i],
-                                             seconds))
-        if epoch + 1 < c0.epochs or keep_checkpoint:
-            save(epoch + 1, 0)
-            last_save = time.monotonic()
-        if stopped and epoch + 1 < c0.epochs:
-            writer.wait()
-            log.info("stopped after epoch %d: checkpointed, rerun to resume", epoch + 1)
-            return [None] * n
-    writer.wait()  # before the results: a finished job's checkpoint is then removed, never rewritten
+            if stopped and epoch + 1 < c0.epochs:
+                writer.wait()
+                log.info("stopped after epoch %d: checkpointed, rerun to resume", epoch + 1)
+                return [None] * n
+    # the writes are done (the with waited): a finished job's checkpoint is then removed, never rewritten
     flops = flops_per_sample(nets[0], data.input_shape, dev)
     results = []
     for i, c in enumerate(configs):
@@ -424,7 +430,10 @@ class CheckpointWriter:
     """Writes checkpoints in a background thread, one batch at a time, while training goes on (a
     pack of 24 reference students writes 360 MB after each epoch: a second of this machine's disk).
     ``write`` first waits for the batch before it (the same files), and ``wait`` for the last one;
-    either raises what the writing raised (a full disk is not hidden)."""
+    either raises what the writing raised (a full disk is not hidden). Used as a context manager,
+    it waits at the end; when the training raised, it still waits (the unit's lock is held until
+    then, and nothing writes a checkpoint after its unit ended), logs its own error, and lets the
+    training's error go on."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
@@ -451,6 +460,33 @@ class CheckpointWriter:
             error, self._error = self._error, None
             raise error
 
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if kind is None:
+            self.wait()
+            return
+        try:
+            self.wait()
+        except Exception as e:  # the training's own error is the one to raise
+            log.warning("a checkpoint write failed too: %s: %s", e.__class__.__name__, e)
+
+
+def _on_host(obj: Any) -> Any:
+    """A checkpoint's state with its tensors in host memory (a device tensor is copied; a host one,
+    a copy already, is kept)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to("cpu")
+    if isinstance(obj, dict):
+        return {k: _on_host(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_on_host(v) for v in obj]
+    return obj
+
+
+_CRC_LOCK = threading.Lock()  # torch's CRC setting is the process's: one save toggles it at a time
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """A member's checkpoint: its position (epoch, step inside it), history, weights and optimiser
@@ -460,14 +496,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     truncated file is still refused as damaged, and the write is atomic."""
     buf = io.BytesIO()
     get_crc, set_crc = (getattr(torch.serialization, f"{w}_crc32_options", None) for w in ("get", "set"))
-    crc = get_crc() if get_crc else None
-    if set_crc:
-        set_crc(False)
-    try:
-        torch.save(state, buf)
-    finally:
+    with _CRC_LOCK:
+        crc = get_crc() if get_crc else None
         if set_crc:
-            set_crc(crc)
+            set_crc(False)
+        try:
+            torch.save(state, buf)
+        finally:
+            if set_crc:
+                set_crc(crc)
     atomic.write_with(path, lambda f: f.write(buf.getvalue()), fsync=False)
 
 

@@ -43,6 +43,7 @@ class Worker:
         self._buffer = b""
         self.busy = False
         self.exiting = False  # stopped by a signal: it exits, and takes no other unit
+        self.closed = False  # its answer pipe is at its end: nothing more will come from it
 
     @property
     def alive(self) -> bool:
@@ -66,6 +67,8 @@ class Worker:
             chunk = None
         if chunk:
             self._buffer += chunk
+        elif chunk == b"":  # its end of the pipe is closed: it is exiting (wait() then stops selecting it)
+            self.closed = True
         if b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             answer = json.loads(line)
@@ -81,7 +84,8 @@ class Worker:
 
     def _report_output(self, limit: int = 65536) -> None:
         """Its own output since the last unit ended (a traceback at its start, say) into the log
-        of the unit it died in, and its last line in ``last_line``."""
+        of the unit it died in, and, when that output ends in a Python error, its last line in
+        ``last_line``."""
         end = os.fstat(self._output.fileno()).st_size
         start = max(self._seen, end - limit)
         if end <= start or self._log is None:
@@ -89,7 +93,8 @@ class Worker:
         text = os.pread(self._output.fileno(), end - start, start).decode(errors="replace")
         self._seen = end
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        self.last_line = lines[-1][:300] if lines else ""
+        if "Traceback (most recent call last)" in text:  # an error of its own, not a warning it printed
+            self.last_line = lines[-1][:300]
         with open(self._log, "a") as f:
             f.write(f"--- the worker process (pid {self.proc.pid}) before it ended ---\n{text}")
 
@@ -151,7 +156,7 @@ class Pool:
     def wait(self, timeout: float) -> None:
         """Until a busy worker answers or dies (its answer pipe is readable, or at its end), or
         ``timeout`` seconds: a unit's end is seen at once, not at the next poll."""
-        pipes = [w._answers for w in self.workers if w.busy]
+        pipes = [w._answers for w in self.workers if w.busy and not w.closed]
         if pipes:
             select.select(pipes, [], [], timeout)
         else:

@@ -140,3 +140,13 @@ def test_checkpoints_written_in_the_background_raise_their_errors_in_the_trainin
     writer.write([(tmp_path / "a.pt", {"epoch": 2})])  # the next batch waits for the one before
     writer.wait()
     assert torch.load(tmp_path / "a.pt", weights_only=True) == {"epoch": 2}
+
+
+def test_an_error_in_training_waits_for_the_checkpoint_in_flight_and_is_the_one_raised(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ZeroDivisionError):
+        with train.CheckpointWriter() as writer:
+            writer.write([(tmp_path / "a.pt", {"epoch": 1}), (tmp_path / "a-file" / "b.pt", {"epoch": 1})])
+            1 / 0
+    assert torch.load(tmp_path / "a.pt", weights_only=True) == {"epoch": 1}  # written before the with ended
+    assert writer._thread is None
