@@ -53,7 +53,9 @@ def test_packed_mlp_students_equal_students_trained_alone(tmp_path, small, teach
     assert [p["pack_size"] for p in packed] == [4] * 4
 
 
-def test_written_out_mlp_backward_equals_autograd():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here: run it where one is"))])
+def test_written_out_mlp_backward_equals_autograd(device):
     """Stack.backward's hand-written pass for plain MLPs (the packed step's fast path) gives
     autograd's gradients, with dropout and a flatten, step after step (each step's gradient
     replaces the last, as zero_grad + backward would), and on a short last batch."""
@@ -68,13 +70,15 @@ def test_written_out_mlp_backward_equals_autograd():
         return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 8), nn.ReLU(),
                              nn.Linear(8, 5))
 
-    stack = Stack([net(s) for s in range(3)])
+    stack = Stack([net(s).to(device) for s in range(3)])
     assert stack.mlp_layers is not None
     stack.train()
-    alpha, temperature = torch.tensor([0.2, 0.5, 1.0]), torch.tensor([1.0, 4.0, 16.0])
+    alpha = torch.tensor([0.2, 0.5, 1.0], device=device)
+    temperature = torch.tensor([1.0, 4.0, 16.0], device=device)
     for step, batch in enumerate((7, 7, 4)):
-        x, teacher, labels = torch.randn(3, batch, 3, 4), torch.randn(3, batch, 5), torch.randint(0, 5, (3, batch))
-        stack.set_dropout_keys([rng.derive(rng.keys_tensor([0, 1, 2], 0), step)])
+        x, teacher = torch.randn(3, batch, 3, 4, device=device), torch.randn(3, batch, 5, device=device)
+        labels = torch.randint(0, 5, (3, batch), device=device)
+        stack.set_dropout_keys([rng.derive(rng.keys_tensor([0, 1, 2], 0, device=device), step)])
         losses_of = lambda z: kd_loss(z, teacher, labels, alpha, temperature)  # noqa: E731
         written = stack.backward(x, losses_of)
         got = {k: p.grad.clone() for k, p in stack.params.items()}
