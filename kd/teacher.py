@@ -9,13 +9,12 @@ checkpoint's hash and the dataset's fingerprint, and rebuilt when either changes
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from pathlib import Path
 
 import torch
 
-from kd import atomic, data as kd_data, models
+from kd import data as kd_data, models, sealed
 from kd.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device, outpu
     cache = file.parent / f"logits-{data.name}-{data.fingerprint()}.pt"
     if cache.exists():
         try:
-            saved = torch.load(cache, map_location=device, weights_only=True)
+            saved = sealed.load(cache, map_location=device)
             fresh = saved["model_sha256"] == model_hash and saved["train"].shape[0] == len(data.train_y)
         except Exception as e:  # a damaged cache is rebuilt, never trusted
             log.warning("teacher cache %s unreadable (%s): recomputing", cache, e)
@@ -92,8 +91,6 @@ def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device, outpu
             log.info("teacher cache %s is stale: recomputing", cache)
     teacher = load(file, data, device, outputs)
     train = forward(teacher, data.train_x.to(device))
-    buf = io.BytesIO()
-    torch.save({"model_sha256": model_hash, "dataset": data.name, "train": train.cpu()}, buf)
-    atomic.write_with(cache, lambda f: f.write(buf.getvalue()))
+    sealed.save(cache, {"model_sha256": model_hash, "dataset": data.name, "train": train.cpu()})
     log.info("teacher logits cached in %s", cache)
     return train

@@ -14,7 +14,6 @@ rounding of batched arithmetic).
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import platform
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 
-from kd import atomic, data as kd_data, metrics as kd_metrics, models, phases, provenance, results, rng
+from kd import atomic, data as kd_data, metrics as kd_metrics, models, phases, provenance, results, rng, sealed
 from kd import teacher as kd_teacher
 from kd.config import NOT_PACKABLE, PACK_SHARED, TrainConfig, packable
 from kd.errors import UserError
@@ -485,27 +484,13 @@ def _on_host(obj: Any) -> Any:
     return obj
 
 
-_CRC_LOCK = threading.Lock()  # torch's CRC setting is the process's: one save toggles it at a time
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """A member's checkpoint: its position (epoch, step inside it), history, weights and optimiser
     state, in the same format whatever pack it trains in. No RNG state: kd.rng needs none.
-    Written without the zip records' CRC-32 (torch's own is slow: 6x the rest of the save, a
-    second per epoch for a pack of 24 reference students here); torch.load reads it the same, a
-    truncated file is still refused as damaged, and the write is atomic."""
-    buf = io.BytesIO()
-    get_crc, set_crc = (getattr(torch.serialization, f"{w}_crc32_options", None) for w in ("get", "set"))
-    with _CRC_LOCK:
-        crc = get_crc() if get_crc else None
-        if set_crc:
-            set_crc(False)
-        try:
-            torch.save(state, buf)
-        finally:
-            if set_crc:
-                set_crc(crc)
-    atomic.write_with(path, lambda f: f.write(buf.getvalue()), fsync=False)
+    Sealed (``kd.sealed``: damage is found on load, which torch alone does not do), without
+    torch's slow zip CRC-32 (6x the rest of the save; a second per epoch for a pack of 24
+    reference students here), written atomically."""
+    sealed.save(path, state, crc=False, fsync=False)
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
@@ -514,7 +499,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = sealed.load(path, map_location=device)
         for key in ("epoch", "history", "model", "optimizer"):
             state[key]  # noqa: B018 - a checkpoint without them is damaged
     except Exception as e:

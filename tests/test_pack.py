@@ -7,7 +7,7 @@ import tomllib
 import pytest
 import torch
 
-from kd import teacher as kd_teacher, train
+from kd import sealed, teacher as kd_teacher, train
 from kd.config import make_config
 from kd_fixtures import second_teacher_dir, teacher_dir, tiny  # noqa: F401 - session fixtures
 from sweep import plan as planner, spec
@@ -135,7 +135,7 @@ def test_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, tiny, t
     cfg = make_config(method=method, epochs=2, batch_size=50, teacher=str(teacher_dir) if method == "kd" else None)
     train.run(cfg, tmp_path / "whole", dataset=tiny, device="cpu")
     assert train.run(cfg, tmp_path / "cut", dataset=tiny, device="cpu", stop=stop_after(8)) is None
-    ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    ckpt = sealed.load(tmp_path / "cut" / "checkpoint.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (1, 2)  # 6 steps an epoch: stopped 2 steps into the second
     assert not (tmp_path / "cut" / "result.json").exists()
     train.run(cfg, tmp_path / "cut", dataset=tiny, device="cpu")
@@ -148,7 +148,7 @@ def test_a_pack_stopped_mid_epoch_resumes_as_a_pack_or_alone(tmp_path, small, te
     train.run_pack(configs, whole, dataset=small, device="cpu")
     cut = [tmp_path / "c0", tmp_path / "c1"]
     assert train.run_pack(configs, cut, dataset=small, device="cpu", stop=stop_after(15)) == [None, None]
-    assert torch.load(cut[0] / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert sealed.load(cut[0] / "checkpoint.pt")["step"] == 5
     train.run(configs[1], cut[1], dataset=small, device="cpu", stop=stop_after(9))  # alone, stopped again
     train.run_pack(configs, cut, dataset=small, device="cpu")  # members at different places: grouped by place
     assert_same(whole[0], cut[0])
@@ -206,6 +206,17 @@ def test_teacher_cache_is_per_dataset_content(tmp_path, small, teacher_dir):
     assert caches[0] != caches[1] and all(c.exists() for c in caches)
     assert torch.allclose(b, a.flip(0), atol=1e-5)  # the logits of the changed data, not the old ones
 
+
+
+def test_a_teacher_cache_with_overwritten_bytes_is_rebuilt_not_trusted(tmp_path, small, teacher_dir, caplog):
+    shutil.copy(teacher_dir / "model.pt", tmp_path / "model.pt")
+    good = kd_teacher.cached_logits(tmp_path / "model.pt", small, torch.device("cpu"))
+    (cache,) = tmp_path.glob("logits-*.pt")
+    data = cache.read_bytes()
+    cache.write_bytes(data[:-800] + b"\x7f" * 400 + data[-400:])  # inside the logits' bytes
+    again = kd_teacher.cached_logits(tmp_path / "model.pt", small, torch.device("cpu"))
+    assert "unreadable" in caplog.text and "SHA-256 differs" in caplog.text
+    assert torch.equal(again, good)
 
 def test_a_subclass_teacher_is_refused_for_kd_before_anything_is_written(tmp_path, tiny):
     from kd.data import Dataset

@@ -6,14 +6,14 @@ import sys
 import pytest
 import torch
 
-from kd import phases, teacher as kd_teacher, train
+from kd import phases, sealed, teacher as kd_teacher, train
 from kd.config import make_config
 from kd.errors import UserError
 from kd_fixtures import teacher_dir  # noqa: F401 - a session fixture
 
 
 def _weights(folder):
-    return torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
+    return sealed.load(folder / "checkpoint.pt")["model"]
 
 
 def stop_after(steps):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd import train
+from kd import sealed, train
 from kd.config import make_config
 from kd.errors import UserError
 
@@ -30,18 +30,22 @@ def test_a_finished_job_keeps_its_model_and_drops_its_checkpoint(tmp_path, small
     assert set(torch.load(teacher_dir / "model.pt", weights_only=True)) == {"config", "state_dict"}
     cfg = make_config(method="scratch", epochs=1, batch_size=100)
     train.run(cfg, tmp_path, dataset=small, device="cpu", keep_checkpoint=True)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # loads with weights_only
+    state = sealed.load(tmp_path / "checkpoint.pt")  # sealed, loaded with weights_only
     assert (state["epoch"], state["step"]) == (1, 0) and "optimizer" in state
 
 
 
-def test_a_truncated_checkpoint_is_damaged_and_the_job_starts_over(tmp_path, small, caplog):
-    """Checkpoints are written without torch's CRC-32 (speed): a cut one must still be refused."""
+@pytest.mark.parametrize("damage", ["cut", "overwritten"])
+def test_a_damaged_checkpoint_is_refused_and_the_job_starts_over(tmp_path, small, caplog, damage):
+    """A checkpoint cut short, or with bytes overwritten in its middle (which torch.load alone
+    loads without a word, its weights wrong: NaN losses, a job 'done' at 10%), is refused."""
     cfg = make_config(method="scratch", epochs=1, batch_size=100)
     assert train.run(cfg, tmp_path / "cut", dataset=small, device="cpu", stop=lambda: True) is None
     ckpt = tmp_path / "cut" / "checkpoint.pt"
-    assert torch.load(ckpt, weights_only=True)["step"] == 1  # it loads whole
-    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    assert sealed.load(ckpt)["step"] == 1  # it loads whole
+    data = ckpt.read_bytes()
+    half = len(data) // 2
+    ckpt.write_bytes(data[:half] if damage == "cut" else data[:half] + b"\xff" * 4000 + data[half + 4000:])
     r = train.run(cfg, tmp_path / "cut", dataset=small, device="cpu")
     assert "is damaged" in caplog.text and "starting this job over" in caplog.text
     whole = train.run(cfg, tmp_path / "whole", dataset=small, device="cpu")
@@ -136,10 +140,10 @@ def test_checkpoints_written_in_the_background_raise_their_errors_in_the_trainin
     writer.write([(tmp_path / "a.pt", {"epoch": 1}), (tmp_path / "a-file" / "b.pt", {"epoch": 1})])
     with pytest.raises(OSError):
         writer.wait()
-    assert torch.load(tmp_path / "a.pt", weights_only=True) == {"epoch": 1}
+    assert sealed.load(tmp_path / "a.pt") == {"epoch": 1}
     writer.write([(tmp_path / "a.pt", {"epoch": 2})])  # the next batch waits for the one before
     writer.wait()
-    assert torch.load(tmp_path / "a.pt", weights_only=True) == {"epoch": 2}
+    assert sealed.load(tmp_path / "a.pt") == {"epoch": 2}
 
 
 def test_an_error_in_training_waits_for_the_checkpoint_in_flight_and_is_the_one_raised(tmp_path):
@@ -148,5 +152,18 @@ def test_an_error_in_training_waits_for_the_checkpoint_in_flight_and_is_the_one_
         with train.CheckpointWriter() as writer:
             writer.write([(tmp_path / "a.pt", {"epoch": 1}), (tmp_path / "a-file" / "b.pt", {"epoch": 1})])
             1 / 0
-    assert torch.load(tmp_path / "a.pt", weights_only=True) == {"epoch": 1}  # written before the with ended
+    assert sealed.load(tmp_path / "a.pt") == {"epoch": 1}  # written before the with ended
     assert writer._thread is None
+
+
+def test_sealed_files_find_changed_bytes_and_plain_torch_files_still_load(tmp_path):
+    state = {"w": torch.arange(1000.0), "epoch": 3}
+    sealed.save(tmp_path / "s.pt", state, crc=False)
+    assert torch.equal(sealed.load(tmp_path / "s.pt")["w"], state["w"])
+    data = bytearray((tmp_path / "s.pt").read_bytes())
+    data[-700] ^= 1  # one bit of a tensor: torch.load alone reads it as a wrong number
+    (tmp_path / "s.pt").write_bytes(bytes(data))
+    with pytest.raises(sealed.Damaged, match="SHA-256 differs"):
+        sealed.load(tmp_path / "s.pt")
+    torch.save(state, tmp_path / "plain.pt")  # a checkpoint from before sealing
+    assert sealed.load(tmp_path / "plain.pt")["epoch"] == 3
