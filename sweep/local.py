@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kd import atomic
 from sweep import state, status
 from sweep.plan import Job, Plan, units
 from sweep.pool import Pool, Task
@@ -108,8 +109,11 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                         else:
                             rc = unit.proc.returncode
                             last = getattr(unit.proc, "last_line", "")
-                            finish(job, "failed", s.detail if 0 <= rc < 128 and s.detail else
-                                   _ended(rc) + (f": {last}" if last else ""), seconds)
+                            detail = (s.detail if 0 <= rc < 128 and s.detail else
+                                      _ended(rc) + (f": {last}" if last else ""))
+                            if 0 < rc < 128 and s.state != state.FAILED:  # its worker failed before it could say so
+                                atomic.write_json(state.job_dir(folder, job) / "error.json", {"line": detail})
+                            finish(job, "failed", detail, seconds)
                 # a unit waiting for a teacher that will not finish would wait for ever: stop it
                 for unit in running:
                     if unit.needs & lost and not unit.stopped:

@@ -86,6 +86,8 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
     with state.job_locks(todo, wait_s=float(os.environ.get("KDSWEEP_LOCK_WAIT", LOCK_WAIT_S))):
         todo = [f for f in todo if state.job_state(f).state != state.DONE]  # done by the process we waited for
         for f in todo:
+            for stray in f.glob(".tmp-*"):  # a write cut by a kill; under the lock no one else writes here
+                stray.unlink(missing_ok=True)
             state.record_attempt(f, pack_size=len(todo), **attempt)
         stop_heartbeat = state.heartbeat(todo)
         try:

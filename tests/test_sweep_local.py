@@ -364,6 +364,9 @@ def test_a_worker_that_fails_at_its_start_leaves_its_traceback_in_the_job_log(tm
     assert line.endswith("exit status 1: ImportError: this torch is broken (a test)"), out
     log = (state.job_dir(tmp_path / "one", job) / "log").read_text()
     assert "Traceback" in log and "this torch is broken" in log, log
+    monkeypatch.delenv("PYTHONPATH")
+    rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])  # status says so too
+    assert "failed" in out and "ImportError: this torch is broken (a test)" in out, out
 
 def test_a_worker_stopped_by_a_signal_takes_no_other_unit(tmp_path):
     """A unit stopped by a signal checkpoints and its worker exits; the next unit, sent at once (before

@@ -83,3 +83,13 @@ def test_a_damaged_result_shows_damaged_and_resume_reruns_only_that_job(tmp_path
     assert (intact / "result.json").stat().st_mtime_ns == untouched  # nothing finished runs twice
     (kept,) = damaged.glob("result.json.damaged-*")
     assert kept.read_bytes() == b'{"config": {"dataset": "mni'
+
+
+def test_a_write_cut_by_a_kill_leaves_no_stray_file_once_the_job_runs_again(tmp_path):
+    folder = _folder(tmp_path)
+    stray = folder / ".tmp-checkpoint.pt.k1ll3d"  # what a SIGKILL in the middle of a checkpoint write leaves
+    stray.write_bytes(b"PK\x03\x04 half a checkpoint")
+    p = subprocess.run([sys.executable, "-m", "sweep.worker", str(folder), "--device", "cpu"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    assert state.job_state(folder).state == state.DONE and not stray.exists()
