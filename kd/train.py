@@ -503,6 +503,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
         for key in ("epoch", "history", "model", "optimizer"):
             state[key]  # noqa: B018 - a checkpoint without them is damaged
     except Exception as e:
-        log.warning("checkpoint %s is damaged (%s: %s): starting this job over", path, e.__class__.__name__, e)
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        log.warning("checkpoint %s is damaged (%s: %s): starting this job over", path, e.__class__.__name__, why)
         return None
     return state
