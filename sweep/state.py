@@ -133,6 +133,12 @@ def record_attempt(folder: Path, **extra: Any) -> None:
                                                  "proc_start": _process_start(pid), **extra})
 
 
+def record_stop(folder: Path, signal_name: str) -> None:
+    """The attempt ended on a signal, with a checkpoint where it was (its ``stopped``)."""
+    attempt = read_json(folder / "attempt.json") or {}
+    atomic.write_json(folder / "attempt.json", {**attempt, "stopped": signal_name})
+
+
 def result_problem(path: Path) -> str | None:
     """Why a result.json is damaged (None if it reads as a result)."""
     try:
@@ -156,6 +162,8 @@ def job_state(folder: Path) -> JobState:
         return JobState(PENDING)
     if alive(attempt):
         return JobState(RUNNING, f"pid {attempt['pid']} on {attempt['host']}")
+    if attempt.get("stopped"):
+        return JobState(INTERRUPTED, f"stopped by {attempt['stopped']}, checkpointed: resume continues it")
     if attempt.get("host") != socket.gethostname() and not attempt.get("slurm_job_id"):
         try:
             silent = time.time() - (folder / "attempt.json").stat().st_mtime

@@ -92,6 +92,11 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
         stop_heartbeat = state.heartbeat(todo)
         try:
             _train(todo, data_root, device, stop, after)
+            signum = getattr(stop, "signal", None)
+            if signum:  # stopped by a signal, checkpointed: status says so, not "killed?"
+                for f in todo:
+                    if not (f / "result.json").exists():
+                        state.record_stop(f, signal.Signals(signum).name)
         except Exception as e:  # a kill or Ctrl-C leaves no error.json: the job shows as interrupted
             line = f"{e.__class__.__name__}: {e}".splitlines()[0] if str(e) else e.__class__.__name__
             for f in todo:

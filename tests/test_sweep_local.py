@@ -301,6 +301,7 @@ def test_sigterm_stops_the_run_and_its_children(tmp_path, started):
     rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
     assert out.splitlines()[-1] == "0/2 done, 1 interrupted, 1 pending", out
     assert f"{plan.jobs[0].name}  interrupted" in out
+    assert "stopped by SIGTERM, checkpointed: resume continues it" in out, out  # not "killed?"
 
 
 CRASH = """name = "crash"
