@@ -44,7 +44,13 @@ class KeyedDropout(nn.Module):
 
 def dropout(x: torch.Tensor, u: torch.Tensor, p: float) -> torch.Tensor:
     """Inverted dropout with given uniforms ``u``: keep where u >= p, scale by 1 / (1 - p)."""
-    return x * (u >= p).to(x.dtype) * (1.0 / (1.0 - p))
+    mask, scale = dropout_mask(u, p, x.dtype)
+    return x * mask * scale
+
+
+def dropout_mask(u: torch.Tensor, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """Dropout's kept positions (1, else 0) for uniforms ``u``, and the scale of what is kept."""
+    return (u >= p).to(dtype), 1.0 / (1.0 - p)
 
 
 class Stack:
@@ -133,49 +139,47 @@ def _stacked_mlp(layers: list[nn.Module]) -> Forward:
     """For plain MLPs: the members' layers as batched products on the stacked weights. Same
     arithmetic as vmap's batching of the same model, with a fraction of its per-step Python work,
     which is what bounds a step of small models on a GPU."""
+    return lambda params, buffers, x: _mlp_forward(layers, params, buffers, x)
 
-    def forward(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
-        h = x
-        for i, m in enumerate(layers):
-            if isinstance(m, nn.Flatten):
-                h = h.flatten(2)
-            elif isinstance(m, nn.Linear):
-                h = torch.baddbmm(params[f"{i}.bias"].unsqueeze(1), h, params[f"{i}.weight"].transpose(1, 2))
-            elif isinstance(m, nn.ReLU):
-                h = torch.relu(h)
-            elif m.training and m.p:  # the same masks the member's KeyedDropout would draw alone
-                h = dropout(h, rng.uniform(buffers[f"{i}.key"], tuple(h.shape[1:])), m.p)
-        return h
 
-    return forward
+def _mlp_forward(layers: list[nn.Module], params: dict, buffers: dict, x: torch.Tensor,
+                 tape: list[tuple] | None = None) -> torch.Tensor:
+    """A plain MLP stack's logits. With a ``tape``, also what its written-out backward pass needs
+    (each Linear's input, each ReLU's output, each dropout mask), a Linear's output then rectified
+    in place (nothing else holds it)."""
+    h = x
+    for i, m in enumerate(layers):
+        if isinstance(m, nn.Flatten):
+            if tape is not None:
+                tape.append(("flatten", h.shape))
+            h = h.flatten(2)
+        elif isinstance(m, nn.Linear):
+            if tape is not None:
+                tape.append(("linear", i, h))
+            h = torch.baddbmm(params[f"{i}.bias"].unsqueeze(1), h, params[f"{i}.weight"].transpose(1, 2))
+        elif isinstance(m, nn.ReLU):
+            h = h.relu_() if tape and tape[-1][0] == "linear" else torch.relu(h)
+            if tape is not None:
+                tape.append(("relu", h))
+        elif m.training and m.p:  # the same masks the member's KeyedDropout would draw alone
+            mask, scale = dropout_mask(rng.uniform(buffers[f"{i}.key"], tuple(h.shape[1:])), m.p, h.dtype)
+            h = h * mask * scale
+            if tape is not None:
+                tape.append(("dropout", mask, scale))
+    return h
 
 
 @torch.no_grad()
 def _mlp_backward(layers: list[nn.Module], params: dict, buffers: dict, x: torch.Tensor,
                   losses_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """A plain MLP stack's training step with its backward pass written out: the forward pass
-    keeps what the gradients need (each Linear's input, each ReLU's output, each dropout mask);
-    autograd differentiates only the losses with respect to the logits; then, layer by layer back,
-    dW = g^T a, db = sum over the batch of g, and g <- g W for the layer below (not below the first
-    Linear, whose input is data), masked where the ReLU was 0 or dropout dropped. The same
-    arithmetic as autograd's on the forward pass above, in another order of float rounding."""
+    keeps what the gradients need on a tape; autograd differentiates only the losses with respect
+    to the logits; then, layer by layer back, dW = g^T a, db = sum over the batch of g, and
+    g <- g W for the layer below (not below the first Linear, whose input is data), masked where
+    the ReLU was 0 or dropout dropped. The same arithmetic as autograd's on the same forward pass,
+    in another order of float rounding."""
     tape: list[tuple] = []
-    h = x
-    for i, m in enumerate(layers):
-        if isinstance(m, nn.Flatten):
-            tape.append(("flatten", h.shape))
-            h = h.flatten(2)
-        elif isinstance(m, nn.Linear):
-            tape.append(("linear", i, h))
-            h = torch.baddbmm(params[f"{i}.bias"].unsqueeze(1), h, params[f"{i}.weight"].transpose(1, 2))
-        elif isinstance(m, nn.ReLU):
-            h = h.relu_() if tape and tape[-1][0] == "linear" else torch.relu(h)  # a Linear's output is its own
-            tape.append(("relu", h))
-        elif m.training and m.p:
-            mask = (rng.uniform(buffers[f"{i}.key"], tuple(h.shape[1:])) >= m.p).to(h.dtype)
-            h = h * mask * (1.0 / (1.0 - m.p))
-            tape.append(("dropout", mask, 1.0 / (1.0 - m.p)))
-    logits = h.detach().requires_grad_()
+    logits = _mlp_forward(layers, params, buffers, x, tape).detach().requires_grad_()
     with torch.enable_grad():
         losses = losses_of(logits)
         losses.sum().backward()
