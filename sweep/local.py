@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd import atomic
 from sweep import state, status
 from sweep.plan import Job, Plan, units
 from sweep.pool import Pool, Task
@@ -112,7 +111,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                             detail = (s.detail if 0 <= rc < 128 and s.detail else
                                       _ended(rc) + (f": {last}" if last else ""))
                             if 0 < rc < 128 and s.state != state.FAILED:  # its worker failed before it could say so
-                                atomic.write_json(state.job_dir(folder, job) / "error.json", {"line": detail})
+                                state.record_error(state.job_dir(folder, job), detail)
                             finish(job, "failed", detail, seconds)
                 # a unit waiting for a teacher that will not finish would wait for ever: stop it
                 for unit in running:

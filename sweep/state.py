@@ -133,6 +133,11 @@ def record_attempt(folder: Path, **extra: Any) -> None:
                                                  "proc_start": _process_start(pid), **extra})
 
 
+def record_error(folder: Path, line: str, traceback: str | None = None) -> None:
+    """The attempt failed: its error's last line (what status shows), and its traceback if any."""
+    atomic.write_json(folder / "error.json", {"line": line, **({"traceback": traceback} if traceback else {})})
+
+
 def record_stop(folder: Path, signal_name: str) -> None:
     """The attempt ended on a signal, with a checkpoint where it was (its ``stopped``)."""
     attempt = read_json(folder / "attempt.json") or {}

@@ -23,7 +23,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from kd import atomic
 from kd.config import TrainConfig
 from kd.errors import UserError
 from sweep import logs, state
@@ -101,7 +100,7 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
             line = f"{e.__class__.__name__}: {e}".splitlines()[0] if str(e) else e.__class__.__name__
             for f in todo:
                 if not (f / "result.json").exists():
-                    atomic.write_json(f / "error.json", {"line": line, "traceback": traceback.format_exc()})
+                    state.record_error(f, line, traceback.format_exc())
             raise
         finally:
             stop_heartbeat()
