@@ -60,7 +60,8 @@ def keys_tensor(seeds: list[int], *counters: int, device: torch.device | str = "
 
 def derive(keys: torch.Tensor, *counters: int) -> torch.Tensor:
     """Keys for further counters (the step, the stream), on the keys' device: ``key(seed, a, b)``
-    is ``derive(keys_tensor([seed], a), b)``."""
+    is ``derive(keys_tensor([seed], a), b)``. A counter may be an int or an int64 tensor (the step
+    a CUDA graph reads from the device): the same keys."""
     for c in counters:
         keys = _mix((keys + (GOLDEN * (c + 1)) % (1 << 32)) & M32)
     return keys

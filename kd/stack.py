@@ -92,7 +92,8 @@ class Stack:
         under bfloat16 autocast, the losses in float32."""
         if self.mlp_layers and not bf16 and all(p.requires_grad for p in self.params.values()):
             return _mlp_backward(self.mlp_layers, self.params, self.buffers, x, losses_of)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        # no cast cache: each weight is cast once a step anyway, and a CUDA graph capture needs it off
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
             logits = self(x).float()
         losses = losses_of(logits)
         for p in self.params.values():

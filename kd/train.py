@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from kd import atomic, data as kd_data, metrics as kd_metrics, models, phases, provenance, results, rng, sealed
+from kd import atomic, data as kd_data, graphs, metrics as kd_metrics, models, phases, provenance, results, rng, sealed
 from kd import teacher as kd_teacher
 from kd.config import NOT_PACKABLE, PACK_SHARED, TrainConfig, packable
 from kd.errors import UserError
@@ -173,7 +173,9 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
         log.info("resuming %s from epoch %d, step %d (of %d)", outs[0] if n == 1 else f"a pack of {n}",
                  start_epoch + 1, start_step, steps_per_epoch(c0, len(data.train_y)))
     phase = phases.phase(c0, start_epoch)
-    optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase)
+    # replayed as a CUDA graph where asked for; not with teachers run on each batch (online: a host sync)
+    replay = graphs.mode(dev) if teachers is None or isinstance(teachers[0], torch.Tensor) else None
+    optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase, capturable=replay == "cuda")
     if first and phases.phase(c0, start_epoch if start_step else start_epoch - 1) == phase:  # else a new phase
         optimizer.load_state_dict(stack_optimizer([s["optimizer"] for _, _, s in members]))
 
@@ -183,7 +185,31 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
     weight = class_weights(c0, data, dev)
     steps = steps_per_epoch(c0, len(train_y))
     last_save = time.monotonic()
+    # What a step reads that changes between steps, as tensors (a CUDA graph replays the step):
+    # its position in the epoch, the epoch's batch orders and keys; and what it adds to (the losses)
+    position = torch.zeros((), dtype=torch.int64, device=dev)
+    order = torch.empty(n, len(train_y), dtype=torch.int64, device=dev)  # [N, n_train]
+    keys = torch.empty(n, dtype=torch.int64, device=dev)
+    loss_sum = torch.zeros(n, device=dev)
+    in_batch = torch.arange(batch, device=dev)
 
+    def make_step(optimizer: torch.optim.Optimizer, loss_fn: Callable) -> graphs.Step:
+        def step(b: int) -> None:
+            """Every member's step at ``position`` (then the next): its own batch, random numbers, update."""
+            idx = order.index_select(1, position * batch + in_batch[:b])  # [N, b]: each member its own batch
+            x = kd_data.to_float(train_x[idx])
+            step_keys = rng.derive(keys, position)
+            if c0.augment:
+                x = augment(x, rng.derive(step_keys, AUGMENT_STREAM))
+            stack.set_dropout_keys([rng.derive(step_keys, layer) for layer in range(len(stack.dropout_keys))])
+            teacher_logits, labels = _teacher_logits(teachers, idx, x), train_y[idx]
+            losses = stack.backward(x, lambda z: loss_fn(z, teacher_logits, labels), bf16=c0.precision == "bf16")
+            optimizer.step()
+            loss_sum.add_(losses * b)
+            position.add_(1)
+        return graphs.Step(step, batch, replay)
+
+    run_step = make_step(optimizer, objective(configs, weight, phase, dev))
     writer = CheckpointWriter()
 
     def save(epoch: int, step: int, partial: dict[str, Any] | None = None) -> None:
@@ -201,31 +227,27 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
         for epoch in range(start_epoch, c0.epochs):
             if phases.phase(c0, epoch) != phase:  # head-only training is over: fine-tune, with a new optimiser
                 phase = phases.phase(c0, epoch)
-                optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase)
-            loss_fn = objective(configs, weight, phase)
-            order = torch.stack([epoch_order(s, epoch, len(train_y)) for s in seeds]).to(dev)  # [N, n_train]
-            keys = rng.keys_tensor(seeds, epoch, device=dev)
+                optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase, capturable=replay == "cuda")
+                run_step = make_step(optimizer, objective(configs, weight, phase, dev))
+            first_step = start_step if epoch == start_epoch else 0
+            order.copy_(torch.stack([epoch_order(s, epoch, len(train_y)) for s in seeds]))
+            keys.copy_(rng.keys_tensor(seeds, epoch))
+            position.fill_(first_step)
             partial = first.get("partial") if epoch == start_epoch and start_step else None
             t0 = time.perf_counter() - (partial["seconds"] if partial else 0.0)
-            loss_sum = torch.tensor([s["partial"]["loss_sum"] for _, _, s in members], device=dev) if partial else \
-                torch.zeros(n, device=dev)
+            if partial:
+                loss_sum.copy_(torch.tensor([s["partial"]["loss_sum"] for _, _, s in members]))
+            else:
+                loss_sum.zero_()
             seen = partial["seen"] if partial else 0
             stack.train()
             for m in frozen:  # frozen layers keep their batch-norm statistics, as Keras' trainable=False does
                 m.eval()
             stopped = False
-            for step in range(start_step if epoch == start_epoch else 0, steps):
-                idx = order[:, step * batch:(step + 1) * batch]  # [N, B]: each member its own batch
-                x = kd_data.to_float(train_x[idx])
-                step_keys = rng.derive(keys, step)
-                if c0.augment:
-                    x = augment(x, rng.derive(step_keys, AUGMENT_STREAM))
-                stack.set_dropout_keys([rng.derive(step_keys, layer) for layer in range(len(stack.dropout_keys))])
-                teacher_logits, labels = _teacher_logits(teachers, idx, x), train_y[idx]
-                losses = stack.backward(x, lambda z: loss_fn(z, teacher_logits, labels), bf16=c0.precision == "bf16")
-                optimizer.step()
-                loss_sum += losses * idx.shape[1]
-                seen += idx.shape[1]
+            for step in range(first_step, steps):
+                b = min(batch, len(train_y) - step * batch)
+                run_step(b)
+                seen += b
                 stopped = stop is not None and stop()
                 due = checkpoint_every and time.monotonic() - last_save >= checkpoint_every
                 if step + 1 < steps and (stopped or due):
@@ -305,22 +327,24 @@ def class_weights(config: TrainConfig, data: kd_data.Dataset, device: torch.devi
     return (len(data.train_y) / (data.num_classes * counts)).to(device)
 
 
-def objective(configs: list[TrainConfig], weight: torch.Tensor | None = None, phase: str = phases.FULL
-              ) -> Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]:
-    """The members' losses as f(logits [N, B, K], teacher logits or None, labels [N, B]) -> [N].
+def objective(configs: list[TrainConfig], weight: torch.Tensor | None = None, phase: str = phases.FULL,
+              device: torch.device | str = "cpu") -> Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor],
+                                                           torch.Tensor]:
+    """The members' losses as f(logits [N, B, K], teacher logits or None, labels [N, B]) -> [N],
+    for logits on ``device`` (where the members' settings are put once, not copied every step).
     In the head phase: cross-entropy on the class logits alone."""
     c0 = configs[0]
     s = subclasses_of(c0)
     if any(c.alpha and not c.teacher for c in configs):
         raise ValueError("a member with alpha > 0 needs a teacher")
-    per = lambda key, default: torch.tensor([getattr(c, key) or default for c in configs])  # noqa: E731
+    per = lambda key, default: torch.tensor([getattr(c, key) or default for c in configs], device=device)  # noqa: E731
     if phase == phases.HEAD:
         return lambda z, t, y: cross_entropy(class_logits(z, s), y, weight)
     if c0.method == "subclass-teacher":
         beta, aux = per("beta", 0.0), per("aux_temperature", 1.0)
-        return lambda z, t, y: subclass_teacher_loss(z, y, s, beta.to(z.device), aux.to(z.device), weight)
+        return lambda z, t, y: subclass_teacher_loss(z, y, s, beta, aux, weight)
     alpha, temperature = per("alpha", 0.0), per("temperature", 1.0)  # teachers and scratch: alpha 0
-    return lambda z, t, y: kd_loss(z, t, y, alpha.to(z.device), temperature.to(z.device), weight, s)
+    return lambda z, t, y: kd_loss(z, t, y, alpha, temperature, weight, s)
 
 
 def augment(x: torch.Tensor, keys: torch.Tensor, noise_std: float = 0.1) -> torch.Tensor:
