@@ -51,8 +51,10 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
     stopped early). Finished work is never redone.
 
     ``stop`` is polled after every step: when it returns true the members checkpoint where they are
-    (mid-epoch) and the call returns; a later call resumes there. ``checkpoint_every``: seconds of
-    training between checkpoints inside long epochs. ``teacher_mode`` "cached" reads the teacher's
+    (mid-epoch) and the call returns; a later call resumes there. ``checkpoint_every``: None, a
+    checkpoint after every epoch; or seconds of training between checkpoints, written after the
+    step (or the epoch's end) where they fall due, so that short epochs do not spend their time
+    writing state that a signal would have saved anyway. ``teacher_mode`` "cached" reads the teacher's
     logits from its cache (exact: no augmentation), "online" runs the teacher on every batch.
     A finished job keeps ``model.pt`` and ``result.json``; its checkpoint goes unless ``keep_checkpoint``.
     A folder that holds another job (other settings) is refused; a damaged ``result.json`` is
@@ -249,7 +251,7 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
                 run_step(b)
                 seen += b
                 stopped = stop is not None and stop()
-                due = checkpoint_every and time.monotonic() - last_save >= checkpoint_every
+                due = checkpoint_every is not None and time.monotonic() - last_save >= checkpoint_every
                 if step + 1 < steps and (stopped or due):
                     save(epoch, step + 1, {"loss_sum": loss_sum.tolist(), "seen": seen,
                                            "seconds": time.perf_counter() - t0})
@@ -263,7 +265,8 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
             for i, c in enumerate(configs):
                 train_loss = (loss_sum[i] / max(seen, 1)).item()
                 histories[i].append(epoch_record(epoch, c, train_loss, test_loss[i], test_acc[i], seconds))
-            if epoch + 1 < c0.epochs or keep_checkpoint:
+            due = checkpoint_every is None or time.monotonic() - last_save >= checkpoint_every
+            if keep_checkpoint or (epoch + 1 < c0.epochs and (due or stopped)):
                 save(epoch + 1, 0)
                 last_save = time.monotonic()
             if stopped and epoch + 1 < c0.epochs:

@@ -281,10 +281,11 @@ def _add_run(sub, name: str = "run") -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sweep import api, local, state, status
+    from sweep import api, local, state, status, worker
 
     if args.jobs < 1:
         raise UserError(f"--jobs: {args.jobs} must be >= 1")
+    worker.checkpoint_every()  # a mistyped KDSWEEP_CHECKPOINT_MINUTES: said here, not by every job
     plan = _load_plan(args)
     folder = api.folder(plan, args.results)
     _check_folder(folder, "--results")

@@ -6,8 +6,10 @@ with its last line into every unfinished job of the unit before failing.
 
 Stopping: on SIGTERM or SIGINT (a local run stopped) and on Slurm's warning signal (time limit,
 preemption) the training loop finishes its current step, checkpoints where it is, mid-epoch,
-and returns; a Slurm task is then requeued and resumes there. Long epochs are also
-checkpointed every ``KDSWEEP_CHECKPOINT_MINUTES`` (default 10) minutes of training.
+and returns; a Slurm task is then requeued and resumes there. Training is also checkpointed
+every ``KDSWEEP_CHECKPOINT_MINUTES`` (default 10) minutes, at the step where that falls due
+(``epoch``: after every epoch instead), which bounds what a hard crash (a node lost, kill -9, out
+of memory) costs without writing every few seconds when epochs are short.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -40,12 +43,24 @@ def train_config(folder: Path) -> TrainConfig:
 
 
 CHECKPOINT_MINUTES = 10.0
+CHECKPOINT_ENV = "KDSWEEP_CHECKPOINT_MINUTES"
 LOCK_WAIT_S = 60.0  # a job folder locked by another process: wait this long (a Slurm KillWait), then refuse
 
 
-def checkpoint_every() -> float:
-    """Seconds of training between checkpoints inside an epoch (``KDSWEEP_CHECKPOINT_MINUTES``)."""
-    return 60.0 * float(os.environ.get("KDSWEEP_CHECKPOINT_MINUTES", CHECKPOINT_MINUTES))
+def checkpoint_every() -> float | None:
+    """Seconds of training between checkpoints (``KDSWEEP_CHECKPOINT_MINUTES``, default 10), or
+    None for one after every epoch (``KDSWEEP_CHECKPOINT_MINUTES=epoch``). UserError if mistyped."""
+    raw = os.environ.get(CHECKPOINT_ENV, "").strip()
+    if raw == "epoch":
+        return None
+    try:
+        minutes = float(raw) if raw else CHECKPOINT_MINUTES
+    except ValueError:
+        minutes = math.nan
+    if not 0 < minutes < math.inf:
+        raise UserError(f"{CHECKPOINT_ENV}: '{raw}' is neither minutes of training between checkpoints "
+                        "(a number > 0) nor 'epoch' (one after every epoch)")
+    return 60.0 * minutes
 
 
 class StopFlag:

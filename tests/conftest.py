@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,13 @@ def write_idx(path: Path, array: np.ndarray, *, gz: bool = False) -> Path:
     else:
         path.write_bytes(raw)
     return path
+
+
+def trained_an_epoch(folder: Path) -> bool:
+    """Whether the job in ``folder`` has logged the end of an epoch: training is under way. (A
+    checkpoint is no such sign: by default one is written only every 10 minutes, or when stopped.)"""
+    log = folder / "log"
+    return log.exists() and re.search(r"epoch +1/\d+ ", log.read_text()) is not None
 
 
 def make_idx_root(root: Path, folder: str = "MNIST", n_train: int = 60, n_test: int = 20, gz: bool = True) -> Path:

@@ -683,6 +683,15 @@ def test_bad_run_environment(work, capsys, argv, message):
     _refused(capsys, argv(work), (message.format(w=work),), work)
 
 
+@pytest.mark.parametrize("command", ["run", "resume"])
+@pytest.mark.parametrize("minutes", ["ten", "0", "-5", "inf", "nan", "1e999"])
+def test_a_mistyped_checkpoint_interval_is_refused_before_any_job(work, capsys, monkeypatch, command, minutes):
+    monkeypatch.setenv("KDSWEEP_CHECKPOINT_MINUTES", minutes)
+    _refused(capsys, [command, "demo"], (f"KDSWEEP_CHECKPOINT_MINUTES: '{minutes}' is neither minutes of training "
+                                         "between checkpoints (a number > 0) nor 'epoch'",), work)
+    _refused(capsys, [command, "demo", "--profile", "local-slurm"], ("KDSWEEP_CHECKPOINT_MINUTES: ",), work)
+
+
 def test_data_without_a_network_leaves_no_folder(work, capsys, monkeypatch):
     from torchvision import datasets
 

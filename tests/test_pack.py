@@ -166,6 +166,24 @@ def test_checkpoint_every_writes_mid_epoch_checkpoints(tmp_path, small, monkeypa
     assert saved == [(0, s) for s in range(1, 10)] + [(1, 0)] + [(1, s) for s in range(1, 10)]
 
 
+def test_with_an_interval_short_epochs_checkpoint_only_when_it_falls_due_or_when_stopped(tmp_path, small, monkeypatch):
+    saved = []
+    real = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint",
+                        lambda path, state: (saved.append((state["epoch"], state["step"])), real(path, state)))
+    cfg = make_config(method="scratch", epochs=3, batch_size=100)  # 10 steps an epoch, well under a second
+    train.run(cfg, tmp_path / "interval", dataset=small, device="cpu", checkpoint_every=3600.0)
+    assert saved == []  # a crash would lose seconds; the writes would have cost as much
+    train.run(cfg, tmp_path / "epochs", dataset=small, device="cpu", checkpoint_every=None)
+    assert saved == [(1, 0), (2, 0)]  # after every epoch but the last
+    saved.clear()
+    assert train.run(cfg, tmp_path / "cut", dataset=small, device="cpu", checkpoint_every=3600.0,
+                     stop=stop_after(12)) is None
+    assert saved == [(1, 2)]  # a stop always checkpoints, where it stopped
+    train.run(cfg, tmp_path / "cut", dataset=small, device="cpu", checkpoint_every=3600.0)
+    assert_same(tmp_path / "epochs", tmp_path / "cut", atol=0)
+
+
 def test_cached_teacher_gives_the_same_student_as_online(tmp_path, small, teacher_dir):
     cfg = _kd(teacher_dir)
     train.run(cfg, tmp_path / "online", dataset=small, device="cpu", teacher_mode="online")

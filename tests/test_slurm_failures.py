@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from conftest import trained_an_epoch
 from sweep import api, state
 from test_slurm import all_final, kdsweep, wait_until
 
@@ -73,8 +74,7 @@ def test_cancelled_teacher_cancels_its_students_and_one_resume_recovers(slurm_cl
     kdsweep("run", sweep_file, *args)
     plan = api.plan(sweep_file)
     teacher = next(j for j in plan.jobs if j.method == "teacher")
-    checkpoint = state.job_dir(results / "cancelled", teacher) / "checkpoint.pt"
-    wait_until(sweep_file, results, lambda st: checkpoint.exists())  # an epoch done: the teacher trains
+    wait_until(sweep_file, results, lambda st: trained_an_epoch(state.job_dir(results / "cancelled", teacher)))
     ids = _submissions(results, "cancelled")[0]["jobs"]
     subprocess.run(["scancel", ids[teacher.id]], check=True)
     wait_until(sweep_file, results, lambda st: st["teacher-s0"].state == state.CANCELLED

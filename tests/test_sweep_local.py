@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import trained_an_epoch
 from sweep import api, state
 from sweep.cli import main
 from sweep.plan import units
@@ -51,7 +52,9 @@ def killed_and_resumed(tmp_path_factory, mini_mnist_env):
     results = root / "results"
     plan = api.plan(sweep_file)
     folder = results / "tiny"
-    proc = _kdsweep("run", str(sweep_file), "--results", str(results), start_new_session=True)
+    # a checkpoint after every epoch (not every 10 minutes): a student is killed with one to resume from
+    proc = _kdsweep("run", str(sweep_file), "--results", str(results), start_new_session=True,
+                    env={**os.environ, "KDSWEEP_CHECKPOINT_MINUTES": "epoch"})
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:  # until the teacher is done and a student is mid-training
         done = [j for j in plan.jobs if (state.job_dir(folder, j) / "result.json").exists()]
@@ -290,7 +293,7 @@ def test_sigterm_stops_the_run_and_its_children(tmp_path, started):
     proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1")
     first = state.job_dir(tmp_path / "seeds", plan.jobs[0])
     deadline = time.monotonic() + 120
-    while not (first / "checkpoint.pt").exists():  # the first job is training
+    while not trained_an_epoch(first):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
         time.sleep(0.02)
     assert len(_workers(proc.pid)) == 1
@@ -333,7 +336,7 @@ def test_a_unit_that_kills_its_worker_fails_alone_and_the_next_unit_gets_a_new_w
     folder = tmp_path / "crash"
     proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1", "-j", "1")
     deadline = time.monotonic() + 120
-    while not (state.job_dir(folder, long) / "checkpoint.pt").exists():  # the long unit trains
+    while not trained_an_epoch(state.job_dir(folder, long)):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
         time.sleep(0.02)
     worker = json.loads((state.job_dir(folder, long) / "attempt.json").read_text())["pid"]
@@ -384,7 +387,7 @@ def test_a_worker_stopped_by_a_signal_takes_no_other_unit(tmp_path):
     try:
         stopped = pool.run([long], [], long / "log")
         deadline = time.monotonic() + 120
-        while not (long / "checkpoint.pt").exists():
+        while not trained_an_epoch(long):
             assert time.monotonic() < deadline and stopped.poll() is None, (long / "log").read_text()
             time.sleep(0.02)
         stopped.terminate()
