@@ -153,4 +153,15 @@ def count_params(model: nn.Module) -> int:
 def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """The model's logits (eval mode) for every image of a uint8 split."""
     model.eval()
-    return torch.cat([model(to_float(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    return torch.cat([_predict(model, to_float(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` without autograd; a plain Sequential's ReLUs rectify in place (each layer's
+    output feeds only the next): the same values without writing a second copy of the activations
+    (out of place, the ReLUs took a fifth of the reference teacher's forward pass on a CPU)."""
+    if not isinstance(model, nn.Sequential) or any(len(list(m.children())) for m in model):
+        return model(x)
+    for m in model:
+        x = x.relu_() if isinstance(m, nn.ReLU) else m(x)
+    return x
