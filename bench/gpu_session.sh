@@ -28,7 +28,7 @@ if [ -d gpu-carry/wheels ] && [ ! -d "$SITE" ]; then
 fi
 export PYTHONPATH="$HERE:$SITE" TQDM_DISABLE=1
 DATA=$HERE/gpu-carry/data
-SWEEP=sweep/examples/reference-fashion-mnist.toml
+SWEEP=${SWEEP:-sweep/examples/reference-fashion-mnist.toml}
 
 stage() {  # stage NAME SECONDS COMMAND...: run it bounded, its output in $OUT/NAME.txt, a line here
     local name=$1 limit=$2 t0=$SECONDS
@@ -43,14 +43,15 @@ grid() {  # the end-to-end number: kdsweep run on the example sweep, CUDA graphs
     rm -rf "$results"
     local t0=$EPOCHREALTIME
     KDSWEEP_CUDA_GRAPHS=$graphs $PY -m sweep.cli -q run "$SWEEP" --results "$results" --data-root "$DATA" || return
-    echo "kdsweep run, whole reference grid, CUDA graphs $graphs: $(awk "BEGIN {print $EPOCHREALTIME - $t0}") s end to end"
+    echo "kdsweep run $SWEEP, CUDA graphs $graphs: $(awk "BEGIN {print $EPOCHREALTIME - $t0}") s end to end"
     $PY -m sweep.cli -q collect "$SWEEP" --results "$results" > /dev/null
 }
 
 compare() {  # the two runs' results: the same accuracies (float tolerance)
     $PY - <<'EOF'
+import glob
 import pandas as pd
-a, b = (pd.read_parquet(f"/tmp/kd-gpu-results-{g}/reference-fashion-mnist/results.parquet").set_index("name")
+a, b = (pd.read_parquet(glob.glob(f"/tmp/kd-gpu-results-{g}/*/results.parquet")[0]).set_index("name")
         for g in (0, 1))
 diff = (a["test_accuracy"] - b.loc[a.index, "test_accuracy"]).abs()
 print(f"{len(a)} jobs; largest accuracy difference graphs vs eager: {diff.max():.4f} ({diff.idxmax()})")
@@ -62,7 +63,7 @@ export PY DATA SWEEP
 [ $# -gt 0 ] || set -- tests grid
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" > "$OUT/versions.txt" 2>&1
-cat "$OUT/versions.txt"
+tail -n 1 "$OUT/versions.txt"
 for s in "$@"; do
     case $s in
         tests) stage tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pack.py \
