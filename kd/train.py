@@ -180,6 +180,8 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
     optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase, capturable=replay == "cuda")
     if first and phases.phase(c0, start_epoch if start_step else start_epoch - 1) == phase:  # else a new phase
         optimizer.load_state_dict(stack_optimizer([s["optimizer"] for _, _, s in members]))
+        for group in optimizer.param_groups:  # the saved settings came with it: capturable is this run's
+            group["capturable"] = replay == "cuda"
 
     seeds, batch = [c.seed for c in configs], c0.batch_size
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
@@ -370,6 +372,8 @@ def pick_device(device: str | None) -> torch.device:
     products' inputs, which leaves accuracy as it is for these models."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
+        if dev.index is not None:  # streams and CUDA graphs are made on the current device: this one
+            torch.cuda.set_device(dev)
         tf32 = os.environ.get("KDSWEEP_TF32", "1") != "0"
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
