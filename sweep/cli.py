@@ -326,7 +326,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary = local.run(plan, folder, jobs=args.jobs, pack=pack, data_root=args.data_root,
                             device=args.device, on_event=on_event)
     bar.close()
-    print(f"{status.totals(status.job_states(plan, folder))}  ->  kdsweep collect {args.sweep}")
+    after = status.job_states(plan, folder)
+    finished = all(s.state == state.DONE for _, s in after)  # else: what is left, resume runs it
+    print(f"{status.totals(after)}  ->  kdsweep {'collect' if finished else 'resume'} {args.sweep}")
     return 1 if summary.failed or summary.skipped else 0
 
 
@@ -346,18 +348,22 @@ def _check_inputs(plan, jobs: list, data_root: Path | None) -> None:
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """``kill PID`` stops a run as Ctrl-C does: its children are stopped and waited for, their jobs
-    show as interrupted (their checkpoints stay), instead of being left running without a parent."""
+    """``kill PID``, or a hangup (the terminal closed, the ssh session dropped), stops a run as
+    Ctrl-C does: its children are stopped and waited for, their jobs checkpoint and show as
+    interrupted, instead of being left running without a parent or killed without a checkpoint."""
+    caught = (signal.SIGTERM, signal.SIGHUP)
 
     def interrupt(signum, frame) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+        for s in caught:  # a second one must not cut the clean-up short
+            signal.signal(s, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, interrupt) for s in caught if signal.getsignal(s) != signal.SIG_IGN}  # nohup
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _pack(args: argparse.Namespace, plan, prof=None) -> int | str:

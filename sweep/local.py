@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweep import state, status
+from sweep import state, status, worker
 from sweep.plan import Job, Plan, units
 from sweep.pool import Pool, Task
 
@@ -65,6 +65,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
 
     A unit is a teacher, or a pack of students trained together in one process (``pack``).
     """
+    worker.checkpoint_every()  # the workers' settings, checked before any folder is made
     emit = on_event or (lambda e: None)
     summary = Summary()
     done: set[str] = set()

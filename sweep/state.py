@@ -36,6 +36,7 @@ DAMAGED = "damaged"  # a result.json that does not parse: resume keeps it aside 
 QUEUED, CANCELLED = "queued", "cancelled"  # from Slurm
 HEARTBEAT_S = 30  # a running attempt touches its attempt.json this often
 STALE_S = 180  # an attempt on another host silent for this long is taken for dead
+CHECKPOINT = "checkpoint.pt"  # kd.train writes it; status reads only whether it is there
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,9 @@ def job_state(folder: Path) -> JobState:
     if alive(attempt):
         return JobState(RUNNING, f"pid {attempt['pid']} on {attempt['host']}")
     if attempt.get("stopped"):
-        return JobState(INTERRUPTED, f"stopped by {attempt['stopped']}, checkpointed: resume continues it")
+        return JobState(INTERRUPTED, f"stopped by {attempt['stopped']}, " + (
+            "checkpointed: resume continues it" if has_checkpoint(folder)
+            else "before it trained a step: resume starts it"))
     if attempt.get("host") != socket.gethostname() and not attempt.get("slurm_job_id"):
         try:
             silent = time.time() - (folder / "attempt.json").stat().st_mtime
@@ -177,8 +180,18 @@ def job_state(folder: Path) -> JobState:
         if silent < STALE_S:
             return JobState(RUNNING, f"pid {attempt.get('pid')} on {attempt.get('host')} (heartbeat {silent:.0f} s ago)")
         return JobState(INTERRUPTED, f"no heartbeat from pid {attempt.get('pid')} on {attempt.get('host')} "
-                                     f"for {silent / 60:.0f} min: taken for dead")
-    return JobState(INTERRUPTED, "the process ended without a result or an error (killed?)")
+                                     f"for {silent / 60:.0f} min: taken for dead; {resume_from(folder)}")
+    return JobState(INTERRUPTED, f"the process ended without a result or an error (killed?); {resume_from(folder)}")
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (folder / CHECKPOINT).exists()
+
+
+def resume_from(folder: Path) -> str:
+    """What resume does with an unfinished job: continue from its checkpoint, or start it over (a
+    hard kill before the first checkpoint, which comes every KDSWEEP_CHECKPOINT_MINUTES)."""
+    return "resume continues from its checkpoint" if has_checkpoint(folder) else "no checkpoint: resume starts it over"
 
 
 @contextmanager

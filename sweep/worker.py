@@ -74,6 +74,8 @@ class StopFlag:
 
     def catch(self, *signums: int) -> None:
         for s in signums:
+            if s == signal.SIGHUP and signal.getsignal(s) == signal.SIG_IGN:
+                continue  # started under nohup: a hangup is to be ignored, as asked
             signal.signal(s, self._set)
 
     def _set(self, signum: int, frame) -> None:
@@ -176,7 +178,7 @@ def serve(channel: int, data_root: Path | None, device: str | None) -> int:
     one JSON line each, until its end; each unit's output goes into the unit's log, and its exit
     status back as one line on file descriptor ``channel``. A signal stops the unit and the worker."""
     stop = StopFlag()
-    stop.catch(signal.SIGTERM, signal.SIGINT)
+    stop.catch(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # a hangup: the terminal closed
     from kd import train
 
     train.pick_device(device)  # torch and CUDA: once per worker, not once per unit
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.folders:
         p.error("give the job folders of one unit, or --serve FD")
     stop = StopFlag()
-    stop.catch(signal.SIGTERM, signal.SIGINT)
+    stop.catch(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # a hangup: the terminal closed
     return run_one(args.folders, args.after, args.data_root, args.device, stop)
 
 

@@ -133,6 +133,9 @@ def test_status_after_kill_shows_the_interrupted_job(killed_and_resumed):
             for j in k["plan"].jobs}
     got = {line.split()[1]: line.split()[2] for line in out.splitlines()[1:-1]}
     assert got == want
+    for line in out.splitlines()[1:-1]:  # the student that had a checkpoint: resume goes on from it
+        if k["mid"][0].name in line:
+            assert line.endswith("(killed?); resume continues from its checkpoint"), line
     counts = [f"{n} {s}" for s in ("interrupted", "pending") if (n := list(want.values()).count(s))]
     assert out.splitlines()[-1] == ", ".join([f"{len(k['done_before'])}/4 done", *counts])
 
@@ -325,6 +328,46 @@ epochs = 400
 seed = 1
 epochs = 2
 """
+
+
+def test_a_hangup_stops_the_run_with_a_checkpoint(tmp_path, started):
+    """The terminal closes (SIGHUP to the whole process group): the run stops as on Ctrl-C, and the
+    job in training checkpoints where it was (with checkpoints every 10 minutes, a hangup that
+    killed it would lose up to that)."""
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=200, seeds="0"))
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1")
+    first = state.job_dir(tmp_path / "seeds", api.plan(sweep_file).jobs[0])
+    deadline = time.monotonic() + 120
+    while not trained_an_epoch(first):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGHUP)
+    out = proc.communicate(timeout=30)[0]
+    _wait_group_dead(proc.pid, timeout=5)
+    assert proc.returncode == 130 and out.rstrip().endswith("interrupted"), out
+    assert (first / "checkpoint.pt").exists()
+    line = state.job_state(first).detail
+    assert line.startswith("stopped by SIG") and line.endswith("checkpointed: resume continues it"), line
+
+
+def test_a_run_under_nohup_goes_on_after_a_hangup(tmp_path):
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=200, seeds="0"))
+    proc = _kdsweep("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1", start_new_session=True,
+                    preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as nohup starts it
+    try:
+        first = state.job_dir(tmp_path / "seeds", api.plan(sweep_file).jobs[0])
+        deadline = time.monotonic() + 120
+        while not trained_an_epoch(first):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGHUP)
+        time.sleep(2)
+        assert proc.poll() is None and state.job_state(first).state == state.RUNNING
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_a_unit_that_kills_its_worker_fails_alone_and_the_next_unit_gets_a_new_worker(tmp_path, started):

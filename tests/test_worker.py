@@ -42,6 +42,19 @@ def test_a_silent_attempt_on_another_host_becomes_interrupted(tmp_path):
     os.utime(folder / "attempt.json", (old, old))
     s = state.job_state(folder)
     assert s.state == state.INTERRUPTED and s.detail.startswith("no heartbeat from pid 4242 on node7 for 3 min")
+    assert s.detail.endswith("taken for dead; no checkpoint: resume starts it over")
+    (folder / "checkpoint.pt").write_bytes(b"a checkpoint")
+    assert state.job_state(folder).detail.endswith("taken for dead; resume continues from its checkpoint")
+
+
+def test_a_job_stopped_before_its_first_step_says_resume_starts_it(tmp_path):
+    """A student stopped while it waited for its teacher has no checkpoint: status must not claim one."""
+    folder = _folder(tmp_path)
+    (folder / "attempt.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "slurm_job_id": "7",
+                                                     "stopped": "SIGTERM"}))
+    assert state.job_state(folder).detail == "stopped by SIGTERM, before it trained a step: resume starts it"
+    (folder / "checkpoint.pt").write_bytes(b"a checkpoint")
+    assert state.job_state(folder).detail == "stopped by SIGTERM, checkpointed: resume continues it"
 
 
 def test_heartbeat_touches_the_attempt(tmp_path, monkeypatch):
