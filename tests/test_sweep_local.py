@@ -39,6 +39,14 @@ def _kdsweep(*args, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def _until_training(proc, folder, timeout=120):
+    """Until the job in ``folder`` has trained an epoch (its run must not end before)."""
+    deadline = time.monotonic() + timeout
+    while not trained_an_epoch(folder):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.02)
+
+
 def _attempts(folder):
     return (folder / "log").read_text().count("=== ")
 
@@ -295,10 +303,7 @@ def test_sigterm_stops_the_run_and_its_children(tmp_path, started):
     plan = api.plan(sweep_file)
     proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1")
     first = state.job_dir(tmp_path / "seeds", plan.jobs[0])
-    deadline = time.monotonic() + 120
-    while not trained_an_epoch(first):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
-        time.sleep(0.02)
+    _until_training(proc, first)
     assert len(_workers(proc.pid)) == 1
     proc.send_signal(signal.SIGTERM)  # the run process only, as `kill PID` does
     out = proc.communicate(timeout=10)[0]
@@ -338,10 +343,7 @@ def test_a_hangup_stops_the_run_with_a_checkpoint(tmp_path, started):
     sweep_file.write_text(SEEDS.format(epochs=200, seeds="0"))
     proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1")
     first = state.job_dir(tmp_path / "seeds", api.plan(sweep_file).jobs[0])
-    deadline = time.monotonic() + 120
-    while not trained_an_epoch(first):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
-        time.sleep(0.02)
+    _until_training(proc, first)
     os.killpg(proc.pid, signal.SIGHUP)
     out = proc.communicate(timeout=30)[0]
     _wait_group_dead(proc.pid, timeout=5)
@@ -358,10 +360,7 @@ def test_a_run_under_nohup_goes_on_after_a_hangup(tmp_path):
                     preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as nohup starts it
     try:
         first = state.job_dir(tmp_path / "seeds", api.plan(sweep_file).jobs[0])
-        deadline = time.monotonic() + 120
-        while not trained_an_epoch(first):
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
-            time.sleep(0.02)
+        _until_training(proc, first)
         os.killpg(proc.pid, signal.SIGHUP)
         time.sleep(2)
         assert proc.poll() is None and state.job_state(first).state == state.RUNNING
@@ -378,10 +377,7 @@ def test_a_unit_that_kills_its_worker_fails_alone_and_the_next_unit_gets_a_new_w
     first, long, last = api.plan(sweep_file).jobs  # 2 epochs, 400 epochs, 2 epochs
     folder = tmp_path / "crash"
     proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1", "-j", "1")
-    deadline = time.monotonic() + 120
-    while not trained_an_epoch(state.job_dir(folder, long)):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
-        time.sleep(0.02)
+    _until_training(proc, state.job_dir(folder, long))
     worker = json.loads((state.job_dir(folder, long) / "attempt.json").read_text())["pid"]
     assert json.loads((state.job_dir(folder, first) / "attempt.json").read_text())["pid"] == worker  # reused
     os.kill(worker, signal.SIGKILL)
