@@ -329,7 +329,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     after = status.job_states(plan, folder)
     finished = all(s.state == state.DONE for _, s in after)  # else: what is left, resume runs it
     print(f"{status.totals(after)}  ->  kdsweep {'collect' if finished else 'resume'} {args.sweep}")
-    return 1 if summary.failed or summary.skipped else 0
+    return 1 if summary.failed or summary.interrupted or summary.skipped else 0
 
 
 def _check_inputs(plan, jobs: list, data_root: Path | None) -> None:

@@ -43,6 +43,7 @@ class Summary:
     ran: list[str] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)  # its worker stopped by a signal: resume continues it
     skipped: list[str] = field(default_factory=list)  # a dependency failed or runs elsewhere
     already_done: int = 0
 
@@ -71,7 +72,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
     done: set[str] = set()
     lost: set[str] = set()  # jobs that will not finish in this run: their students are skipped
 
-    def finish(job: Job, outcome: str, detail: str = "", seconds: float = 0.0) -> None:  # done, failed, skipped
+    def finish(job: Job, outcome: str, detail: str = "", seconds: float = 0.0) -> None:  # an outcome: Summary's
         (done if outcome == "done" else lost).add(job.id)
         getattr(summary, outcome).append(job.id)
         emit(Event(job, outcome, detail, seconds))
@@ -106,13 +107,17 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                             finish(job, "done", seconds=seconds)
                         elif unit.stopped:
                             finish(job, "skipped", TEACHER_LOST if set(job.depends_on) & lost else PACK_LOST, seconds)
+                        elif unit.proc.returncode > 128:  # its worker was asked to stop, and did
+                            finish(job, "interrupted", state.stopped(state.job_dir(folder, job)) or
+                                   f"{_signal_name(unit.proc.returncode - 128)} before it started: resume starts it",
+                                   seconds)
                         else:
                             rc = unit.proc.returncode
                             last = getattr(unit.proc, "last_line", "")
                             detail = (s.detail if 0 <= rc < 128 and s.detail else
                                       _ended(rc) + (f": {last}" if last else ""))
-                            if 0 < rc < 128 and s.state != state.FAILED:  # its worker failed before it could say so
-                                state.record_error(state.job_dir(folder, job), detail)
+                            if rc != 0 and s.state != state.FAILED:  # its worker failed or was killed before it
+                                state.record_error(state.job_dir(folder, job), detail)  # could say so: status too
                             finish(job, "failed", detail, seconds)
                 # a unit waiting for a teacher that will not finish would wait for ever: stop it
                 for unit in running:
@@ -151,12 +156,17 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
     return summary
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return f"stopped by {signal.Signals(number).name}"
+    except ValueError:
+        return f"stopped by signal {number}"
+
+
 def _ended(status: int) -> str:
     """How a unit's process ended, when the unit left no error of its own."""
     if status < 0:  # killed: by the OOM killer, a crash in native code, someone's kill -9
         return f"its worker was killed by {signal.Signals(-status).name}"
-    if status > 128 and status - 128 in signal.valid_signals():  # asked to stop: it checkpointed where it was
-        return f"stopped by {signal.Signals(status - 128).name}: interrupted, resume continues it"
     return f"exit status {status}"
 
 

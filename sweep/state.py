@@ -169,9 +169,7 @@ def job_state(folder: Path) -> JobState:
     if alive(attempt):
         return JobState(RUNNING, f"pid {attempt['pid']} on {attempt['host']}")
     if attempt.get("stopped"):
-        return JobState(INTERRUPTED, f"stopped by {attempt['stopped']}, " + (
-            "checkpointed: resume continues it" if has_checkpoint(folder)
-            else "before it trained a step: resume starts it"))
+        return JobState(INTERRUPTED, stopped(folder, attempt))
     if attempt.get("host") != socket.gethostname() and not attempt.get("slurm_job_id"):
         try:
             silent = time.time() - (folder / "attempt.json").stat().st_mtime
@@ -182,6 +180,15 @@ def job_state(folder: Path) -> JobState:
         return JobState(INTERRUPTED, f"no heartbeat from pid {attempt.get('pid')} on {attempt.get('host')} "
                                      f"for {silent / 60:.0f} min: taken for dead; {resume_from(folder)}")
     return JobState(INTERRUPTED, f"the process ended without a result or an error (killed?); {resume_from(folder)}")
+
+
+def stopped(folder: Path, attempt: dict | None = None) -> str | None:
+    """How the job's last attempt was stopped by a signal (None if it was not)."""
+    attempt = read_json(folder / "attempt.json") if attempt is None else attempt
+    if not attempt or not attempt.get("stopped"):
+        return None
+    return f"stopped by {attempt['stopped']}, " + ("checkpointed: resume continues it" if has_checkpoint(folder)
+                                                   else "before it trained a step: resume starts it")
 
 
 def has_checkpoint(folder: Path) -> bool:

@@ -353,6 +353,23 @@ def test_a_hangup_stops_the_run_with_a_checkpoint(tmp_path, started):
     assert line.startswith("stopped by SIG") and line.endswith("checkpointed: resume continues it"), line
 
 
+def test_a_worker_stopped_by_a_signal_is_interrupted_not_failed(tmp_path, started):
+    """``kill`` of a worker (not of the run): the job checkpoints; the run and status both say
+    interrupted, and the run points at resume."""
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=200, seeds="0"))
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1")
+    first = state.job_dir(tmp_path / "seeds", api.plan(sweep_file).jobs[0])
+    _until_training(proc, first)
+    os.kill(json.loads((first / "attempt.json").read_text())["pid"], signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 1, out
+    (line,) = [x for x in out.splitlines() if x.startswith("interrupted")]
+    assert line.endswith("stopped by SIGTERM, checkpointed: resume continues it"), out
+    assert out.splitlines()[-1] == f"0/1 done, 1 interrupted  ->  kdsweep resume {sweep_file}", out
+    assert state.job_state(first).state == state.INTERRUPTED
+
+
 def test_a_run_under_nohup_goes_on_after_a_hangup(tmp_path):
     sweep_file = tmp_path / "seeds.toml"
     sweep_file.write_text(SEEDS.format(epochs=200, seeds="0"))
@@ -387,7 +404,7 @@ def test_a_unit_that_kills_its_worker_fails_alone_and_the_next_unit_gets_a_new_w
     assert line.endswith("its worker was killed by SIGKILL"), out
     assert json.loads((state.job_dir(folder, last) / "attempt.json").read_text())["pid"] != worker  # a new one
     rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
-    assert out.splitlines()[-1] == "2/3 done, 1 interrupted", out
+    assert out.splitlines()[-1] == "2/3 done, 1 failed", out  # status agrees with what run said
 
 
 
