@@ -262,7 +262,7 @@ class SlurmTask:
                     if "SLURM_ARRAY_JOB_ID" in os.environ else os.environ.get("SLURM_JOB_ID"))
         logs.setup(force=True)
         folders = [Path(f) for f in folders]
-        _log_into(folders)
+        _log_into(folders, slurm_id)
         import submitit
 
         warning = submitit.JobEnvironment._usr_sig()  # USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise
@@ -280,9 +280,10 @@ class SlurmTask:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def _log_into(folders: list[Path]) -> None:
-    """A Slurm task logs into its first job's ``log`` too (the others say where), as a local run does."""
-    header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} slurm task {os.environ.get('SLURM_JOB_ID', '?')}\n"
+def _log_into(folders: list[Path], slurm_id: str | None) -> None:
+    """A Slurm task logs into its first job's ``log`` too (the others say where), as a local run does;
+    the task named as status and sacct name it (array_task, not the task's own job number)."""
+    header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} slurm task {slurm_id or '?'}\n"
     for f in folders[1:]:
         with open(f / "log", "a") as other:
             other.write(header + f"(packed with {len(folders)} jobs: see {folders[0] / 'log'})\n")

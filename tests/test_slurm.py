@@ -114,6 +114,7 @@ def test_preempted_job_requeues_mid_epoch_and_cancelled_job_reruns_alone(slurm_c
     epoch, step = int(stopped.group(1)), int(stopped.group(2))
     assert 0 < step < 250
     assert f"from epoch {epoch}, step {step} (of 250)" in task_log  # lost: the step in flight, not the epoch
+    assert (first / "log").read_text().count(f" slurm task {ids[s0.id]}\n") == 2  # as status names it, twice
 
     out = kdsweep("resume", sweep_file, "--results", results, "--profile", "local-slurm").stdout
     assert "submitted first array" in out and ": 1 tasks" in out and "1 done" in out
