@@ -190,6 +190,11 @@ def _load_plan(args: argparse.Namespace):
 SHORT_PLAN, HEAD, TAIL = 200, 10, 5  # a longer plan lists its first HEAD and last TAIL jobs, unless --all
 
 
+def _pack_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pack", help="students trained together in one process: 'auto' (default) or a number; "
+                   "1 runs each job in its own process")
+
+
 def _add_plan(sub) -> None:
     p = sub.add_parser("plan", help="dry run: the jobs a sweep expands to; writes and submits nothing")
     _sweep_args(p)
@@ -197,6 +202,7 @@ def _add_plan(sub) -> None:
                    "(a name under slurm/profiles/ or a TOML file)")
     p.add_argument("--data-root", type=Path, help="data root the jobs will use (mounted into the container)")
     _max_jobs_arg(p)
+    _pack_arg(p)
     p.add_argument("--all", action="store_true",
                    help=f"list every job (a plan of more than {SHORT_PLAN} jobs lists its first and last ones)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every job, and each job's full config")
@@ -211,10 +217,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     plan = _load_plan(args)
     out = api.folder(plan, args.results)
     _check_folder(out, "--results", write=False)
+    prof = None
     if args.profile:  # loaded before anything is printed: a bad profile is one error line
         from sweep import profile, submit
 
         prof = profile.load(args.profile)
+    pack = _pack(args, plan, prof)  # as run and resume will pack: --pack, the sweep's, the profile's, auto
     sw = plan.sweep
     counts = Counter(j.method for j in plan.jobs)
     print(f"sweep {sw.name}" + (f": {sw.description}" if sw.description else "") + f"  [{sw.path}]")
@@ -240,15 +248,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     print()
     levels = plan.levels()
-    packs = units(plan, plan.sweep.pack or "auto")
-    print(f"local run: {len(packs):,} units (pack {plan.sweep.pack or 'auto'}: students that share a teacher "
+    packs = units(plan, pack)
+    print(f"local run: {len(packs):,} units (pack {pack}: students that share a teacher "
           f"train together); largest pack {max(len(u) for u in packs)} jobs")
     print("order: " + "; then ".join(f"{len(lvl):,} jobs " + ("that need nothing" if not lvl[0].depends_on
                                                               else "that wait for their teacher") for lvl in levels))
     print(f"each unit (a job, or a pack) runs in a worker (python -m sweep.worker; locally -j long-lived ones): "
           f"kd.train.run_pack(configs, [{out}/jobs/<id>, ...])")
     if args.profile:
-        pack = plan.sweep.pack or prof.pack or "auto"
         for level, tasks, text in submit.preview(plan, prof, out.resolve(), args.data_root, pack=pack):
             jobs = sum(len(t) for t in tasks)
             print(f"\n# ---- array '{level}': {len(tasks):,} tasks ({jobs:,} jobs, pack {pack}), "
@@ -270,8 +277,7 @@ def _add_run(sub, name: str = "run") -> None:
     p.add_argument("-j", "--jobs", type=int, default=1, help="local processes at once (default 1)")
     p.add_argument("--profile", help="submit to SLURM with this cluster profile (a name under slurm/profiles/ "
                    "or a TOML file) instead of running locally")
-    p.add_argument("--pack", help="students trained together in one process: 'auto' (default) or a number; "
-                   "1 runs each job in its own process")
+    _pack_arg(p)
     p.add_argument("--data-root", type=Path, help="where datasets live (default $KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
     p.add_argument("--device", help="cpu, cuda, cuda:N ... (default: cuda when present); local runs only: "
                    "a SLURM job's device comes from the profile's gpus")
