@@ -162,7 +162,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sweep", help="a sweep file (TOML), or a bundled example's name: demo, reference-mnist")
+    from sweep.spec import EXAMPLES
+
+    p.add_argument("sweep", help="a sweep file (TOML), or a bundled example's name: "
+                   + ", ".join(sorted(e.stem for e in EXAMPLES.glob("*.toml"))))
     p.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
                    help="results root; the sweep writes to DIR/<sweep name>/ (default: results)")
 

@@ -54,7 +54,7 @@ class Sweep:
 
 
 def resolve_path(arg: str | Path) -> Path:
-    """A sweep file path, or the name of a bundled example (``demo``, ``reference-mnist``)."""
+    """A sweep file path, or the name of a bundled example (sweep/examples: ``demo``, ``reference-mnist`` ...)."""
     p = Path(arg)
     if p.is_file():
         return p
