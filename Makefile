@@ -57,11 +57,12 @@ bench: venv
 	$(BIN)/python bench/plan_collect.py
 
 # What bench/gpu_session.sh needs on a lent GPU machine that has torch but no network: the
-# pure-Python wheels kd-sweep uses beyond torch, numpy, pandas and pyarrow, and Fashion-MNIST
-# (Debian's dataset-fashion-mnist, as IDX files under gpu-carry/data/FashionMNIST/raw).
+# pure-Python wheels kd-sweep uses that its image lacks (per the workplace's KINDS.md, 2026-11:
+# mlxtend and submitit; torch, torchvision, numpy, pandas, pyarrow, tqdm, cloudpickle are there), and
+# Fashion-MNIST (Debian's dataset-fashion-mnist, as IDX files under gpu-carry/data/FashionMNIST/raw).
 gpu-carry: venv
 	rm -rf gpu-carry && mkdir -p gpu-carry/wheels gpu-carry/data/FashionMNIST/raw
-	$(BIN)/pip download -q --no-deps -d gpu-carry/wheels mlxtend submitit cloudpickle typing_extensions tqdm
+	$(BIN)/pip download -q --no-deps -d gpu-carry/wheels mlxtend submitit
 	cd gpu-carry && apt-get download -q dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb deb
 	cp gpu-carry/deb/usr/share/datasets/fashion-mnist/* gpu-carry/data/FashionMNIST/raw/
 	rm -rf gpu-carry/deb gpu-carry/*.deb && du -sh gpu-carry

@@ -2,8 +2,8 @@
 # The GPU checks of issue 12, prepared to run in one or two calls of the device tool (a lent GPU
 # machine without network, torch already there). Never run by `make test`.
 #
-#   here:    make gpu-carry      # gpu-carry/: the pure-Python wheels kd-sweep needs beyond torch,
-#                                # numpy, pandas and pyarrow, and Fashion-MNIST (Debian's package), ~35 MB
+#   here:    make gpu-carry      # gpu-carry/: the pure-Python wheels the device's image lacks
+#                                # (mlxtend, submitit) and Fashion-MNIST (Debian's package), 31 MB
 #   device:  bash bench/gpu_session.sh tests grid      (carry: ["gpu-carry"], timeout_s: 590)
 #            bash bench/gpu_session.sh baselines scaling
 #
@@ -26,7 +26,7 @@ SITE=/tmp/kd-gpu-site
 if [ -d gpu-carry/wheels ] && [ ! -d "$SITE" ]; then
     $PY -m pip install -q --no-index --no-deps --target "$SITE" gpu-carry/wheels/*.whl > "$OUT/pip.txt" 2>&1
 fi
-export PYTHONPATH="$HERE:$SITE" TQDM_DISABLE=1
+export PYTHONPATH="$HERE:$SITE" TQDM_DISABLE=1 PYTHONUNBUFFERED=1
 DATA=$HERE/gpu-carry/data
 SWEEP=${SWEEP:-sweep/examples/reference-fashion-mnist.toml}
 
