@@ -265,8 +265,8 @@ def started():
     """Start ``kdsweep ARGS`` in its own session; at the end, kill whatever of it is left."""
     procs = []
 
-    def start(*args):
-        procs.append(_kdsweep(*args, start_new_session=True))
+    def start(*args, **kw):
+        procs.append(_kdsweep(*args, start_new_session=True, **kw))
         return procs[-1]
 
     yield start
@@ -341,8 +341,9 @@ def test_a_hangup_stops_the_run_with_a_checkpoint(tmp_path, started):
     killed it would lose up to that)."""
     sweep_file = tmp_path / "seeds.toml"
     sweep_file.write_text(SEEDS.format(epochs=200, seeds="0"))
-    proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1")
-    first = state.job_dir(tmp_path / "seeds", api.plan(sweep_file).jobs[0])
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1",  # as a terminal starts
+                   preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # it, even if pytest runs
+    first = state.job_dir(tmp_path / "seeds", api.plan(sweep_file).jobs[0])  # under nohup
     _until_training(proc, first)
     os.killpg(proc.pid, signal.SIGHUP)
     out = proc.communicate(timeout=30)[0]
