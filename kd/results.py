@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 RESULT = "result.json"
+CHECKPOINT = "checkpoint.pt"  # kd.train writes it; status asks only whether it is there
 
 
 class DamagedResult(ValueError):

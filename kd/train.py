@@ -33,7 +33,7 @@ from kd.losses import class_logits, cross_entropy, kd_loss, subclass_teacher_los
 from kd.stack import Stack, stack_optimizer, unstack_optimizer
 
 log = logging.getLogger(__name__)
-RESULT, CHECKPOINT, MODEL = results.RESULT, "checkpoint.pt", kd_teacher.MODEL
+RESULT, CHECKPOINT, MODEL = results.RESULT, results.CHECKPOINT, kd_teacher.MODEL
 ORDER_STRIDE = 1_000_003  # a prime: seed * ORDER_STRIDE + epoch seeds an epoch's batch order, distinct per (seed, epoch)
 AUGMENT_STREAM = 1000  # kd.rng streams 1000.. are the augmentation's; 0.. the dropout layers'
 
@@ -177,11 +177,12 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
     phase = phases.phase(c0, start_epoch)
     # replayed as a CUDA graph where asked for; not with teachers run on each batch (online: a host sync)
     replay = graphs.mode(dev) if teachers is None or isinstance(teachers[0], torch.Tensor) else None
-    optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase, capturable=replay == "cuda")
+    capturable = replay == "cuda"  # the optimiser's step count on the device, for the graph's update
+    optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase, capturable=capturable)
     if first and phases.phase(c0, start_epoch if start_step else start_epoch - 1) == phase:  # else a new phase
         optimizer.load_state_dict(stack_optimizer([s["optimizer"] for _, _, s in members]))
         for group in optimizer.param_groups:  # the saved settings came with it: capturable is this run's
-            group["capturable"] = replay == "cuda"
+            group["capturable"] = capturable
 
     seeds, batch = [c.seed for c in configs], c0.batch_size
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
@@ -231,7 +232,7 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
         for epoch in range(start_epoch, c0.epochs):
             if phases.phase(c0, epoch) != phase:  # head-only training is over: fine-tune, with a new optimiser
                 phase = phases.phase(c0, epoch)
-                optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase, capturable=replay == "cuda")
+                optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase, capturable=capturable)
                 run_step = make_step(optimizer, objective(configs, weight, phase, dev))
             first_step = start_step if epoch == start_epoch else 0
             order.copy_(torch.stack([epoch_order(s, epoch, len(train_y)) for s in seeds]))
@@ -458,7 +459,7 @@ def flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], devic
 
 class CheckpointWriter:
     """Writes checkpoints in a background thread, one batch at a time, while training goes on (a
-    pack of 24 reference students writes 360 MB after each epoch: a second of this machine's disk).
+    pack of 24 reference students writes 360 MB a checkpoint: a second of this machine's disk).
     ``write`` first waits for the batch before it (the same files), and ``wait`` for the last one;
     either raises what the writing raised (a full disk is not hidden). Used as a context manager,
     it waits at the end; when the training raised, it still waits (the unit's lock is held until

@@ -109,8 +109,8 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                             finish(job, "skipped", TEACHER_LOST if set(job.depends_on) & lost else PACK_LOST, seconds)
                         elif unit.proc.returncode > 128:  # its worker was asked to stop, and did
                             finish(job, "interrupted", state.stopped(state.job_dir(folder, job)) or
-                                   f"{_signal_name(unit.proc.returncode - 128)} before it started: resume starts it",
-                                   seconds)
+                                   f"stopped by {_signal_name(unit.proc.returncode - 128)} before it started: "
+                                   "resume starts it", seconds)
                         else:
                             rc = unit.proc.returncode
                             last = getattr(unit.proc, "last_line", "")
@@ -158,15 +158,15 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
 
 def _signal_name(number: int) -> str:
     try:
-        return f"stopped by {signal.Signals(number).name}"
+        return signal.Signals(number).name
     except ValueError:
-        return f"stopped by signal {number}"
+        return f"signal {number}"
 
 
 def _ended(status: int) -> str:
     """How a unit's process ended, when the unit left no error of its own."""
     if status < 0:  # killed: by the OOM killer, a crash in native code, someone's kill -9
-        return f"its worker was killed by {signal.Signals(-status).name}"
+        return f"its worker was killed by {_signal_name(-status)}"
     return f"exit status {status}"
 
 

@@ -36,7 +36,6 @@ DAMAGED = "damaged"  # a result.json that does not parse: resume keeps it aside 
 QUEUED, CANCELLED = "queued", "cancelled"  # from Slurm
 HEARTBEAT_S = 30  # a running attempt touches its attempt.json this often
 STALE_S = 180  # an attempt on another host silent for this long is taken for dead
-CHECKPOINT = "checkpoint.pt"  # kd.train writes it; status reads only whether it is there
 
 
 @dataclass(frozen=True)
@@ -192,7 +191,7 @@ def stopped(folder: Path, attempt: dict | None = None) -> str | None:
 
 
 def has_checkpoint(folder: Path) -> bool:
-    return (folder / CHECKPOINT).exists()
+    return (folder / results.CHECKPOINT).exists()
 
 
 def resume_from(folder: Path) -> str:

@@ -81,6 +81,7 @@ def test_cancelled_teacher_cancels_its_students_and_one_resume_recovers(slurm_cl
                and all(s.state == state.CANCELLED for n, s in st.items() if n.startswith("kd")), timeout=60)
     out, lines = _status_lines(sweep_file, results)
     assert all(lines[n].endswith("its teacher teacher-s0 cancelled") for n in ("kd-a0.5-T2-s0", "kd-a0.5-T4-s0")), out
+    assert lines["teacher-s0"].endswith("resume continues from its checkpoint"), out  # scancel: SIGTERM, a checkpoint
     assert out.splitlines()[-1] == "0/3 done, 3 cancelled"
 
     out = kdsweep("resume", sweep_file, *args).stdout
