@@ -4,15 +4,16 @@
 #
 #   here:    make gpu-carry      # gpu-carry/: the pure-Python wheels the device's image lacks
 #                                # (mlxtend, submitit) and Fashion-MNIST (Debian's package), 31 MB
-#   device:  bash bench/gpu_session.sh tests grid      (carry: ["gpu-carry"], timeout_s: 590)
-#            bash bench/gpu_session.sh baselines scaling
+#   device:  bash bench/gpu_session.sh tests grid seeds scaling   (carry: ["gpu-carry"], timeout_s: 450)
+#            bash bench/gpu_session.sh baselines                  (the same carry, what time is left)
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
 #   tests      graph against eager on CUDA (tests/test_graphs.py), the written-out backward on CUDA
 #   grid       `kdsweep run` of the whole reference grid on full Fashion-MNIST (teacher, scratch, 24
 #              students, 12 epochs, process start included), CUDA graphs off then on; the two
-#              results tables compared
+#              results tables compared, and where the time went
+#   seeds      the same grid with 5 seeds (packs across seeds), CUDA graphs on, -j 5 (SEED_JOBS)
 #   baselines  bench/kd_grid.py: kd-sweep, the reference loop and one process per point, side by
 #              side (the two naive sides sampled: 1 student each, scaled, as the output says)
 #   scaling    bench/pack_scaling.py: student-samples/s and memory against pack size
@@ -24,10 +25,10 @@ cd "$HERE"
 PY=${PY:-python3}
 SITE=/tmp/kd-gpu-site
 if [ -d gpu-carry/wheels ] && [ ! -d "$SITE" ]; then
-    $PY -m pip install -q --no-index --no-deps --target "$SITE" gpu-carry/wheels/*.whl > "$OUT/pip.txt" 2>&1
+    $PY -m pip install -q --no-index --no-deps --target "$SITE" gpu-carry/wheels/*.whl >> "$OUT/versions.txt" 2>&1
 fi
 export PYTHONPATH="$HERE:$SITE" TQDM_DISABLE=1 PYTHONUNBUFFERED=1
-DATA=$HERE/gpu-carry/data
+DATA=${DATA:-$HERE/gpu-carry/data}
 SWEEP=${SWEEP:-sweep/examples/reference-fashion-mnist.toml}
 
 stage() {  # stage NAME SECONDS COMMAND...: run it bounded, its output in $OUT/NAME.txt, a line here
@@ -47,32 +48,56 @@ grid() {  # the end-to-end number: kdsweep run on the example sweep, CUDA graphs
     $PY -m sweep.cli -q collect "$SWEEP" --results "$results" > /dev/null
 }
 
-compare() {  # the two runs' results: the same accuracies (float tolerance)
+compare() {  # the two runs' results: the same accuracies (float tolerance); where the time went
     $PY - <<'EOF'
 import glob
 import pandas as pd
-a, b = (pd.read_parquet(glob.glob(f"/tmp/kd-gpu-results-{g}/*/results.parquet")[0]).set_index("name")
-        for g in (0, 1))
+runs = {g: pd.read_parquet(glob.glob(f"/tmp/kd-gpu-results-{g}/*/results.parquet")[0]).set_index("name")
+        for g in (0, 1)}
+a, b = runs[0], runs[1]
 diff = (a["test_accuracy"] - b.loc[a.index, "test_accuracy"]).abs()
+for g, r in runs.items():
+    e = pd.read_parquet(glob.glob(f"/tmp/kd-gpu-results-{g}/*/epochs.parquet")[0])
+    per = e.groupby("method")["seconds"].median()
+    print(f"graphs {g}: wall_seconds by method (median) {r.groupby('method')['wall_seconds'].median().round(2).to_dict()}; "
+          f"epoch seconds by method (median) {per.round(3).to_dict()}; accuracy {r['test_accuracy'].round(4).to_dict()}")
 print(f"{len(a)} jobs; largest accuracy difference graphs vs eager: {diff.max():.4f} ({diff.idxmax()})")
 EOF
 }
 
-export -f grid compare
+seeds() {  # the 5-seed grid (packs across seeds: 5 teachers, then one pack of 125 students), graphs on
+    local file=/tmp/kd-gpu-5seeds.toml results=/tmp/kd-gpu-results-5seeds
+    sed -e 's/^seed = \[0\]/seed = [0, 1, 2, 3, 4]/' -e 's/^name = "\(.*\)"/name = "\1-5seeds"/' "$SWEEP" > "$file"
+    rm -rf "$results"
+    $PY -m sweep.cli plan "$file" | tail -n 3
+    local t0=$EPOCHREALTIME
+    KDSWEEP_CUDA_GRAPHS=1 $PY -m sweep.cli -q run "$file" -j "${SEED_JOBS:-5}" --results "$results" --data-root "$DATA" || return
+    echo "kdsweep run, 5 seeds, -j ${SEED_JOBS:-5}, CUDA graphs 1: $(awk "BEGIN {print $EPOCHREALTIME - $t0}") s end to end"
+    $PY -m sweep.cli -q collect "$file" --results "$results" > /dev/null
+    $PY -c "
+import glob, pandas as pd
+r = pd.read_parquet(glob.glob('$results/*/results.parquet')[0])
+print(len(r), 'jobs; wall_seconds by method (median):', r.groupby('method')['wall_seconds'].median().round(2).to_dict())
+print(r[r.method == 'kd'].groupby(['alpha', 'temperature'])['test_accuracy'].agg(['mean', 'std', 'count']).head(6))
+"
+}
+
+export -f grid compare seeds
 export PY DATA SWEEP
-[ $# -gt 0 ] || set -- tests grid
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" > "$OUT/versions.txt" 2>&1
+[ $# -gt 0 ] || set -- tests grid seeds scaling
+nvidia-smi >> "$OUT/versions.txt" 2>&1
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" >> "$OUT/versions.txt" 2>&1
 tail -n 1 "$OUT/versions.txt"
 for s in "$@"; do
     case $s in
-        tests) stage tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pack.py \
+        tests) stage tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pack.py \
                    -k "cuda or written or replayed" ;;
-        grid) stage grid-eager 150 bash -c "grid 0"; stage grid-graphs 150 bash -c "grid 1"
+        grid) stage grid-eager 120 bash -c "grid 0"; stage grid-graphs 120 bash -c "grid 1"
               stage grid-compare 30 bash -c compare ;;
+        seeds) stage seeds 150 bash -c seeds ;;
         baselines) stage baselines 560 env KDSWEEP_CUDA_GRAPHS=1 $PY bench/kd_grid.py --dataset fashion-mnist \
                        --data-root "$DATA" --epochs 12 --full-grid --device cuda --naive-sample 1 --reference-sample 1 ;;
-        scaling) stage scaling 200 $PY bench/pack_scaling.py --device cuda --sizes 1 8 24 120 480 ;;
-        *) echo "unknown stage '$s' (tests, grid, baselines, scaling)"; exit 2 ;;
+        scaling) stage scaling 120 $PY bench/pack_scaling.py --device cuda --sizes 1 8 24 120 480 ;;
+        *) echo "unknown stage '$s' (tests, grid, seeds, baselines, scaling)"; exit 2 ;;
     esac
 done
