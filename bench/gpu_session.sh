@@ -14,6 +14,7 @@
 #              students, 12 epochs, process start included), CUDA graphs off then on; the two
 #              results tables compared, and where the time went
 #   seeds      the same grid with 5 seeds (packs across seeds), CUDA graphs on, -j 5 (SEED_JOBS)
+#   startup    what a process pays before its first step: kdsweep's CLI, torch's import, CUDA, data
 #   baselines  bench/kd_grid.py: kd-sweep, the reference loop and one process per point, side by
 #              side (the two naive sides sampled: 1 student each, scaled, as the output says)
 #   scaling    bench/pack_scaling.py: student-samples/s and memory against pack size
@@ -82,7 +83,22 @@ print(r[r.method == 'kd'].groupby(['alpha', 'temperature'])['test_accuracy'].agg
 "
 }
 
-export -f grid compare seeds
+startup() {  # what a process pays before its first step: the CLI, torch, CUDA, the data
+    local t0=$EPOCHREALTIME
+    $PY -m sweep.cli --help > /dev/null
+    echo "kdsweep --help: $(awk "BEGIN {print $EPOCHREALTIME - $t0}") s"
+    $PY -c "
+import time
+t = time.perf_counter()
+import torch
+t1 = time.perf_counter(); torch.zeros(1, device='cuda'); torch.cuda.synchronize(); t2 = time.perf_counter()
+from kd import data
+d = data.load('fashion-mnist', '$DATA'); t3 = time.perf_counter()
+print(f'import torch {t1 - t:.2f} s, CUDA init {t2 - t1:.2f} s, Fashion-MNIST load {t3 - t2:.2f} s')
+"
+}
+
+export -f grid compare seeds startup
 export PY DATA SWEEP
 [ $# -gt 0 ] || set -- tests grid seeds scaling
 nvidia-smi >> "$OUT/versions.txt" 2>&1
@@ -95,9 +111,10 @@ for s in "$@"; do
         grid) stage grid-eager 120 bash -c "grid 0"; stage grid-graphs 120 bash -c "grid 1"
               stage grid-compare 30 bash -c compare ;;
         seeds) stage seeds 150 bash -c seeds ;;
+        startup) stage startup 60 bash -c startup ;;
         baselines) stage baselines 560 env KDSWEEP_CUDA_GRAPHS=1 $PY bench/kd_grid.py --dataset fashion-mnist \
                        --data-root "$DATA" --epochs 12 --full-grid --device cuda --naive-sample 1 --reference-sample 1 ;;
         scaling) stage scaling 120 $PY bench/pack_scaling.py --device cuda --sizes 1 8 24 120 480 ;;
-        *) echo "unknown stage '$s' (tests, grid, seeds, baselines, scaling)"; exit 2 ;;
+        *) echo "unknown stage '$s' (tests, grid, seeds, startup, baselines, scaling)"; exit 2 ;;
     esac
 done

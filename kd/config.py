@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -74,11 +75,35 @@ FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)
 # What the members of one pack share: the data, the architecture and its outputs, the optimiser's
 # settings and the number of steps. Seeds, teachers, alpha and temperature are per member.
 PACK_SHARED = ("dataset", "model", "epochs", "batch_size", "lr", "drop_last", "subclasses")
-PACKED_METHODS = ("kd", "scratch", "subclass")  # students; teachers train alone
+PACKED_METHODS = ("kd", "scratch", "subclass")  # students; teachers train alone (see AUTO_PACK)
 NOT_PACKABLE = ("augment", "head_epochs", "unfreeze_from", "class_weights", "precision", "channels_last")
-# Students per pack when pack = "auto", by model: what one process holds comfortably (weights, gradients
-# and Adam's two moments: 16 bytes a parameter; 128 reference MLPs take about 2.5 GB). Others: alone.
-AUTO_PACK = {"mnist-mlp": 128, "mnist-cnn": 32}
+# Students per pack when pack = "auto", by the kind of device that trains them and the model (others:
+# alone), as bench/pack_scaling.py measured them: the smallest pack within 5% of the best
+# student-samples/s. On a CPU, 128 reference MLPs (16 bytes a parameter: weights, gradients and
+# Adam's two moments; 2.5 GB); on an H200, 480 (10.7 GB; 120 reach 84% of that rate, 24 a third).
+# CNNs (vmapped: grouped convolutions) train slower packed than one after another on both: five
+# reference CNNs, 1.8x the time on this project's CPU (mnist-5k), 1.2x on an H200 (Fashion-MNIST).
+# Teachers train alone for the same reason.
+AUTO_PACK = {"cpu": {"mnist-mlp": 128}, "cuda": {"mnist-mlp": 480}}
+
+
+CUDA_GRAPHS_ENV = "KDSWEEP_CUDA_GRAPHS"
+CUDA_GRAPHS = {"1": "training steps replayed as CUDA graphs on a GPU, the default", "0": "eager steps",
+               "trace": "steps replayed from an FX trace on any device, a replay-safety check"}
+
+
+def cuda_graphs() -> str:
+    """``KDSWEEP_CUDA_GRAPHS``: "1" (default), "0" or "trace" (kd.graphs); UserError if mistyped. Read
+    without torch, so that a run can check it before it starts anything."""
+    raw = os.environ.get(CUDA_GRAPHS_ENV, "1").strip() or "1"
+    if raw not in CUDA_GRAPHS:
+        raise UserError(f"{CUDA_GRAPHS_ENV}: '{raw}' is none of " + "; ".join(f"{k} ({v})" for k, v in CUDA_GRAPHS.items()))
+    return raw
+
+
+def auto_pack(model: str, device_kind: str) -> int:
+    """Jobs per pack of ``model`` under pack = "auto" on a device of kind "cpu" or "cuda"."""
+    return AUTO_PACK.get(device_kind, AUTO_PACK["cpu"]).get(model, 1)
 
 
 def packable(settings: dict[str, Any]) -> bool:

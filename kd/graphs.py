@@ -17,27 +17,28 @@ on ``capturable``), unless a kernel is itself nondeterministic. Memory: after ca
 step's intermediates stay reserved for the graph, beside what eager steps (the short batch,
 evaluation) cache: the peak is about one step's working set above an eager run's.
 
-Opt-in with ``KDSWEEP_CUDA_GRAPHS=1`` until a test on a GPU has compared it with eager runs
-(``pytest tests/test_graphs.py`` on a machine with CUDA). ``KDSWEEP_CUDA_GRAPHS=trace`` records
-the step on any device as an FX trace instead (``make_fx``: every Python value fixed at recording,
-as in a captured graph) and replays that: slower, for checking that a step is replay-safe where
-there is no GPU (the tests do).
+On by default on CUDA since a lent H200 ran ``tests/test_graphs.py`` there (graph against eager,
+bit for bit with cuDNN's deterministic algorithms) and the reference grid end to end in half the
+time; ``KDSWEEP_CUDA_GRAPHS=0`` steps eagerly. ``KDSWEEP_CUDA_GRAPHS=trace`` records the step on
+any device as an FX trace instead (``make_fx``: every Python value fixed at recording, as in a
+captured graph) and replays that: slower, for checking that a step is replay-safe where there is
+no GPU (the tests do).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 
-ENV = "KDSWEEP_CUDA_GRAPHS"
+from kd.config import CUDA_GRAPHS_ENV as ENV, cuda_graphs
+
 WARMUP = 3  # eager steps before capture, as in torch's recipe (DDP needs 11; nothing here does)
 REPLAYS = {"count": 0}  # steps run by replaying a recording, in this process (tests read it)
 
 
 def mode(device: torch.device) -> str | None:
     """How training on ``device`` replays its steps: "cuda" (a CUDA graph), "trace", or None (eagerly)."""
-    asked = os.environ.get(ENV, "0")
+    asked = cuda_graphs()
     if asked == "trace":
         return "trace"
     return "cuda" if device.type == "cuda" and asked == "1" else None

@@ -215,6 +215,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from sweep import api
+    from sweep import local
     from sweep.plan import units
 
     plan = _load_plan(args)
@@ -251,9 +252,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     print()
     levels = plan.levels()
-    packs = units(plan, pack)
-    print(f"local run: {len(packs):,} units (pack {pack}: students that share a teacher "
-          f"train together); largest pack {max(len(u) for u in packs)} jobs")
+    kind = local.device_kind(None)
+    packs = units(plan, pack, kind)
+    sized = f", sized for this machine's {'GPU' if kind == 'cuda' else 'CPU'}" if pack == "auto" else ""
+    print(f"local run: {len(packs):,} units (pack {pack}{sized}: "
+          f"students that share a model and its settings train together); "
+          f"largest pack {max(len(u) for u in packs)} jobs")
     print("order: " + "; then ".join(f"{len(lvl):,} jobs " + ("that need nothing" if not lvl[0].depends_on
                                                               else "that wait for their teacher") for lvl in levels))
     print(f"each unit (a job, or a pack) runs in a worker (python -m sweep.worker; locally -j long-lived ones): "
@@ -290,11 +294,13 @@ def _add_run(sub, name: str = "run") -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from kd.config import cuda_graphs
     from sweep import api, local, state, status, worker
 
     if args.jobs < 1:
         raise UserError(f"--jobs: {args.jobs} must be >= 1")
     worker.checkpoint_every()  # a mistyped KDSWEEP_CHECKPOINT_MINUTES: said here, not by every job
+    cuda_graphs()  # likewise KDSWEEP_CUDA_GRAPHS
     plan = _load_plan(args)
     folder = api.folder(plan, args.results)
     _check_folder(folder, "--results")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kd.config import cuda_graphs
 from sweep import state, status, worker
 from sweep.plan import Job, Plan, units
 from sweep.pool import Pool, Task
@@ -60,6 +61,19 @@ class _Unit:
         return {d for j in self.jobs for d in j.depends_on}
 
 
+def device_kind(device: str | None) -> str:
+    """"cuda" or "cpu": the kind of device a local run trains on (``device``, else CUDA when this
+    machine shows an NVIDIA GPU), for pack "auto". Read without importing torch (seconds): from the
+    driver's device file and CUDA_VISIBLE_DEVICES; where that guess is wrong the packs are only sized
+    for the other kind."""
+    if device:
+        return "cuda" if device.startswith("cuda") else "cpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "NoDevFiles"):
+        return "cpu"
+    return "cuda" if Path("/dev/nvidiactl").exists() else "cpu"
+
+
 def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", data_root: Path | None = None,
         device: str | None = None, on_event: Callable[[Event], None] | None = None, poll: float = 0.2) -> Summary:
     """Run every job of ``plan`` that is not done, at most ``jobs`` processes at once; returns what happened.
@@ -67,6 +81,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
     A unit is a teacher, or a pack of students trained together in one process (``pack``).
     """
     worker.checkpoint_every()  # the workers' settings, checked before any folder is made
+    cuda_graphs()
     emit = on_event or (lambda e: None)
     summary = Summary()
     done: set[str] = set()
@@ -83,7 +98,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
         done.update(jid for jid, s in states.items() if s.state == state.DONE)
         summary.already_done = len(done)
         waiting: list[_Unit] = []
-        for unit in units(plan, pack):
+        for unit in units(plan, pack, device_kind(device)):
             todo = [j for j in unit if j.id not in done]
             for job in [j for j in todo if status.active(states[j.id])]:
                 todo.remove(job)

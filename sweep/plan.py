@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from kd.config import APPLIES, AUTO_PACK, DEFAULTS, TEACHER_OF, combination_problem, pack_key, packable, resolve
+from kd.config import APPLIES, DEFAULTS, TEACHER_OF, auto_pack, combination_problem, pack_key, packable, resolve
 from kd.errors import UserError
 from sweep.spec import Sweep
 
@@ -66,14 +66,15 @@ class Plan:
         return sum(len(j.points) for j in self.jobs)
 
 
-def units(plan: Plan, pack: int | str = "auto") -> list[tuple[Job, ...]]:
+def units(plan: Plan, pack: int | str = "auto", device_kind: str = "cpu") -> list[tuple[Job, ...]]:
     """Units of work, in plan order: each teacher alone; students that share dataset, model and
     optimiser settings packed together, whatever their seeds and teachers, at most ``pack`` per
-    unit (1: no packing; "auto": the model's size in kd.config.AUTO_PACK)."""
+    unit (1: no packing; "auto": kd.config.auto_pack for the model on a ``device_kind`` device,
+    "cpu" or "cuda")."""
     groups: dict[tuple, list[Job]] = {}
     out: list[list[Job]] = []
     for job in plan.jobs:
-        size = AUTO_PACK.get(job.config["model"], 1) if pack == "auto" else int(pack)
+        size = auto_pack(job.config["model"], device_kind) if pack == "auto" else int(pack)
         if size == 1 or not packable(job.config):
             out.append([job])
             continue

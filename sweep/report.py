@@ -108,7 +108,7 @@ def build(plan: Plan, folder: Path, results: pd.DataFrame, figures: list[Path]) 
             Section("Figures", tuple(Figure(f, _caption(f, seeds)) for f in sorted(figures, key=_figure_order))),
             Section("Results", results_blocks(results)),
             Section("Failures and unfinished jobs", unfinished_blocks(plan, unfinished)),
-            Section("Plan", plan_blocks(plan)),
+            Section("Plan", plan_blocks(plan, _device_kind(results))),
             Section("Sweep file", (Code(_sweep_text(plan)),)),
             Section("Provenance", provenance_blocks(results, folder))]
 
@@ -200,9 +200,15 @@ def unfinished_blocks(plan: Plan, unfinished: list[tuple[str, str, str]]) -> tup
             Table(("job", "state", "detail"), tuple(unfinished)))
 
 
-def plan_blocks(plan: Plan) -> tuple:
+def _device_kind(results: pd.DataFrame) -> str:
+    """"cuda" where the results were trained on a GPU, else "cpu" (what pack "auto" depends on)."""
+    devices = results["device"].astype(str) if "device" in results else pd.Series([], dtype=str)
+    return "cuda" if (~devices.str.startswith("cpu")).any() else "cpu"
+
+
+def plan_blocks(plan: Plan, device_kind: str = "cpu") -> tuple:
     pack = plan.sweep.pack or "auto"
-    work = units(plan, pack)
+    work = units(plan, pack, device_kind)
     methods = Counter(j.method for j in plan.jobs)
     shapes = Counter((len(u), "+".join(sorted({j.method for j in u}))) for u in work)
     names = {j.id: j.name for j in plan.jobs}
@@ -211,10 +217,10 @@ def plan_blocks(plan: Plan) -> tuple:
     return (Text(f"{len(plan.jobs)} jobs ({', '.join(f'{n} {m}' for m, n in methods.items())}) from "
                  f"{plan.n_points} grid points, {plan.excluded} excluded."),
             Items(tuple(f"merged: {why}" for _, why in plan.merged()) or ("no merged points",)),
-            Text(f"Run locally as {len(work)} processes (pack {pack}): "
+            Text(f"Run locally as {len(work)} units (pack {pack}, on a {'GPU' if device_kind == 'cuda' else 'CPU'}): "
                  + "; ".join(f"{n} x {size} {m} job{'s' if size > 1 else ''}" + (" packed" if size > 1 else " alone")
                              for (size, m), n in sorted(shapes.items(), key=lambda kv: (kv[0][0], kv[0][1])))
-                 + ". Students of a teacher start when it is done; packing changes speed, never results."),
+                 + ". Students of a teacher start when it is done; packing changes speed, and results only by float rounding."),
             Table(("id", "job", "method", "alpha", "T", "seed", "depends on"), jobs, summary=f"every job ({len(jobs)})"))
 
 

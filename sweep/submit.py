@@ -69,9 +69,10 @@ def _mounts(folder: Path, data_root: Path | None) -> list[str]:
     return [str(p) for p in paths]
 
 
-def _level_units(plan: Plan, pack: int | str) -> list[list[tuple[Job, ...]]]:
-    """Array tasks per level: the units (a teacher, or a pack of students) in each level of the plan."""
-    all_units = units(plan, pack)
+def _level_units(plan: Plan, pack: int | str, p: prof.Profile) -> list[list[tuple[Job, ...]]]:
+    """Array tasks per level: the units (a job, or a pack) in each level of the plan, packs sized
+    for the profile's device (a GPU where it asks for one)."""
+    all_units = units(plan, pack, "cuda" if p.gpus else "cpu")
     return [[u for u in all_units if u[0] in level] for level in plan.levels()]
 
 
@@ -83,7 +84,7 @@ def preview(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = 
     mounts = _mounts(folder, data_root)
     command = " ".join([python_command(p, mounts), "-u -m submitit.core._submit", shlex.quote(str(folder / "slurm" / "%j"))])
     out = []
-    for i, tasks in enumerate(_level_units(plan, pack)):
+    for i, tasks in enumerate(_level_units(plan, pack, p)):
         params = executor_parameters(p, f"{plan.sweep.name}-{LEVEL_NAMES[i]}", mounts)
         if i > 0:
             params["dependency"] = "afterok:<the teacher tasks they need, e.g. 1234_0>"
@@ -130,7 +131,7 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
             raise UserError(f"cannot submit to SLURM here: {e}") from None
         task = _task()
         root = str(Path(data_root).resolve()) if data_root else None
-        for i, level_units in enumerate(_level_units(plan, pack)):
+        for i, level_units in enumerate(_level_units(plan, pack, p)):
             tasks = [[j for j in u if j.id in todo] for u in level_units]
             tasks = [t for t in tasks if t]
             if not tasks:

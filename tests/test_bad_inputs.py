@@ -692,6 +692,15 @@ def test_a_mistyped_checkpoint_interval_is_refused_before_any_job(work, capsys, 
     _refused(capsys, [command, "demo", "--profile", "local-slurm"], ("KDSWEEP_CHECKPOINT_MINUTES: ",), work)
 
 
+@pytest.mark.parametrize("command", ["run", "resume"])
+@pytest.mark.parametrize("value", ["yes", "on", "2", "Trace"])
+def test_a_mistyped_cuda_graphs_setting_is_refused_before_any_job(work, capsys, monkeypatch, command, value):
+    monkeypatch.setenv("KDSWEEP_CUDA_GRAPHS", value)
+    _refused(capsys, [command, "demo"], (f"KDSWEEP_CUDA_GRAPHS: '{value}' is none of 1 (training steps replayed "
+                                         "as CUDA graphs on a GPU, the default); 0 (eager steps); trace (",), work)
+    _refused(capsys, [command, "demo", "--profile", "local-slurm"], ("KDSWEEP_CUDA_GRAPHS: ",), work)
+
+
 def test_data_without_a_network_leaves_no_folder(work, capsys, monkeypatch):
     from torchvision import datasets
 

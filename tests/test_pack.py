@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from kd import sealed, teacher as kd_teacher, train
-from kd.config import make_config
+from kd.config import auto_pack, make_config
 from kd_fixtures import second_teacher_dir, teacher_dir, tiny  # noqa: F401 - session fixtures
-from sweep import plan as planner, spec
+from sweep import local, plan as planner, spec
 
 ATOL = 2e-5  # batched and single products round differently; after 2 epochs of Adam the weights stay this close
 RTOL = 1e-4
@@ -259,8 +259,8 @@ def test_a_batch_larger_than_the_data_is_refused(tmp_path, small):
     assert not (tmp_path / "o").exists()
 
 
-def _units(text, pack):
-    return planner.units(planner.plan(spec.parse(tomllib.loads(text))), pack)
+def _units(text, pack, device_kind="cpu"):
+    return planner.units(planner.plan(spec.parse(tomllib.loads(text))), pack, device_kind)
 
 
 GRID = ('name = "t"\ndataset = "mnist-5k"\nmethods = ["teacher", "scratch", "kd"]\n'
@@ -275,6 +275,22 @@ def test_units_pack_students_across_seeds_and_teachers():
          "kd-a1-T1-s0", "kd-a1-T1-s1", "kd-a1-T4-s0", "kd-a1-T4-s1"]]
     assert [len(u) for u in _units(GRID, 3)] == [1, 1, 2, 3, 3, 2]
     assert all(len(u) == 1 for u in _units(GRID, 1))
+
+
+def test_auto_packs_are_sized_for_the_device_kind():
+    """pack = "auto" as measured (kd.config.AUTO_PACK): reference MLP students in packs of 128 on a
+    CPU, 480 on a GPU; teachers alone on both."""
+    assert [len(u) for u in _units(GRID, "auto", "cpu")] == [len(u) for u in _units(GRID, "auto", "cuda")] == [1, 1, 2, 8]
+    big = GRID.replace("seed = [0, 1]", "seed = " + str(list(range(60))))  # 60 seeds: 240 kd students
+    assert [len(u) for u in _units(big, "auto", "cpu") if u[0].method == "kd"] == [128, 112]
+    assert [len(u) for u in _units(big, "auto", "cuda") if u[0].method == "kd"] == [240]
+    assert auto_pack("mnist-cnn", "cpu") == auto_pack("mnist-cnn", "cuda") == auto_pack("resnet50", "cuda") == 1
+
+
+def test_a_local_run_sizes_its_packs_for_the_device_it_will_train_on(monkeypatch):
+    assert local.device_kind("cuda:1") == local.device_kind("cuda") == "cuda" and local.device_kind("cpu") == "cpu"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # every GPU hidden: torch will train on the CPU
+    assert local.device_kind(None) == "cpu"
 
 
 def test_five_seed_reference_grid_is_two_student_packs():
