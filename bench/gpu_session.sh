@@ -13,7 +13,9 @@
 #   grid       `kdsweep run` of the whole reference grid on full Fashion-MNIST (teacher, scratch, 24
 #              students, 12 epochs, process start included), CUDA graphs off then on; the two
 #              results tables compared, and where the time went
-#   seeds      the same grid with 5 seeds (packs across seeds), CUDA graphs on, -j 5 (SEED_JOBS)
+#   seeds      the same grid with 5 seeds (packs across seeds), CUDA graphs on, -j 5 (SEED_JOBS);
+#              TEACHER_SETTINGS='precision = "bf16"; channels_last = true' adds a [teacher] table
+#   teacher    bench/teacher_epoch.py: the teacher's epoch in float32, channels-last, bf16; its kernels
 #   startup    what a process pays before its first step: kdsweep's CLI, torch's import, CUDA, data
 #   baselines  bench/kd_grid.py: kd-sweep, the reference loop and one process per point, side by
 #              side (the two naive sides sampled: 1 student each, scaled, as the output says)
@@ -69,6 +71,10 @@ EOF
 seeds() {  # the 5-seed grid (packs across seeds: 5 teachers, then one pack of 125 students), graphs on
     local file=/tmp/kd-gpu-5seeds.toml results=/tmp/kd-gpu-results-5seeds
     sed -e 's/^seed = \[0\]/seed = [0, 1, 2, 3, 4]/' -e 's/^name = "\(.*\)"/name = "\1-5seeds"/' "$SWEEP" > "$file"
+    if [ -n "${TEACHER_SETTINGS:-}" ]; then  # e.g. 'precision = "bf16"; channels_last = true'
+        printf '[teacher]\n%s\n' "${TEACHER_SETTINGS//; /$'\n'}" >> "$file"
+        echo "teacher settings: $TEACHER_SETTINGS"
+    fi
     rm -rf "$results"
     $PY -m sweep.cli plan "$file" | tail -n 3
     local t0=$EPOCHREALTIME
@@ -112,9 +118,11 @@ for s in "$@"; do
               stage grid-compare 30 bash -c compare ;;
         seeds) stage seeds 150 bash -c seeds ;;
         startup) stage startup 60 bash -c startup ;;
+        teacher) stage teacher 120 $PY bench/teacher_epoch.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
+                     --profile ;;
         baselines) stage baselines 560 env KDSWEEP_CUDA_GRAPHS=1 $PY bench/kd_grid.py --dataset fashion-mnist \
                        --data-root "$DATA" --epochs 12 --full-grid --device cuda --naive-sample 1 --reference-sample 1 ;;
         scaling) stage scaling 120 $PY bench/pack_scaling.py --device cuda --sizes 1 8 24 120 480 ;;
-        *) echo "unknown stage '$s' (tests, grid, seeds, startup, baselines, scaling)"; exit 2 ;;
+        *) echo "unknown stage '$s' (tests, grid, seeds, startup, teacher, baselines, scaling)"; exit 2 ;;
     esac
 done
