@@ -39,18 +39,14 @@ class KeyedDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        return dropout(x, rng.uniform(self.key, tuple(x.shape)), self.p)
+        mask, scale = dropout_mask(self.key, tuple(x.shape), self.p, x.dtype)
+        return x * mask * scale
 
 
-def dropout(x: torch.Tensor, u: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout with given uniforms ``u``: keep where u >= p, scale by 1 / (1 - p)."""
-    mask, scale = dropout_mask(u, p, x.dtype)
-    return x * mask * scale
-
-
-def dropout_mask(u: torch.Tensor, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
-    """Dropout's kept positions (1, else 0) for uniforms ``u``, and the scale of what is kept."""
-    return (u >= p).to(dtype), 1.0 / (1.0 - p)
+def dropout_mask(key: torch.Tensor, shape: tuple[int, ...], p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """Inverted dropout under ``key``: the kept positions (1 where the member's uniform is >= p,
+    else 0) and the scale of what is kept, 1 / (1 - p)."""
+    return rng.at_least(key, shape, p).to(dtype), 1.0 / (1.0 - p)
 
 
 class Stack:
@@ -163,7 +159,7 @@ def _mlp_forward(layers: list[nn.Module], params: dict, buffers: dict, x: torch.
             if tape is not None:
                 tape.append(("relu", h))
         elif m.training and m.p:  # the same masks the member's KeyedDropout would draw alone
-            mask, scale = dropout_mask(rng.uniform(buffers[f"{i}.key"], tuple(h.shape[1:])), m.p, h.dtype)
+            mask, scale = dropout_mask(buffers[f"{i}.key"], tuple(h.shape[1:]), m.p, h.dtype)
             h = h * mask * scale
             if tape is not None:
                 tape.append(("dropout", mask, scale))

@@ -106,3 +106,17 @@ def test_a_write_cut_by_a_kill_leaves_no_stray_file_once_the_job_runs_again(tmp_
                        text=True)
     assert p.returncode == 0, p.stderr
     assert state.job_state(folder).state == state.DONE and not stray.exists()
+
+
+def test_a_long_lived_worker_loads_its_dataset_once_for_the_units_that_use_it(monkeypatch, mini_mnist):
+    from kd import data as kd_data
+    from sweep import worker
+
+    loads, load = [], kd_data.load
+    monkeypatch.setattr(kd_data, "load", lambda name, root=None: loads.append(name) or load(name, root))
+    monkeypatch.setattr(worker, "_LOADED", {})
+    first = worker._dataset("mnist", mini_mnist)
+    assert worker._dataset("mnist", mini_mnist) is first and loads == ["mnist"]
+    other = worker._dataset("mnist-5k", None)  # another dataset replaces it: one kept at a time
+    assert len(other.train_y) == 4000 and worker._dataset("mnist-5k", None) is other
+    assert worker._dataset("mnist", mini_mnist) is not first and loads == ["mnist", "mnist-5k", "mnist"]

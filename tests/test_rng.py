@@ -1,0 +1,40 @@
+"""kd.rng: the counter-based random numbers every member draws (dropout masks, augmentation). The
+stream is part of every result: these pin it to its definition on Python ints, and the fast
+tensor forms (in place, masks without floats) to the plain ones, bit for bit."""
+import torch
+from torch.func import vmap
+
+from kd import rng
+from kd.rng import GOLDEN, M32
+
+
+def word(key: int, j: int) -> int:
+    """Word j under a key, by the module's definition, on Python ints."""
+    return rng._mix(rng._mix((key + j * GOLDEN) & M32) ^ key)
+
+
+def test_words_are_their_definition_and_pinned():
+    keys = rng.keys_tensor([0, 1, 2**40 + 7], 3, 5)
+    got = rng.bits(keys, (4, 5))
+    for i, k in enumerate(keys.tolist()):
+        assert got[i].flatten().tolist() == [word(k, j) for j in range(20)]
+    assert rng.key(0, 0) == 33350994 and word(rng.key(0, 0), 0) == 945847668  # the stream itself, as committed results drew it
+
+
+def test_uniforms_and_masks_are_the_words():
+    keys = rng.keys_tensor([3, 4], 1)
+    u = rng.uniform(keys, (256, 300))
+    assert torch.equal(u, (rng.bits(keys, (256, 300)) >> 8).to(torch.float32) / 2**24)
+    for p in (0.5, 0.1, 0.2, 0.25, 1 / 3, 0.9, 1e-7, 0.999999, 0.0):
+        assert torch.equal(rng.at_least(keys, (256, 300), p), u >= p), p
+        top = rng.threshold(p) >> 8  # every 24-bit value within 300 of the threshold, any low bits
+        words = torch.arange(max(0, top - 300), min(2**24, top + 300), dtype=torch.int64) << 8 | 0xAB
+        assert torch.equal(words >= rng.threshold(p), (words >> 8).to(torch.float32) / 2**24 >= p), p
+
+
+def test_a_members_words_do_not_depend_on_its_pack_or_vmap():
+    keys = rng.keys_tensor([0, 5, 9], 2, 7)
+    together = rng.bits(keys, (6, 7))
+    alone = torch.stack([rng.bits(k, (6, 7)) for k in keys])  # 0-d keys, as vmap hands a module
+    mapped = vmap(lambda k: rng.bits(k, (6, 7)))(keys)
+    assert torch.equal(together, alone) and torch.equal(together, mapped)
