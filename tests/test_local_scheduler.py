@@ -109,7 +109,7 @@ def test_a_failed_teacher_skips_its_students_and_stops_those_waiting(tmp_path, s
 def test_a_pack_runs_without_the_students_whose_teacher_failed(tmp_path, stand_in, monkeypatch):
     plan = _plan()
     t0, t1, s0, s1 = plan.jobs
-    monkeypatch.setattr(local, "units", lambda plan, pack: [(t0,), (t1,), (s0, s1)])  # one pack, two teachers
+    monkeypatch.setattr(local, "units", lambda plan, pack, device_kind: [(t0,), (t1,), (s0, s1)])  # one pack, two teachers
     stand_in.fail.add("teacher-s0")
     summary, events, _ = _run(plan, tmp_path, jobs=1)
     assert [(names, after) for names, after, _ in stand_in.starts] == [
