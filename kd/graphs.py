@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 
 from kd.config import CUDA_GRAPHS_ENV as ENV, cuda_graphs
+from kd.errors import UserError
 
 WARMUP = 3  # eager steps before capture, as in torch's recipe (DDP needs 11; nothing here does)
 REPLAYS = {"count": 0}  # steps run by replaying a recording, in this process (tests read it)
@@ -65,15 +66,25 @@ class Step:
         elif self.warm < WARMUP:
             _warm_up(self.fn, b) if self.mode == "cuda" else self.fn(b)
             self.warm += 1
-        elif self.mode == "cuda":
-            self.replay = _capture(self.fn, b)  # recorded, not run: the replay runs this step
-            self.replay()
-            REPLAYS["count"] += 1
         else:
-            from torch.fx.experimental.proxy_tensor import make_fx
+            try:
+                self.replay = self._record(b)
+            except Exception as e:  # the same step ran eagerly just before: what failed is the recording
+                what = (str(e).strip().splitlines() or [""])[0][:120]
+                raise UserError(f"the training step could not be recorded as a "
+                                f"{'CUDA graph' if self.mode == 'cuda' else 'trace'} ({e.__class__.__name__}: {what}); "
+                                f"{ENV}=0 steps eagerly: resume with it set") from e
+            if self.mode == "cuda":  # recorded, not run: the replay runs this step
+                self.replay()
+                REPLAYS["count"] += 1
 
-            traced = make_fx(lambda: self.fn(b))()  # tracing runs the step once, on the real tensors
-            self.replay = torch.no_grad()(traced)  # its backward pass is in the trace: ops alone, as a graph replays
+    def _record(self, b: int) -> Callable[[], object]:
+        if self.mode == "cuda":
+            return _capture(self.fn, b)
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        traced = make_fx(lambda: self.fn(b))()  # tracing runs the step once, on the real tensors
+        return torch.no_grad()(traced)  # its backward pass is in the trace: ops alone, as a graph replays
 
 
 def _warm_up(fn: Callable[[int], None], b: int) -> None:

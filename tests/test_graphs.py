@@ -88,3 +88,29 @@ def test_one_recording_after_the_warm_up_replayed_and_short_batches_run_eagerly(
     assert graphs.mode(torch.device("cpu")) is None  # CUDA graphs need CUDA: eager elsewhere
     monkeypatch.setenv(graphs.ENV, "trace")
     assert graphs.mode(torch.device("cpu")) == "trace"
+
+
+@pytest.mark.parametrize("mode,device,atol", MODES)
+def test_a_step_that_cannot_be_recorded_fails_with_the_way_to_step_eagerly(mode, device, atol):
+    """A step that reads a value back to the host runs eagerly but cannot be recorded (CUDA refuses
+    the sync in a capture; the trace stands in for that here by refusing the read while it records):
+    one line that says how to run without replays."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    from kd.errors import UserError
+
+    total = torch.zeros((), device=device)
+
+    def fn(b: int) -> None:
+        total.add_(b)
+        if device == "cpu" and get_proxy_mode() is not None:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        total.item()  # a host read
+
+    step = graphs.Step(fn, batch=8, mode="cuda" if device == "cuda" else "trace")
+    for _ in range(graphs.WARMUP):
+        step(8)
+    with pytest.raises(UserError, match="the training step could not be recorded as a (CUDA graph|trace) "
+                                        r"\((RuntimeError|AcceleratorError)") as e:
+        step(8)
+    assert str(e.value).endswith("; KDSWEEP_CUDA_GRAPHS=0 steps eagerly: resume with it set")  # status shows this line
