@@ -68,7 +68,7 @@ print(f"{len(a)} jobs; largest accuracy difference graphs vs eager: {diff.max():
 EOF
 }
 
-seeds() {  # the 5-seed grid (packs across seeds: 5 teachers, then one pack of 125 students), graphs on
+seeds() {  # the 5-seed grid (packs across seeds: 5 teachers, a pack of 5 scratch and one of 120 KD students)
     local file=/tmp/kd-gpu-5seeds.toml results=/tmp/kd-gpu-results-5seeds
     sed -e 's/^seed = \[0\]/seed = [0, 1, 2, 3, 4]/' -e 's/^name = "\(.*\)"/name = "\1-5seeds"/' "$SWEEP" > "$file"
     if [ -n "${TEACHER_SETTINGS:-}" ]; then  # e.g. 'precision = "bf16"; channels_last = true'

@@ -78,13 +78,15 @@ PACK_SHARED = ("dataset", "model", "epochs", "batch_size", "lr", "drop_last", "s
 PACKED_METHODS = ("kd", "scratch", "subclass")  # students; teachers train alone (see AUTO_PACK)
 NOT_PACKABLE = ("augment", "head_epochs", "unfreeze_from", "class_weights", "precision", "channels_last")
 # Students per pack when pack = "auto", by the kind of device that trains them and the model (others:
-# alone), as bench/pack_scaling.py measured them: the smallest pack within 5% of the best
-# student-samples/s. On a CPU, 128 reference MLPs (16 bytes a parameter: weights, gradients and
-# Adam's two moments; 2.5 GB); on an H200, 480 (10.7 GB; 120 reach 84% of that rate, 24 a third).
-# CNNs (vmapped: grouped convolutions) train slower packed than one after another on both: five
-# reference CNNs, 1.8x the time on this project's CPU (mnist-5k), 1.2x on an H200 (Fashion-MNIST).
-# Teachers train alone for the same reason.
-AUTO_PACK = {"cpu": {"mnist-mlp": 128}, "cuda": {"mnist-mlp": 480}}
+# alone), from bench/pack_scaling.py. On a CPU the rate per student-sample shows no trend from 1 to
+# 120, so 128 reference MLPs is a memory bound (16 bytes a parameter: weights, gradients and Adam's
+# two moments; 2.5 GB). On an H200 the rate grows with the pack: 3.3 M student-samples/s at 24,
+# 8.1 M at 120 (2.7 GiB), 9.6 M at 480 (10.7 GiB); 120 gets 84% of the best rate in a quarter of
+# the memory, so that a pack fits a small GPU too (a large one may take pack = 480). CNNs (vmapped:
+# grouped convolutions) train slower packed than one after another on both: five reference CNNs,
+# 1.8x the time on this project's CPU (mnist-5k), 1.2x on an H200 (Fashion-MNIST). Teachers train
+# alone for the same reason.
+AUTO_PACK = {"cpu": {"mnist-mlp": 128}, "cuda": {"mnist-mlp": 120}}
 
 
 CUDA_GRAPHS_ENV = "KDSWEEP_CUDA_GRAPHS"
@@ -93,8 +95,8 @@ CUDA_GRAPHS = {"1": "training steps replayed as CUDA graphs on a GPU, the defaul
 
 
 def cuda_graphs() -> str:
-    """``KDSWEEP_CUDA_GRAPHS``: "1" (default), "0" or "trace" (kd.graphs); UserError if mistyped. Read
-    without torch, so that a run can check it before it starts anything."""
+    """``KDSWEEP_CUDA_GRAPHS``: "1" (default, also when empty), "0" or "trace" (kd.graphs); UserError
+    if mistyped. Read without torch, so that a run can check it before it starts anything."""
     raw = os.environ.get(CUDA_GRAPHS_ENV, "1").strip() or "1"
     if raw not in CUDA_GRAPHS:
         raise UserError(f"{CUDA_GRAPHS_ENV}: '{raw}' is none of " + "; ".join(f"{k} ({v})" for k, v in CUDA_GRAPHS.items()))

@@ -17,9 +17,9 @@ on ``capturable``), unless a kernel is itself nondeterministic. Memory: after ca
 step's intermediates stay reserved for the graph, beside what eager steps (the short batch,
 evaluation) cache: the peak is about one step's working set above an eager run's.
 
-On by default on CUDA since a lent H200 ran ``tests/test_graphs.py`` there (graph against eager,
-bit for bit with cuDNN's deterministic algorithms) and the reference grid end to end in half the
-time; ``KDSWEEP_CUDA_GRAPHS=0`` steps eagerly. ``KDSWEEP_CUDA_GRAPHS=trace`` records the step on
+On by default on CUDA since a lent H200 ran ``tests/test_graphs.py`` there (graph against eager
+with cuDNN's deterministic algorithms: the same accuracies, weights within 2e-5) and the reference
+grid end to end in half the time; ``KDSWEEP_CUDA_GRAPHS=0`` steps eagerly. ``KDSWEEP_CUDA_GRAPHS=trace`` records the step on
 any device as an FX trace instead (``make_fx``: every Python value fixed at recording, as in a
 captured graph) and replays that: slower, for checking that a step is replay-safe where there is
 no GPU (the tests do).
@@ -98,6 +98,18 @@ def _warm_up(fn: Callable[[int], None], b: int) -> None:
 
 def _capture(fn: Callable[[int], None], b: int) -> Callable[[], None]:
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):  # the checkpoint writer's thread touches only host memory
-        fn(b)
+    stream = torch.cuda.current_stream()
+    in_step: list[BaseException] = []
+    try:
+        with torch.cuda.graph(graph):  # the checkpoint writer's thread touches only host memory
+            try:
+                fn(b)
+            except BaseException as e:
+                in_step.append(e)
+                raise
+    except BaseException as e:
+        # Ending a capture that the step broke fails too, and torch.cuda.graph then leaves its
+        # capture stream current: back to this one, and the step's own error, which says why.
+        torch.cuda.set_stream(stream)
+        raise (in_step[0] if in_step else e) from None
     return graph.replay  # the bound method keeps the graph (and its memory pool) alive

@@ -27,7 +27,7 @@ import torch
 
 from kd import atomic, data as kd_data, graphs, metrics as kd_metrics, models, phases, provenance, results, rng, sealed
 from kd import teacher as kd_teacher
-from kd.config import NOT_PACKABLE, PACK_SHARED, TrainConfig, packable
+from kd.config import NOT_PACKABLE, PACK_SHARED, TrainConfig, cuda_graphs, packable
 from kd.errors import UserError
 from kd.losses import class_logits, cross_entropy, kd_loss, subclass_teacher_loss
 from kd.stack import Stack, stack_optimizer, unstack_optimizer
@@ -64,6 +64,7 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
     if not configs or len(configs) != len(outs):
         raise ValueError("run_pack needs one output folder per config")
     provenance.versions()  # the code as it is when training starts (cached), not when it ends
+    cuda_graphs()  # a mistyped KDSWEEP_CUDA_GRAPHS: said before any folder is made
     _check_pack(configs)
     for o in outs:
         if o.exists() and not o.is_dir():

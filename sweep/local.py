@@ -61,6 +61,9 @@ class _Unit:
         return {d for j in self.jobs for d in j.depends_on}
 
 
+NVIDIA_DEVICE = Path("/dev/nvidiactl")  # the NVIDIA driver's control device: there when a GPU is
+
+
 def device_kind(device: str | None) -> str:
     """"cuda" or "cpu": the kind of device a local run trains on (``device``, else CUDA when this
     machine shows an NVIDIA GPU), for pack "auto". Read without importing torch (seconds): from the
@@ -69,9 +72,11 @@ def device_kind(device: str | None) -> str:
     if device:
         return "cuda" if device.startswith("cuda") else "cpu"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1", "NoDevFiles"):
-        return "cpu"
-    return "cuda" if Path("/dev/nvidiactl").exists() else "cpu"
+    if visible is not None:  # CUDA stops at the first entry that is not a device: -1, none, "" hide them all
+        first = visible.split(",")[0].strip()
+        if not (first.isdigit() or first.startswith(("GPU-", "MIG-"))):
+            return "cpu"
+    return "cuda" if NVIDIA_DEVICE.exists() else "cpu"
 
 
 def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", data_root: Path | None = None,

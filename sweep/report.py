@@ -202,8 +202,11 @@ def unfinished_blocks(plan: Plan, unfinished: list[tuple[str, str, str]]) -> tup
 
 def _device_kind(results: pd.DataFrame) -> str:
     """"cuda" where the results were trained on a GPU, else "cpu" (what pack "auto" depends on)."""
-    devices = results["device"].astype(str) if "device" in results else pd.Series([], dtype=str)
-    return "cuda" if (~devices.str.startswith("cpu")).any() else "cpu"
+    if "device" not in results:
+        return "cpu"
+    devices = results["device"].dropna().astype(str)
+    named = devices[~devices.isin(["", "unknown"])]  # a result without a device says nothing
+    return "cuda" if (~named.str.startswith("cpu")).any() else "cpu"
 
 
 def plan_blocks(plan: Plan, device_kind: str = "cpu") -> tuple:

@@ -699,6 +699,8 @@ def test_a_mistyped_cuda_graphs_setting_is_refused_before_any_job(work, capsys, 
     _refused(capsys, [command, "demo"], (f"KDSWEEP_CUDA_GRAPHS: '{value}' is none of 1 (training steps replayed "
                                          "as CUDA graphs on a GPU, the default); 0 (eager steps); trace (",), work)
     _refused(capsys, [command, "demo", "--profile", "local-slurm"], ("KDSWEEP_CUDA_GRAPHS: ",), work)
+    _refused(capsys, ["train", "--method", "scratch", "--epochs", "1", "--out", str(work / "out")],
+             ("KDSWEEP_CUDA_GRAPHS: ",), work)  # kdsweep train too, before its --out folder is made
 
 
 def test_data_without_a_network_leaves_no_folder(work, capsys, monkeypatch):

@@ -114,3 +114,6 @@ def test_a_step_that_cannot_be_recorded_fails_with_the_way_to_step_eagerly(mode,
                                         r"\((RuntimeError|AcceleratorError)") as e:
         step(8)
     assert str(e.value).endswith("; KDSWEEP_CUDA_GRAPHS=0 steps eagerly: resume with it set")  # status shows this line
+    if device == "cuda":  # the process goes on (a long-lived worker runs its next unit): on its own stream
+        assert torch.cuda.current_stream() == torch.cuda.default_stream()
+        assert (torch.ones(3, device=device) * 2).sum().item() == 6.0

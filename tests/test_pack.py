@@ -279,18 +279,38 @@ def test_units_pack_students_across_seeds_and_teachers():
 
 def test_auto_packs_are_sized_for_the_device_kind():
     """pack = "auto" as measured (kd.config.AUTO_PACK): reference MLP students in packs of 128 on a
-    CPU, 480 on a GPU; teachers alone on both."""
+    CPU, 120 on a GPU; CNNs and teachers alone on both."""
     assert [len(u) for u in _units(GRID, "auto", "cpu")] == [len(u) for u in _units(GRID, "auto", "cuda")] == [1, 1, 2, 8]
     big = GRID.replace("seed = [0, 1]", "seed = " + str(list(range(60))))  # 60 seeds: 240 kd students
     assert [len(u) for u in _units(big, "auto", "cpu") if u[0].method == "kd"] == [128, 112]
-    assert [len(u) for u in _units(big, "auto", "cuda") if u[0].method == "kd"] == [240]
+    assert [len(u) for u in _units(big, "auto", "cuda") if u[0].method == "kd"] == [120, 120]
     assert auto_pack("mnist-cnn", "cpu") == auto_pack("mnist-cnn", "cuda") == auto_pack("resnet50", "cuda") == 1
 
 
-def test_a_local_run_sizes_its_packs_for_the_device_it_will_train_on(monkeypatch):
+def test_a_local_run_sizes_its_packs_for_the_device_it_will_train_on(monkeypatch, tmp_path):
     assert local.device_kind("cuda:1") == local.device_kind("cuda") == "cuda" and local.device_kind("cpu") == "cpu"
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # every GPU hidden: torch will train on the CPU
+    driver = tmp_path / "nvidiactl"
+    monkeypatch.setattr(local, "NVIDIA_DEVICE", driver)  # this machine's driver device, absent or there
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert local.device_kind(None) == "cpu"
+    driver.touch()
+    assert local.device_kind(None) == "cuda"
+    for visible, kind in (("0", "cuda"), ("1,0", "cuda"), ("GPU-5f3c", "cuda"), ("MIG-1a2b", "cuda"),
+                          ("", "cpu"), ("-1", "cpu"), ("-1,0", "cpu"), ("none", "cpu"), ("NoDevFiles", "cpu")):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)  # CUDA stops at the first entry that is no device
+        assert local.device_kind(None) == kind, visible
+
+
+def test_a_slurm_submission_sizes_its_packs_for_the_profiles_device():
+    import dataclasses
+
+    from sweep import profile, submit
+
+    plan = planner.plan(spec.parse(tomllib.loads(GRID.replace("seed = [0, 1]", f"seed = {list(range(60))}"))))
+    gpu = profile.load("local-slurm")
+    cpu = dataclasses.replace(gpu, gpus=0)
+    sizes = lambda p: [len(u) for level in submit._level_units(plan, "auto", p) for u in level if u[0].method == "kd"]  # noqa: E731
+    assert gpu.gpus == 1 and sizes(gpu) == [120, 120] and sizes(cpu) == [128, 112]
 
 
 def test_five_seed_reference_grid_is_two_student_packs():

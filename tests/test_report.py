@@ -150,3 +150,15 @@ def test_compute_time_counts_a_pack_once():
                          "wall_seconds": [3600.0, 1800.0, 1800.0, 360.0], "pack_size": [1, 2, 2, 1]})
     assert report.compute_time(rows) == [("NVIDIA H100 (tf32 on)", 0.1, 0.0, 0.1),
                                          ("cpu (x86_64)", 1.5, 0.5, pytest.approx(1.0 + 11.3 * 0.5))]
+
+
+def test_the_plan_section_sizes_packs_for_the_device_the_results_name():
+    import pandas as pd
+
+    from sweep.report import _device_kind
+
+    kind = lambda devices: _device_kind(pd.DataFrame({"device": devices}))  # noqa: E731
+    assert kind(["cpu (x86_64)", "cpu (x86_64)"]) == "cpu"
+    assert kind(["cpu (x86_64)", "NVIDIA H200 (tf32 on)"]) == "cuda"
+    assert kind(["cpu (x86_64)", None, "unknown", ""]) == "cpu"  # results that name no device say nothing
+    assert kind([None, None]) == kind([]) == _device_kind(pd.DataFrame({"x": [1]})) == "cpu"
