@@ -6,6 +6,8 @@
 #                                # (mlxtend, submitit) and Fashion-MNIST (Debian's package), 31 MB
 #   device:  bash bench/gpu_session.sh tests grid seeds scaling   (carry: ["gpu-carry"], timeout_s: 450)
 #            bash bench/gpu_session.sh baselines                  (the same carry, what time is left)
+#   A 15-minute session (2026-11-26, an H200) spent 160 s on the first call and 150 s on the second,
+#   plus about 60 s per machine start; `compile` (about 2 min) and `teacher` (50 s) are the open ones.
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
