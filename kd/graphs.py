@@ -19,10 +19,10 @@ evaluation) cache: the peak is about one step's working set above an eager run's
 
 On by default on CUDA since a lent H200 ran ``tests/test_graphs.py`` there (graph against eager
 with cuDNN's deterministic algorithms: the same accuracies, weights within 2e-5) and the reference
-grid end to end in half the time; ``KDSWEEP_CUDA_GRAPHS=0`` steps eagerly. ``KDSWEEP_CUDA_GRAPHS=trace`` records the step on
-any device as an FX trace instead (``make_fx``: every Python value fixed at recording, as in a
-captured graph) and replays that: slower, for checking that a step is replay-safe where there is
-no GPU (the tests do).
+grid end to end in half the time; ``KDSWEEP_CUDA_GRAPHS=0`` steps eagerly.
+``KDSWEEP_CUDA_GRAPHS=trace`` records the step on any device as an FX trace instead (``make_fx``:
+every Python value fixed at recording, as in a captured graph) and replays that: slower, for
+checking that a step is replay-safe where there is no GPU (the tests do).
 """
 from __future__ import annotations
 
