@@ -214,8 +214,7 @@ def _add_plan(sub) -> None:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from sweep import api
-    from sweep import local
+    from sweep import api, local
     from sweep.plan import units
 
     plan = _load_plan(args)
@@ -294,13 +293,11 @@ def _add_run(sub, name: str = "run") -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from kd.config import cuda_graphs
     from sweep import api, local, state, status, worker
 
     if args.jobs < 1:
         raise UserError(f"--jobs: {args.jobs} must be >= 1")
-    worker.checkpoint_every()  # a mistyped KDSWEEP_CHECKPOINT_MINUTES: said here, not by every job
-    cuda_graphs()  # likewise KDSWEEP_CUDA_GRAPHS
+    worker.check_settings()  # before the plan: a SLURM submission's jobs read them too
     plan = _load_plan(args)
     folder = api.folder(plan, args.results)
     _check_folder(folder, "--results")

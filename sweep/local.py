@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd.config import cuda_graphs
 from sweep import state, status, worker
 from sweep.plan import Job, Plan, units
 from sweep.pool import Pool, Task
@@ -85,8 +84,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
 
     A unit is a teacher, or a pack of students trained together in one process (``pack``).
     """
-    worker.checkpoint_every()  # the workers' settings, checked before any folder is made
-    cuda_graphs()
+    worker.check_settings()  # before any folder is made
     emit = on_event or (lambda e: None)
     summary = Summary()
     done: set[str] = set()

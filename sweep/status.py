@@ -28,8 +28,8 @@ def job_states(plan: Plan, folder: Path) -> list[tuple[Job, state.JobState]]:
             reason = states[jid].detail  # the job's own last error line says more than an exit code
         if st == state.QUEUED and not reason and _beating(folder, jid, sid):
             st = state.RUNNING  # the task writes its heartbeat: accounting has not caught up yet
-        if st in (state.FAILED, state.CANCELLED) and state.has_checkpoint(state.job_dir(folder, jid)):
-            reason = "; ".join(filter(None, [reason, state.resume_from(state.job_dir(folder, jid))]))
+        if st in (state.FAILED, state.CANCELLED) and state.has_checkpoint(job := state.job_dir(folder, jid)):
+            reason = "; ".join(filter(None, [reason, state.resume_from(job)]))
         states[jid] = state.JobState(st, f"slurm {sid}" + (f": {reason}" if reason else ""))
     for jid, s in states.items():  # students of a teacher that will not finish
         if s.state not in (state.QUEUED, state.CANCELLED):

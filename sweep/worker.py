@@ -63,6 +63,15 @@ def checkpoint_every() -> float | None:
     return 60.0 * minutes
 
 
+def check_settings() -> None:
+    """The workers' settings from the environment (KDSWEEP_CHECKPOINT_MINUTES, KDSWEEP_CUDA_GRAPHS),
+    checked before a run starts anything: a mistyped one is one error line, not a failure in every job."""
+    from kd.config import cuda_graphs
+
+    checkpoint_every()
+    cuda_graphs()
+
+
 class StopFlag:
     """Set by a signal; the training loop polls it after every step. A second SIGINT interrupts at once."""
 
