@@ -179,12 +179,6 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
     # replayed as a CUDA graph where asked for; not with teachers run on each batch (online: a host sync)
     replay = graphs.mode(dev) if teachers is None or isinstance(teachers[0], torch.Tensor) else None
     capturable = replay == "cuda"  # the optimiser's step count on the device, for the graph's update
-    optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase, capturable=capturable)
-    if first and phases.phase(c0, start_epoch if start_step else start_epoch - 1) == phase:  # else a new phase
-        optimizer.load_state_dict(stack_optimizer([s["optimizer"] for _, _, s in members]))
-        for group in optimizer.param_groups:  # the saved settings came with it: capturable is this run's
-            group["capturable"] = capturable
-
     seeds, batch = [c.seed for c in configs], c0.batch_size
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
     test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
@@ -199,7 +193,11 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
     loss_sum = torch.zeros(n, device=dev)
     in_batch = torch.arange(batch, device=dev)
 
-    def make_step(optimizer: torch.optim.Optimizer, loss_fn: Callable) -> graphs.Step:
+    def for_phase(phase: str) -> tuple[torch.optim.Optimizer, list[torch.nn.Module], graphs.Step]:
+        """The phase's optimiser, the batch-norm layers it keeps frozen, and its training step."""
+        optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase, capturable=capturable)
+        loss_fn = objective(configs, weight, phase, dev)
+
         def step(b: int) -> None:
             """Every member's step at ``position`` (then the next): its own batch, random numbers, update."""
             idx = order.index_select(1, position * batch + in_batch[:b])  # [N, b]: each member its own batch
@@ -213,9 +211,13 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
             optimizer.step()
             loss_sum.add_(losses * b)
             position.add_(1)
-        return graphs.Step(step, batch, replay)
+        return optimizer, frozen, graphs.Step(step, batch, replay)
 
-    run_step = make_step(optimizer, objective(configs, weight, phase, dev))
+    optimizer, frozen, run_step = for_phase(phase)
+    if first and phases.phase(c0, start_epoch if start_step else start_epoch - 1) == phase:  # else a new phase
+        optimizer.load_state_dict(stack_optimizer([s["optimizer"] for _, _, s in members]))
+        for group in optimizer.param_groups:  # the saved settings came with it: capturable is this run's
+            group["capturable"] = capturable
     writer = CheckpointWriter()
 
     def save(epoch: int, step: int, partial: dict[str, Any] | None = None) -> None:
@@ -233,8 +235,7 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
         for epoch in range(start_epoch, c0.epochs):
             if phases.phase(c0, epoch) != phase:  # head-only training is over: fine-tune, with a new optimiser
                 phase = phases.phase(c0, epoch)
-                optimizer, frozen = phases.setup(stack.base, stack.params, c0, phase, capturable=capturable)
-                run_step = make_step(optimizer, objective(configs, weight, phase, dev))
+                optimizer, frozen, run_step = for_phase(phase)
             first_step = start_step if epoch == start_epoch else 0
             order.copy_(torch.stack([epoch_order(s, epoch, len(train_y)) for s in seeds]))
             keys.copy_(rng.keys_tensor(seeds, epoch))
