@@ -17,8 +17,8 @@
 #              results tables compared, and where the time went
 #   seeds      the same grid with 5 seeds (packs across seeds), CUDA graphs on, -j 5 (SEED_JOBS);
 #              TEACHER_SETTINGS='precision = "bf16"; channels_last = true' adds a [teacher] table
-#   teacher    bench/teacher_epoch.py: the teacher's epoch in float32, channels-last, bf16; its kernels
-#   compile    bench/compile_vs_graphs.py: eager, kd's graphs, torch.compile(mode="reduce-overhead")
+#   teacher    bench/epoch_ways.py: the teacher's epoch in float32, channels-last, bf16; its kernels
+#   compile    bench/epoch_ways.py: eager, kd's graphs, torch.compile(mode="reduce-overhead")
 #   startup    what a process pays before its first step: kdsweep's CLI, torch's import, CUDA, data
 #   baselines  bench/kd_grid.py: kd-sweep, the reference loop and one process per point, side by
 #              side (the two naive sides sampled: 1 student each, scaled, as the output says)
@@ -121,10 +121,9 @@ for s in "$@"; do
               stage grid-compare 30 bash -c compare ;;
         seeds) stage seeds 150 bash -c seeds ;;
         startup) stage startup 60 bash -c startup ;;
-        compile) stage compile 300 $PY bench/compile_vs_graphs.py --dataset fashion-mnist --data-root "$DATA" \
-                     --device cuda ;;
-        teacher) stage teacher 120 $PY bench/teacher_epoch.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
-                     --profile ;;
+        compile) stage compile 300 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda ;;
+        teacher) stage teacher 120 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
+                     --units teacher --ways graphs channels-last bf16-channels-last --profile ;;
         baselines) stage baselines 560 env KDSWEEP_CUDA_GRAPHS=1 $PY bench/kd_grid.py --dataset fashion-mnist \
                        --data-root "$DATA" --epochs 12 --full-grid --device cuda --naive-sample 1 --reference-sample 1 ;;
         scaling) stage scaling 120 $PY bench/pack_scaling.py --device cuda --sizes 1 8 24 120 480 ;;
