@@ -142,25 +142,25 @@ def _stacked_mlp(layers: list[nn.Module]) -> Forward:
 def _mlp_forward(layers: list[nn.Module], params: dict, buffers: dict, x: torch.Tensor,
                  tape: list[tuple] | None = None) -> torch.Tensor:
     """A plain MLP stack's logits. With a ``tape``, also what its written-out backward pass needs
-    (each Linear's input, each ReLU's output, each dropout mask), a Linear's output then rectified
-    in place (nothing else holds it)."""
-    h = x
+    (each Linear's input, each ReLU's output, each dropout mask). A Linear's output is rectified
+    in place: nothing else holds it (autograd's product saves its inputs, not its output)."""
+    h, fresh = x, False  # fresh: h is a Linear's output
     for i, m in enumerate(layers):
         if isinstance(m, nn.Flatten):
             if tape is not None:
                 tape.append(("flatten", h.shape))
-            h = h.flatten(2)
+            h, fresh = h.flatten(2), False
         elif isinstance(m, nn.Linear):
             if tape is not None:
                 tape.append(("linear", i, h))
-            h = torch.baddbmm(params[f"{i}.bias"].unsqueeze(1), h, params[f"{i}.weight"].transpose(1, 2))
+            h, fresh = torch.baddbmm(params[f"{i}.bias"].unsqueeze(1), h, params[f"{i}.weight"].transpose(1, 2)), True
         elif isinstance(m, nn.ReLU):
-            h = h.relu_() if tape and tape[-1][0] == "linear" else torch.relu(h)
+            h, fresh = (h.relu_() if fresh else torch.relu(h)), False
             if tape is not None:
                 tape.append(("relu", h))
         elif m.training and m.p:  # the same masks the member's KeyedDropout would draw alone
             mask, scale = dropout_mask(buffers[f"{i}.key"], tuple(h.shape[1:]), m.p, h.dtype)
-            h = h * mask * scale
+            h, fresh = h * mask * scale, False
             if tape is not None:
                 tape.append(("dropout", mask, scale))
     return h
