@@ -1,5 +1,8 @@
 """Benchmark: one unit's training epochs through kd-sweep's own loop (kd.train.run_pack), several
-ways side by side in one run, for the teacher CNN alone and a pack of 24 reference MLP students:
+ways side by side in one run, for the teacher CNN alone, a pack of 24 reference MLP students, and
+(--units cnn-pack) five CNNs of the teacher's architecture in one pack, seeds 0-4, as the 5-seed
+grid's teachers would train packed: against five times the teacher's epoch, what the pack's
+members on streams of their own gain on a GPU:
 
   eager                 every step launched op by op (KDSWEEP_CUDA_GRAPHS=0)
   graphs                kd's step replay (kd/graphs.py: a CUDA graph; on a CPU the FX-trace replay)
@@ -74,14 +77,16 @@ def main() -> None:
     ap.add_argument("--data-root")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--units", nargs="+", choices=["teacher", "students"], default=["teacher", "students"])
+    ap.add_argument("--units", nargs="+", choices=["teacher", "students", "cnn-pack"],
+                    default=["teacher", "students"])
     ap.add_argument("--ways", nargs="+", choices=list(WAYS), default=["eager", "graphs", "compile"])
     ap.add_argument("--profile", action="store_true", help="also profile the teacher's eager epoch's kernels (CUDA)")
     args = ap.parse_args()
     if "compile" not in args.ways:
         phases.skip_dynamo_import()  # as kd-sweep's workers do (it would have the compiler trace the optimiser)
     data = kd_data.load(args.dataset, args.data_root)
-    units = {"teacher": [{"method": "teacher"}], "students": [{"method": "scratch", "seed": s} for s in range(24)]}
+    units = {"teacher": [{"method": "teacher"}], "students": [{"method": "scratch", "seed": s} for s in range(24)],
+             "cnn-pack": [{"method": "scratch", "model": "mnist-cnn", "seed": s} for s in range(5)]}
     with tempfile.TemporaryDirectory() as tmp:
         for unit in args.units:
             for way in args.ways:

@@ -7,7 +7,8 @@
 #   device:  bash bench/gpu_session.sh tests grid seeds scaling   (carry: ["gpu-carry"], timeout_s: 450)
 #            bash bench/gpu_session.sh baselines                  (the same carry, what time is left)
 #   A 15-minute session (2026-11-26, an H200) spent 160 s on the first call and 150 s on the second,
-#   plus about 60 s per machine start; `compile` (about 2 min) and `teacher` (50 s) are the open ones.
+#   plus about 60 s per machine start; `streams` (under 1 min), `compile` (about 2 min) and
+#   `teacher` (50 s) are the open ones.
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
@@ -19,6 +20,9 @@
 #              TEACHER_SETTINGS='precision = "bf16"; channels_last = true' adds a [teacher] table
 #   teacher    bench/epoch_ways.py: the teacher's epoch in float32, channels-last, bf16; its kernels
 #   compile    bench/epoch_ways.py: eager, kd's graphs, torch.compile(mode="reduce-overhead")
+#   streams    bench/epoch_ways.py: the teacher alone against five CNNs packed (seeds 0-4, each
+#              member on a CUDA stream of its own), eager and graphs: whether packing the 5-seed
+#              grid's teachers pays (it does if the pack's epoch is well under 5x the teacher's)
 #   startup    what a process pays before its first step: kdsweep's CLI, torch's import, CUDA, data
 #   baselines  bench/kd_grid.py: kd-sweep, the reference loop and one process per point, side by
 #              side (the two naive sides sampled: 1 student each, scaled, as the output says)
@@ -122,11 +126,13 @@ for s in "$@"; do
         seeds) stage seeds 150 bash -c seeds ;;
         startup) stage startup 60 bash -c startup ;;
         compile) stage compile 300 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda ;;
+        streams) stage streams 150 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
+                     --units teacher cnn-pack --ways eager graphs ;;
         teacher) stage teacher 120 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
                      --units teacher --ways graphs channels-last bf16-channels-last --profile ;;
         baselines) stage baselines 560 env KDSWEEP_CUDA_GRAPHS=1 $PY bench/kd_grid.py --dataset fashion-mnist \
                        --data-root "$DATA" --epochs 12 --full-grid --device cuda --naive-sample 1 --reference-sample 1 ;;
         scaling) stage scaling 120 $PY bench/pack_scaling.py --device cuda --sizes 1 8 24 120 480 ;;
-        *) echo "unknown stage '$s' (tests, grid, seeds, startup, teacher, compile, baselines, scaling)"; exit 2 ;;
+        *) echo "unknown stage '$s' (tests, grid, seeds, startup, streams, teacher, compile, baselines, scaling)"; exit 2 ;;
     esac
 done

@@ -16,9 +16,9 @@ MODES = [pytest.param("trace", "cpu", 0.0, id="fx-trace-cpu"),
 
 
 def jobs(teacher):
-    """A CNN alone (autograd, dropout), a pack of two CNN students (vmapped), a pack of three KD
-    MLP students (written-out backward, cached teacher logits); 300 images in batches of 40:
-    7 full steps and a short one an epoch."""
+    """A CNN alone (autograd, dropout), a pack of two CNN students (a functional call each, on
+    streams of their own on CUDA), a pack of three KD MLP students (written-out backward, cached
+    teacher logits); 300 images in batches of 40: 7 full steps and a short one an epoch."""
     common = {"epochs": 2, "batch_size": 40, "drop_last": False}
     return {
         "cnn": [make_config(method="teacher", **common)],

@@ -91,7 +91,7 @@ def test_report_html_is_self_contained_with_every_figure_and_table(reported, cap
     assert "alpha 0.9, T 1 does not differ from scratch (+0.05 points" in text
     assert "1 damaged, 1 failed, 1 pending" in text and "RuntimeError: out of memory" in text
     assert 'seed = [0, 1, 2]' in text  # the sweep file itself
-    assert "3 x 1 teacher job alone; 1 x 3 scratch jobs packed; 1 x 12 kd jobs packed" in text
+    assert "1 x 3 scratch jobs packed; 1 x 3 teacher jobs packed; 1 x 12 kd jobs packed" in text
     assert "One process per grid point would have taken about" in text and "bench/kd_grid.py" in text
 
 
