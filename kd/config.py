@@ -75,20 +75,20 @@ FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)
 # What the members of one pack share: the data, the architecture and its outputs, the optimiser's
 # settings and the number of steps. Seeds, teachers, alpha and temperature are per member.
 PACK_SHARED = ("dataset", "model", "epochs", "batch_size", "lr", "drop_last", "subclasses")
-PACKED_METHODS = ("teacher", "kd", "scratch", "subclass")  # how many a pack: AUTO_PACK, or the sweep's pack
+PACKED_METHODS = ("kd", "scratch", "subclass")  # students; teachers train alone (see AUTO_PACK)
 NOT_PACKABLE = ("augment", "head_epochs", "unfreeze_from", "class_weights", "precision", "channels_last")
-# Jobs per pack when pack = "auto", by the kind of device that trains them and the model (others:
-# alone), from bench/pack_scaling.py and bench/epoch_ways.py. On a CPU the rate per student-sample
-# of reference MLPs shows no trend from 1 to 120, so 128 is a memory bound (16 bytes a parameter:
-# weights, gradients and Adam's two moments; 2.5 GB). On an H200 the rate grows with the pack:
-# 3.3 M student-samples/s at 24, 8.1 M at 120 (2.7 GiB), 9.6 M at 480 (10.7 GiB); 120 gets 84% of
-# the best rate in a quarter of the memory, so that a pack fits a small GPU too (a large one may
-# take pack = 480). Reference CNNs (the teachers, five seeds of them in the 5-seed grid): five in
-# one pack took 0.75x their time alone on this project's CPU (mnist-5k, a functional call per
-# member; 24.2 s an epoch against 32.1, two runs). On CUDA they train alone until a GPU measures
-# the pack with its members on streams of their own (vmapped, five took 1.2x their time alone on
-# an H200; bench/gpu_session.sh's streams stage measures the streams).
-AUTO_PACK = {"cpu": {"mnist-mlp": 128, "mnist-cnn": 5}, "cuda": {"mnist-mlp": 120}}
+# Students per pack when pack = "auto", by the kind of device that trains them and the model (others:
+# alone), from bench/pack_scaling.py. On a CPU the rate per student-sample shows no trend from 1 to
+# 120, so 128 reference MLPs is a memory bound (16 bytes a parameter: weights, gradients and Adam's
+# two moments; 2.5 GB). On an H200 the rate grows with the pack: 3.3 M student-samples/s at 24,
+# 8.1 M at 120 (2.7 GiB), 9.6 M at 480 (10.7 GiB); 120 gets 84% of the best rate in a quarter of
+# the memory, so that a pack fits a small GPU too (a large one may take pack = 480). CNNs alone:
+# vmapped (grouped convolutions), five reference CNNs took 1.8x their time alone on this project's
+# CPU and 1.2x on an H200; a call per member (kd.stack._looped) takes 0.75-0.89x on this CPU, too
+# little to give up the parallelism of units (-j N, array tasks) and to let one failure take five
+# jobs with it; on CUDA, with each member on a stream of its own, not measured yet
+# (bench/gpu_session.sh's streams stage). Teachers train alone: a pack holds students.
+AUTO_PACK = {"cpu": {"mnist-mlp": 128}, "cuda": {"mnist-mlp": 120}}
 
 
 CUDA_GRAPHS_ENV = "KDSWEEP_CUDA_GRAPHS"
@@ -111,8 +111,8 @@ def auto_pack(model: str, device_kind: str) -> int:
 
 
 def packable(settings: dict[str, Any]) -> bool:
-    """Whether a job may train in a pack: teachers, and students whose teacher's logits can be
-    cached (no augmentation), that train with the plain schedule, loss and float32 arithmetic."""
+    """Whether a job may train in a pack: students whose teacher's logits can be cached (no
+    augmentation) and that train with the plain schedule, loss and float32 arithmetic."""
     return settings["method"] in PACKED_METHODS and not any(settings.get(k) for k in NOT_PACKABLE)
 
 

@@ -124,8 +124,8 @@ def _looped(base: nn.Module, n: int) -> Forward:
     """Other models: the members one after another, each a plain functional call on its own
     weights (views of the stacked ones). vmap batched them instead, which made a CNN's
     convolutions grouped ones: five reference CNNs took 1.8x their time alone on a CPU, 1.2x on an
-    H200; this loop takes their time alone (three CNNs, mnist-5k, this project's CPU), with the
-    same results. On CUDA each member runs on a stream of its own, so that small models' kernels
+    H200; this loop takes 0.75-0.89x their time alone on this project's CPU (five, mnist-5k),
+    with the same results. On CUDA each member runs on a stream of its own, so that small models' kernels
     overlap; in a CUDA graph the streams become parallel branches (autograd runs each backward op
     on its forward op's stream, and syncs the caller's stream with them at its end)."""
     streams: list[torch.cuda.Stream] = []

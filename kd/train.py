@@ -28,7 +28,7 @@ import torch
 
 from kd import atomic, data as kd_data, graphs, metrics as kd_metrics, models, phases, provenance, results, rng, sealed
 from kd import teacher as kd_teacher
-from kd.config import NOT_PACKABLE, PACK_SHARED, PACKED_METHODS, TrainConfig, cuda_graphs, packable
+from kd.config import NOT_PACKABLE, PACK_SHARED, TrainConfig, cuda_graphs, packable
 from kd.errors import UserError
 from kd.losses import class_logits, cross_entropy, kd_loss, subclass_teacher_loss
 from kd.stack import Stack, stack_optimizer, unstack_optimizer
@@ -131,7 +131,7 @@ def _check_pack(configs: list[TrainConfig]) -> None:
         return
     for c in configs:
         if not packable(c.to_dict()):
-            raise UserError(f"a pack holds {', '.join(PACKED_METHODS)} jobs without {', '.join(NOT_PACKABLE)}; "
+            raise UserError(f"a pack holds students (kd, scratch, subclass) without {', '.join(NOT_PACKABLE)}; "
                             f"not this {c.method} job")
         differ = [k for k in PACK_SHARED if getattr(c, k) != getattr(configs[0], k)]
         if differ:

@@ -67,10 +67,10 @@ class Plan:
 
 
 def units(plan: Plan, pack: int | str = "auto", device_kind: str = "cpu") -> list[tuple[Job, ...]]:
-    """Units of work, in plan order: jobs that share dataset, model and optimiser settings packed
-    together, whatever their seeds and teachers (teachers with teachers, students of a teacher with
-    students of one), at most ``pack`` per unit (1: no packing; "auto": kd.config.auto_pack for the
-    model on a ``device_kind`` device, "cpu" or "cuda"); jobs that train alone (kd.config.packable) alone."""
+    """Units of work, in plan order: each teacher alone; students that share dataset, model and
+    optimiser settings packed together, whatever their seeds and teachers, at most ``pack`` per
+    unit (1: no packing; "auto": kd.config.auto_pack for the model on a ``device_kind`` device,
+    "cpu" or "cuda")."""
     groups: dict[tuple, list[Job]] = {}
     out: list[list[Job]] = []
     for job in plan.jobs:

@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 HTML, MARKDOWN = "report.html", "report.md"
 # What one process per grid point costs against kd-sweep's packed students, as bench/kd_grid.py
-# measured it (README, Speed): 24 KD students on the 2-core CPU; the whole reference grid on one H100.
-NAIVE_RATIO = {"cpu": (11.3, "24 KD students of the reference grid, mnist-5k, on a 2-core CPU"),
-               "gpu": (16.0, "the whole reference grid, Fashion-MNIST, on one H100")}
+# last measured it (README, Speed; 2026-11-26): 24 KD students on the 2-core CPU (medians of 3);
+# the whole reference grid on one H200 (1 run, the naive side sampled: 1 of 24 students, scaled).
+NAIVE_RATIO = {"cpu": (20.2, "24 KD students of the reference grid, mnist-5k, on a 2-core CPU"),
+               "gpu": (39.0, "the whole reference grid, Fashion-MNIST, on one H200")}
 
 
 @dataclass(frozen=True)

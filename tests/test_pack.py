@@ -120,21 +120,6 @@ def test_packed_cnn_students_with_dropout_equal_students_alone(tmp_path, tiny, t
     assert not torch.equal(rng.uniform(rng.keys_tensor([0], 0), (64,)), rng.uniform(rng.keys_tensor([3], 0), (64,)))
 
 
-def test_packed_teachers_equal_teachers_alone(tmp_path, tiny):
-    """Teachers of two seeds in one pack (a functional call per member): each one's weights,
-    accuracy and history as when it trained alone; a student distils from a packed one."""
-    configs = [make_config(method="teacher", seed=s, epochs=2, batch_size=100) for s in (0, 1)]
-    for i, c in enumerate(configs):
-        train.run(c, tmp_path / f"solo{i}", dataset=tiny, device="cpu")
-    results = train.run_pack(configs, [tmp_path / "p0", tmp_path / "p1"], dataset=tiny, device="cpu")
-    assert [r["pack_size"] for r in results] == [2, 2]
-    for i in range(2):
-        assert_same(tmp_path / f"solo{i}", tmp_path / f"p{i}", atol=1e-4)
-    student = train.run(_kd(tmp_path / "p1", 0.5, 4.0, model="mnist-mlp"), tmp_path / "student", dataset=tiny,
-                        device="cpu")
-    assert student["teacher_forward_images"] == len(tiny.train_y)
-
-
 def test_members_of_different_seeds_and_teachers_share_a_pack(tmp_path, small, teacher_dir, second_teacher_dir):
     configs = [_kd(teacher_dir, 0.5, 4.0, seed=0), _kd(second_teacher_dir, 0.5, 4.0, seed=1),
                make_config(method="scratch", seed=2, epochs=2, batch_size=100)]
@@ -285,25 +270,21 @@ GRID = ('name = "t"\ndataset = "mnist-5k"\nmethods = ["teacher", "scratch", "kd"
 def test_units_pack_students_across_seeds_and_teachers():
     units = _units(GRID, "auto")
     assert [[j.name for j in u] for u in units] == [
-        ["teacher-s0", "teacher-s1"], ["scratch-s0", "scratch-s1"],
+        ["teacher-s0"], ["teacher-s1"], ["scratch-s0", "scratch-s1"],
         ["kd-a0.5-T1-s0", "kd-a0.5-T1-s1", "kd-a0.5-T4-s0", "kd-a0.5-T4-s1",
          "kd-a1-T1-s0", "kd-a1-T1-s1", "kd-a1-T4-s0", "kd-a1-T4-s1"]]
-    assert [len(u) for u in _units(GRID, 3)] == [2, 2, 3, 3, 2]
+    assert [len(u) for u in _units(GRID, 3)] == [1, 1, 2, 3, 3, 2]
     assert all(len(u) == 1 for u in _units(GRID, 1))
 
 
 def test_auto_packs_are_sized_for_the_device_kind():
     """pack = "auto" as measured (kd.config.AUTO_PACK): reference MLP students in packs of 128 on a
-    CPU, 120 on a GPU; reference CNNs (the teachers) 5 a pack on a CPU, alone on a GPU (not measured
-    there yet); other models alone."""
-    assert [len(u) for u in _units(GRID, "auto", "cpu")] == [2, 2, 8]
-    assert [len(u) for u in _units(GRID, "auto", "cuda")] == [1, 1, 2, 8]
+    CPU, 120 on a GPU; CNNs and teachers alone on both."""
+    assert [len(u) for u in _units(GRID, "auto", "cpu")] == [len(u) for u in _units(GRID, "auto", "cuda")] == [1, 1, 2, 8]
     big = GRID.replace("seed = [0, 1]", "seed = " + str(list(range(60))))  # 60 seeds: 240 kd students
     assert [len(u) for u in _units(big, "auto", "cpu") if u[0].method == "kd"] == [128, 112]
     assert [len(u) for u in _units(big, "auto", "cuda") if u[0].method == "kd"] == [120, 120]
-    assert [len(u) for u in _units(big, "auto", "cpu") if u[0].method == "teacher"] == [5] * 12
-    assert auto_pack("mnist-cnn", "cpu") == 5
-    assert auto_pack("mnist-cnn", "cuda") == auto_pack("resnet50", "cuda") == auto_pack("resnet50", "cpu") == 1
+    assert auto_pack("mnist-cnn", "cpu") == auto_pack("mnist-cnn", "cuda") == auto_pack("resnet50", "cuda") == 1
 
 
 def test_a_local_run_sizes_its_packs_for_the_device_it_will_train_on(monkeypatch, tmp_path):
@@ -338,6 +319,3 @@ def test_five_seed_reference_grid_is_two_student_packs():
     units = planner.units(planner.plan(spec.parse(raw)), "auto")
     students = [u for u in units if u[0].method != "teacher"]
     assert sorted(len(u) for u in students) == [5, 120]  # was 10 packs (one per seed and kind) before
-    assert [len(u) for u in units if u[0].method == "teacher"] == [5]  # on a CPU; alone on a GPU
-    assert all(len(u) == 1 for u in planner.units(planner.plan(spec.parse(raw)), "auto", "cuda")
-               if u[0].method == "teacher")

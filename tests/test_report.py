@@ -91,7 +91,7 @@ def test_report_html_is_self_contained_with_every_figure_and_table(reported, cap
     assert "alpha 0.9, T 1 does not differ from scratch (+0.05 points" in text
     assert "1 damaged, 1 failed, 1 pending" in text and "RuntimeError: out of memory" in text
     assert 'seed = [0, 1, 2]' in text  # the sweep file itself
-    assert "1 x 3 scratch jobs packed; 1 x 3 teacher jobs packed; 1 x 12 kd jobs packed" in text
+    assert "3 x 1 teacher job alone; 1 x 3 scratch jobs packed; 1 x 12 kd jobs packed" in text
     assert "One process per grid point would have taken about" in text and "bench/kd_grid.py" in text
 
 
@@ -149,7 +149,7 @@ def test_compute_time_counts_a_pack_once():
     rows = pd.DataFrame({"device": ["cpu (x86_64)"] * 3 + ["NVIDIA H100 (tf32 on)"],
                          "wall_seconds": [3600.0, 1800.0, 1800.0, 360.0], "pack_size": [1, 2, 2, 1]})
     assert report.compute_time(rows) == [("NVIDIA H100 (tf32 on)", 0.1, 0.0, 0.1),
-                                         ("cpu (x86_64)", 1.5, 0.5, pytest.approx(1.0 + 11.3 * 0.5))]
+                                         ("cpu (x86_64)", 1.5, 0.5, pytest.approx(1.0 + 20.2 * 0.5))]
 
 
 def test_the_plan_section_sizes_packs_for_the_device_the_results_name():
