@@ -8,7 +8,9 @@
 #            bash bench/gpu_session.sh baselines                  (the same carry, what time is left)
 #   A 15-minute session (2026-11-26, an H200) spent 160 s on the first call and 150 s on the second,
 #   plus about 60 s per machine start; `streams` (under 1 min), `compile` (about 2 min) and
-#   `teacher` (50 s) are the open ones.
+#   `teacher` (50 s) are the open ones. Still open after it: the issue's H100 number (the run
+#   tool's kind nvidia-h100-x1), CNN packs on streams (`tests`: the cnn-pack cases, then `streams`)
+#   and the 5-seed grid. Next: `tests streams grid seeds` in one call (about 6 min), then `compile`.
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
@@ -113,7 +115,7 @@ print(f'import torch {t1 - t:.2f} s, CUDA init {t2 - t1:.2f} s, Fashion-MNIST lo
 
 export -f grid compare seeds startup
 export PY DATA SWEEP
-[ $# -gt 0 ] || set -- tests grid seeds scaling
+[ $# -gt 0 ] || set -- tests streams grid seeds
 nvidia-smi >> "$OUT/versions.txt" 2>&1
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" >> "$OUT/versions.txt" 2>&1
 tail -n 1 "$OUT/versions.txt"
