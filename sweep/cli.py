@@ -334,9 +334,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         bar.write(line)
         bar.update(1)
 
-    with _sigterm_as_interrupt():
-        summary = local.run(plan, folder, jobs=args.jobs, pack=pack, data_root=args.data_root,
-                            device=args.device, on_event=on_event)
+    try:
+        with _sigterm_as_interrupt():
+            summary = local.run(plan, folder, jobs=args.jobs, pack=pack, data_root=args.data_root,
+                                device=args.device, on_event=on_event)
+    except KeyboardInterrupt:  # the units stopped (checkpointed where they were): where it stands, and the way on
+        bar.close()
+        print(f"interrupted: {status.totals(status.job_states(plan, folder))}  ->  kdsweep resume {args.sweep}",
+              file=sys.stderr)
+        return 130
     bar.close()
     after = status.job_states(plan, folder)
     finished = all(s.state == state.DONE for _, s in after)  # else: what is left, resume runs it
