@@ -125,9 +125,10 @@ def _looped(base: nn.Module, n: int) -> Forward:
     weights (views of the stacked ones). vmap batched them instead, which made a CNN's
     convolutions grouped ones: five reference CNNs took 1.8x their time alone on a CPU, 1.2x on an
     H200; this loop takes 0.75-0.89x their time alone on this project's CPU (five, mnist-5k),
-    with the same results. On CUDA each member runs on a stream of its own, so that small models' kernels
-    overlap; in a CUDA graph the streams become parallel branches (autograd runs each backward op
-    on its forward op's stream, and syncs the caller's stream with them at its end)."""
+    with the same results. On CUDA each member runs on a stream of its own, so that small models'
+    kernels overlap; in a CUDA graph the streams become parallel branches (autograd runs each
+    backward op on its forward op's stream, and syncs the caller's stream with them at its end).
+    Not yet run on a GPU."""
     streams: list[torch.cuda.Stream] = []
 
     def forward(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
