@@ -20,6 +20,7 @@ import os
 import platform
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,12 +161,13 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
     c0, n = configs[0], len(members)
     # members of one seed start from one draw: built once, then copied (24 MLP students: 0.2 s of a CPU)
     starts = [(c.seed, c.model, outputs(c, data), c.pretrained) for c in configs]
+    sharing = Counter(starts)  # members per start: one alone takes the built model itself
     nets, initial = [], {}
     for key, (c, _, state) in zip(starts, members):
         if key not in initial:
             torch.manual_seed(c.seed)  # a member's initial weights depend on its seed alone
             initial[key] = models.build(c.model, outputs(c, data), data.input_shape, c.pretrained).to(dev)
-        net = copy.deepcopy(initial[key]) if starts.count(key) > 1 else initial[key]
+        net = copy.deepcopy(initial[key]) if sharing[key] > 1 else initial[key]
         if state is not None:
             net.load_state_dict(state["model"])
         nets.append(net.to(memory_format=torch.channels_last) if c0.channels_last else net)

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from kd.config import TrainConfig
+from kd.config import TrainConfig, cuda_graphs
 from kd.errors import UserError
 from sweep import logs, state
 
@@ -66,8 +66,6 @@ def checkpoint_every() -> float | None:
 def check_settings() -> None:
     """The workers' settings from the environment (KDSWEEP_CHECKPOINT_MINUTES, KDSWEEP_CUDA_GRAPHS),
     checked before a run starts anything: a mistyped one is one error line, not a failure in every job."""
-    from kd.config import cuda_graphs
-
     checkpoint_every()
     cuda_graphs()
 
