@@ -10,7 +10,7 @@
 #   plus about 60 s per machine start; `streams` (under 1 min), `compile` (about 2 min) and
 #   `teacher` (50 s) are the open ones. Still open after it: the issue's H100 number (the run
 #   tool's kind nvidia-h100-x1), CNN packs on streams (`tests`: the cnn-pack cases, then `streams`)
-#   and the 5-seed grid. Next: `tests streams grid seeds` in one call (about 6 min), then `compile`.
+#   and the 5-seed grid's 30 s line (46.8 s on the H200, its teachers most of it). Next: `tests streams grid seeds` in one call (about 6 min), then `compile`.
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
