@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -11,6 +12,16 @@ class UserError(Exception):
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.hint = hint
+
+
+class DamagedTeacher(UserError):
+    """A finished teacher whose model file is not the one its result.json records (deleted, cut
+    short, bytes overwritten): the teacher must be trained again. ``folder``: the teacher's."""
+
+    def __init__(self, file: Path, why: str):
+        super().__init__(f"teacher: {file} is damaged ({why})",
+                         hint="train the teacher again (in a sweep, 'kdsweep resume' does, then this job)")
+        self.folder = Path(file).parent
 
 
 def did_you_mean(word: str, known: Iterable[str]) -> str:

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"  # kd.train writes it; status asks only whether it is there
+
+
+TEACHER_METHODS = ("teacher", "subclass-teacher")  # jobs whose model.pt other jobs read
 
 
 class DamagedResult(ValueError):
@@ -30,3 +34,42 @@ def read(path: Path) -> dict[str, Any] | None:
             and all(isinstance(h, dict) for h in result["history"])):
         raise DamagedResult(f"{path}: damaged result, no config, metrics and history")
     return result
+
+
+def model_problem(folder: Path, result: dict[str, Any]) -> str | None:
+    """Why the model file a result records (``model_file``: name, bytes, sha256) is not there as
+    written, by its size alone (a stat: cheap enough for status); None if it is, or if the result
+    records none (written before results recorded it)."""
+    record = result.get("model_file")
+    if not isinstance(record, dict):
+        return None
+    name = record.get("name", "model.pt")
+    try:
+        size = (Path(folder) / name).stat().st_size
+    except FileNotFoundError:
+        return f"{name} missing"
+    except OSError as e:
+        return f"{name} unreadable ({e.strerror})"
+    if size != record.get("bytes"):
+        return f"{name} has {size:,} bytes where {record.get('bytes', 0):,} were written"
+    return None
+
+
+def other_settings(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The settings of ``config`` (a job's) that a result's ``saved`` config holds otherwise.
+    Teachers compare by folder name (a job id, or a path ending in one), so a results folder may move."""
+    name = lambda t: Path(t).name if t else t  # noqa: E731
+    return [k for k in config if (name(saved.get(k)) != name(config[k]) if k == "teacher" else saved.get(k) != config[k])]
+
+
+def keep_aside(path: Path) -> Path:
+    """Rename a damaged result out of the way (``result.json.damaged-<time>``), so the job runs again
+    while its bytes stay for a look; returns the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = Path(path).with_name(f"{Path(path).name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():  # two in one second: keep both
+        n += 1
+        aside = aside.with_name(f"{Path(path).name}.damaged-{stamp}-{n}")
+    Path(path).rename(aside)
+    return aside

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from kd import data as kd_data, models, sealed
-from kd.errors import UserError
+from kd import data as kd_data, models, results, sealed
+from kd.errors import DamagedTeacher, UserError
 
 log = logging.getLogger(__name__)
 MODEL = "model.pt"
@@ -29,15 +29,41 @@ def model_file(path: str | Path | None) -> Path:
         raise UserError("teacher: method 'kd' with alpha > 0 needs a teacher (--teacher DIR)")
     p = Path(path)
     file = p / MODEL if p.is_dir() else p
+    record = _recorded(file)
+    problem = results.model_problem(file.parent, {"model_file": record}) if record else None
+    if problem:
+        raise DamagedTeacher(file, problem)
     if not file.is_file():
         hint = "has the teacher job finished?" if p.is_dir() else None
         raise UserError(f"teacher: {file} not found", hint=hint)
     return file
 
 
+def _recorded(file: Path) -> dict | None:
+    """What the result.json beside ``file`` records of it (name, bytes, sha256), if it does."""
+    try:
+        record = (results.read(file.parent / results.RESULT) or {}).get("model_file")
+    except results.DamagedResult:
+        return None
+    return record if isinstance(record, dict) and record.get("name", MODEL) == file.name else None
+
+
+def verified(file: Path) -> str:
+    """``file``'s SHA-256 (hex), checked against the one its job's result.json records (torch.load
+    reads a file with bytes overwritten in its middle without complaint)."""
+    data = file.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    record = _recorded(file)
+    if record and record.get("sha256") not in (None, digest):
+        raise DamagedTeacher(file, f"{len(data):,} bytes, not the ones written: its SHA-256 differs "
+                                          f"from the one its result.json records")
+    return digest
+
+
 def load(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int | None = None) -> torch.nn.Module:
     """A finished teacher from its ``model.pt``, frozen and in eval mode; ``outputs``: what the
     student has, which the teacher must match (a subclass teacher has C x S)."""
+    verified(file)
     try:
         saved = torch.load(file, map_location=device, weights_only=True)
         cfg = saved["config"]
@@ -76,7 +102,7 @@ def _check_outputs(file: Path, method: str, has: int, wanted: int | None) -> Non
 
 def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int | None = None) -> torch.Tensor:
     """The teacher's logits on the training set, from the cache beside ``file`` or computed and cached."""
-    model_hash = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    model_hash = verified(file)[:16]
     cache = file.parent / f"logits-{data.name}-{data.fingerprint()}.pt"
     if cache.exists():
         try:
@@ -89,7 +115,7 @@ def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device, outpu
                 _check_outputs(file, "teacher", saved["train"].shape[1], outputs)
                 return saved["train"]
             log.info("teacher cache %s is stale: recomputing", cache)
-    teacher = load(file, data, device, outputs)
+    teacher = load(file, data, device, outputs)  # hashes the file again: a few ms for the reference CNN
     train = forward(teacher, data.train_x.to(device))
     sealed.save(cache, {"model_sha256": model_hash, "dataset": data.name, "train": train.cpu()})
     log.info("teacher logits cached in %s", cache)

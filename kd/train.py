@@ -15,6 +15,8 @@ rounding of batched arithmetic).
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import logging
 import os
 import platform
@@ -99,28 +101,26 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
 
 def finished(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     """The job's result if ``out`` holds it; None if not finished. A result of other settings is an
-    error; a damaged one (unreadable, truncated, incomplete) is moved aside with a warning."""
+    error; a damaged one (unreadable, truncated, incomplete; a teacher's whose model.pt is not the
+    file it records) is moved aside with a warning."""
     path = out / RESULT
     try:
         result = results.read(path)
-    except results.DamagedResult as e:
-        aside = path.with_name(f"{RESULT}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-        path.rename(aside)
+        if result is not None:
+            same_job(path, result["config"], config)
+            if config.method in results.TEACHER_METHODS and "model_file" in result:  # other jobs read it
+                kd_teacher.verified(kd_teacher.model_file(out))
+    except (results.DamagedResult, kd_teacher.DamagedTeacher) as e:
+        aside = results.keep_aside(path)
         log.warning("%s: kept as %s; the job runs again", e, aside.name)
         return None
-    if result is None:
-        return None
-    saved = result["config"]
-    same_job(path, saved, config)
     return result
 
 
 def same_job(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
-    """Refuse a folder's file written for other settings (a reused --out): the differing settings are named.
-    Teachers compare by folder name, so a results folder may move."""
+    """Refuse a folder's file written for other settings (a reused --out): the differing settings are named."""
     want = config.to_dict()
-    name = lambda t: Path(t).name if t else t  # noqa: E731
-    differ = [k for k in want if (name(saved.get(k)) != name(want[k]) if k == "teacher" else saved.get(k) != want[k])]
+    differ = results.other_settings(saved, want)
     if differ:
         what = ", ".join(f"{k} {saved.get(k)!r} (asked: {want[k]!r})" for k in differ[:4])
         raise UserError(f"{path}: belongs to a {saved.get('method')} job with other settings: {what}",
@@ -407,8 +407,10 @@ def epoch_record(epoch: int, config: TrainConfig, train_loss: float, test_loss: 
 def finish(config: TrainConfig, out: Path, model: torch.nn.Module, history: list[dict], data: kd_data.Dataset,
            dev: torch.device, flops: int, **extra: Any) -> dict[str, Any]:
     """Write the final weights, then ``result.json`` (last, atomically: the job is done)."""
-    atomic.write_with(out / MODEL, lambda f: torch.save(  # config saved: a teacher knows its own outputs
-        {"config": config.to_dict(), "state_dict": model.state_dict()}, f))
+    buf = io.BytesIO()  # config saved: a teacher knows its own outputs
+    torch.save({"config": config.to_dict(), "state_dict": model.state_dict()}, buf)
+    weights = buf.getbuffer()
+    atomic.write_with(out / MODEL, lambda f: f.write(weights))
     metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
                "train_loss": history[-1]["train_loss"]}
     if data.num_classes == 2:  # F1 per class, macro F1, ROC AUC, confusion matrix
@@ -424,6 +426,8 @@ def finish(config: TrainConfig, out: Path, model: torch.nn.Module, history: list
         "device": (f"{torch.cuda.get_device_name(dev)} (tf32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})"
                    if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"),
         "versions": provenance.versions(),
+        # what a student checks before it trusts a teacher's model.pt, and status by its size
+        "model_file": {"name": MODEL, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
         **extra,
     }
     atomic.write_json(out / RESULT, result)

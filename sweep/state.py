@@ -32,7 +32,7 @@ from kd.errors import UserError
 from sweep.plan import Job, Plan
 
 DONE, RUNNING, FAILED, INTERRUPTED, PENDING = "done", "running", "failed", "interrupted", "pending"
-DAMAGED = "damaged"  # a result.json that does not parse: resume keeps it aside and reruns the job
+DAMAGED = "damaged"  # a result.json that is not the job's (see result_problem): resume keeps it aside, reruns it
 QUEUED, CANCELLED = "queued", "cancelled"  # from Slurm
 HEARTBEAT_S = 30  # a running attempt touches its attempt.json this often
 STALE_S = 180  # an attempt on another host silent for this long is taken for dead
@@ -144,21 +144,34 @@ def record_stop(folder: Path, signal_name: str) -> None:
     atomic.write_json(folder / "attempt.json", {**attempt, "stopped": signal_name})
 
 
-def result_problem(path: Path) -> str | None:
-    """Why a result.json is damaged (None if it reads as a result)."""
+def result_problem(folder: Path) -> str | None:
+    """Why a job folder's result.json is not the job's result (None if it is): unreadable, of other
+    settings than the folder's config.json, or, for a teacher, its model.pt missing or cut short."""
     try:
-        results.read(path)
+        result = results.read(folder / "result.json")
     except results.DamagedResult as e:
-        return str(e).split(": damaged result, ", 1)[-1][:120]
+        return "result.json unreadable (" + str(e).split(": damaged result, ", 1)[-1][:120] + ")"
+    if result is None:
+        return "no result.json"
+    job = (read_json(folder / "config.json") or {}).get("config")
+    if isinstance(job, dict):
+        differ = results.other_settings(result["config"], job)
+        if differ:
+            return "result.json holds another job's result (" + ", ".join(
+                f"{k} {result['config'].get(k)!r}, not {job[k]!r}" for k in differ[:3]) + ")"
+        if job.get("method") in results.TEACHER_METHODS:  # its students read model.pt
+            problem = results.model_problem(folder, result)
+            if problem:
+                return problem
     return None
 
 
 def job_state(folder: Path) -> JobState:
     if (folder / "result.json").exists():
-        problem = result_problem(folder / "result.json")
+        problem = result_problem(folder)
         if problem is None:
             return JobState(DONE)
-        return JobState(DAMAGED, f"result.json unreadable ({problem}): resume keeps it aside and reruns the job")
+        return JobState(DAMAGED, f"{problem}: resume keeps result.json aside and reruns the job")
     error = read_json(folder / "error.json")
     if error is not None:
         return JobState(FAILED, error.get("line", ""))

@@ -26,8 +26,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from kd import results
 from kd.config import TrainConfig, cuda_graphs
-from kd.errors import UserError
+from kd.errors import DamagedTeacher, UserError
 from sweep import logs, state
 
 
@@ -111,6 +112,10 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
         for f in todo:
             for stray in f.glob(".tmp-*"):  # a write cut by a kill; under the lock no one else writes here
                 stray.unlink(missing_ok=True)
+            why = state.result_problem(f) if (f / "result.json").exists() else None
+            if why:  # another job's result, a teacher's model.pt gone: the job runs again
+                logging.getLogger(__name__).warning("%s: %s: kept as %s; the job runs again", f, why,
+                                                    results.keep_aside(f / "result.json").name)
             state.record_attempt(f, pack_size=len(todo), **attempt)
         stop_heartbeat = state.heartbeat(todo)
         try:
@@ -122,6 +127,8 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
                         state.record_stop(f, signal.Signals(signum).name)
         except Exception as e:  # a kill or Ctrl-C leaves no error.json: the job shows as interrupted
             line = f"{e.__class__.__name__}: {e}".splitlines()[0] if str(e) else e.__class__.__name__
+            if isinstance(e, DamagedTeacher):
+                _teacher_damaged(e.folder, str(e))
             for f in todo:
                 if not (f / "result.json").exists():
                     state.record_error(f, line, traceback.format_exc())
@@ -129,6 +136,16 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
         finally:
             stop_heartbeat()
     return [state.read_json(f / "result.json") for f in folders]
+
+
+def _teacher_damaged(folder: Path, line: str) -> None:
+    """A student found its finished teacher's model.pt damaged: the teacher is no longer done (its
+    result kept aside, the finding as its error), so status says so and resume trains it again."""
+    try:
+        aside = results.keep_aside(folder / results.RESULT)
+    except FileNotFoundError:  # another student of it found it first
+        return
+    state.record_error(folder, f"{line}; found by a student, its result kept as {aside.name}: resume trains it again")
 
 
 def _train(todo: list[Path], data_root: Path | None, device: str | None, stop: Callable[[], bool] | None,

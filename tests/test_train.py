@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -8,7 +9,7 @@ import torch
 
 from kd import sealed, train
 from kd.config import make_config
-from kd.errors import UserError
+from kd.errors import DamagedTeacher, UserError
 
 
 from kd_fixtures import teacher_dir  # noqa: F401 - a session fixture
@@ -67,6 +68,28 @@ def test_a_folder_of_another_job_is_refused_and_a_damaged_result_rerun(tmp_path,
         assert kept and kept[-1].read_bytes() == damage  # the damaged file is kept for the user
         for k in kept:
             k.unlink()
+
+
+def test_a_teacher_whose_model_was_overwritten_is_refused_by_its_student_and_trained_again(tmp_path, small,
+                                                                                        teacher_dir):
+    """torch.load reads a model.pt with bytes overwritten in its middle without a word: the SHA-256 its
+    result.json records finds it, the student refuses the teacher (one line, a hint), and the teacher's
+    own command run again keeps its result aside and trains it anew."""
+    out = tmp_path / "t"
+    shutil.copytree(teacher_dir, out)
+    for cache in out.glob("logits-*"):
+        cache.unlink()
+    data = (out / "model.pt").read_bytes()
+    half = len(data) // 2
+    (out / "model.pt").write_bytes(data[:half] + b"\0" * 64 + data[half + 64:])
+    student = make_config(method="kd", teacher=str(out), alpha=0.5, temperature=4.0, epochs=1, batch_size=100)
+    with pytest.raises(DamagedTeacher, match=r"model.pt is damaged \(.* its SHA-256 differs from") as e:
+        train.run(student, tmp_path / "s", dataset=small, device="cpu")
+    assert e.value.hint.startswith("train the teacher again") and not (tmp_path / "s").exists()
+    r = train.run(make_config(method="teacher", epochs=1, batch_size=100), out, dataset=small, device="cpu")
+    assert len(list(out.glob("result.json.damaged-*"))) == 1
+    assert r["model_file"]["sha256"] == hashlib.sha256((out / "model.pt").read_bytes()).hexdigest()
+    assert train.run(student, tmp_path / "s", dataset=small, device="cpu")["metrics"]["test_accuracy"] > 0.5
 
 
 def test_finished_job_is_not_run_again(tmp_path, small):

@@ -73,7 +73,69 @@ def test_a_damaged_result_is_a_damaged_job(tmp_path):
     for damage in (b"\x00\xffgarbage", b'{"config": {}, "metr', b"{}"):
         (folder / "result.json").write_bytes(damage)
         s = state.job_state(folder)
-        assert s.state == state.DAMAGED and "resume keeps it aside and reruns the job" in s.detail
+        assert s.state == state.DAMAGED and "resume keeps result.json aside and reruns the job" in s.detail
+
+
+def test_a_result_of_another_job_is_a_damaged_job_not_done(tmp_path):
+    """A result.json copied from another job's folder must not make this job 'done' under another
+    job's numbers: it is damaged, and the settings that differ are named."""
+    folder = _folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())["config"]
+    result = {"config": config, "metrics": {"test_accuracy": 0.9}, "history": [{"epoch": 1}]}
+    (folder / "result.json").write_text(json.dumps(result))
+    assert state.job_state(folder).state == state.DONE
+    (folder / "result.json").write_text(json.dumps({**result, "config": {**config, "epochs": 3}}))
+    s = state.job_state(folder)
+    assert s.state == state.DAMAGED
+    assert s.detail == ("result.json holds another job's result (epochs 3, not 1): "
+                        "resume keeps result.json aside and reruns the job")
+
+
+def test_a_teacher_whose_model_is_damaged_is_trained_again_with_its_student_in_one_resume(tmp_path,
+                                                                                          mini_mnist_env):
+    """A finished teacher's model.pt deleted or cut short makes the teacher damaged (by its size, which
+    result.json records: status only stats it); bytes overwritten in place are found by its student
+    (by the SHA-256 result.json records), which hands the teacher back: failed, with why. Each case
+    ends in one resume with every job done, and nothing done trained twice."""
+    from sweep import api
+    from sweep.cli import main
+
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('name = "s"\ndataset = "mnist"\nmethods = ["teacher", "scratch", "kd"]\n'
+                          "[train]\nepochs = 1\nbatch_size = 100\n[grid]\nalpha = [0.5]\ntemperature = [4]\n")
+    results = tmp_path / "r"
+    args = [str(sweep_file), "--results", str(results)]
+    assert main(["-q", "run", *args]) == 0
+    teacher, scratch, student = (state.job_dir(results / "s", j) for j in api.plan(sweep_file).jobs)
+    states = lambda: [(s.state, s.detail) for _, s in api.status(sweep_file, results_root=results)]  # noqa: E731
+    untouched = (scratch / "result.json").stat().st_mtime_ns
+    for damage in ("deleted", "cut", "overwritten"):
+        (student / "result.json").unlink()
+        model = teacher / "model.pt"
+        data = model.read_bytes()
+        record = json.loads((teacher / "result.json").read_text())["model_file"]
+        assert record["bytes"] == len(data)
+        half = len(data) // 2
+        if damage == "deleted":
+            model.unlink()
+        else:
+            model.write_bytes(data[:1000] if damage == "cut" else data[:half] + b"\0" * 64 + data[half + 64:])
+        if damage == "overwritten":
+            assert states()[0] == (state.DONE, "")  # a stat cannot tell: the student's check does
+            assert main(["-q", "resume", *args]) == 1
+            (t_state, t_why), _, (s_state, s_why) = states()
+            assert t_state == state.FAILED and "its SHA-256 differs from the one its result.json records" in t_why
+            assert t_why.endswith("resume trains it again") and "found by a student" in t_why
+            assert s_state == state.FAILED and f"{model} is damaged" in s_why
+        else:
+            why = "model.pt missing" if damage == "deleted" else f"model.pt has 1,000 bytes where {len(data):,} were"
+            assert states()[0][0] == state.DAMAGED and states()[0][1].startswith(why)
+        assert main(["-q", "resume", *args]) == 0
+        assert [s for s, _ in states()] == [state.DONE] * 3
+        assert (scratch / "result.json").stat().st_mtime_ns == untouched
+        assert len(list(teacher.glob("result.json.damaged-*"))) == 1  # the teacher's old result, kept
+        for kept in teacher.glob("result.json.damaged-*"):
+            kept.unlink()
 
 
 def test_a_damaged_result_shows_damaged_and_resume_reruns_only_that_job(tmp_path, mini_mnist_env):
