@@ -7,6 +7,7 @@ members can read each other's results.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from kd.errors import UserError
 
 
 @contextmanager
@@ -25,8 +28,11 @@ def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
     use it (a damaged one is detected on load and training restarts); results do not.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
@@ -35,9 +41,22 @@ def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _FULL:
+            raise _cannot_write(path, e) from None
         raise
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk or quota: the user's to fix, not a bug
+
+
+def _cannot_write(path: Path, e: OSError) -> Exception:
+    """A write refused by the file system (permissions, read-only, full) as one line naming the file."""
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, *_FULL):
+        return UserError(f"{path}: cannot write it ({e.strerror})",
+                         hint="check the folder's permissions and free space" if e.errno not in _FULL else None)
+    return e
 
 
 def _umask() -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -562,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for add, _ in COMMANDS.values():
         add(sub)
+    for command in sub.choices.values():  # also after the command (kdsweep status s.toml --debug), as users type them
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -574,9 +578,10 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    debug = False
     try:
         args = build_parser().parse_args(argv)
+        debug = args.debug
         logs.setup(logging.WARNING if args.quiet else logging.INFO)
         return COMMANDS[args.command][1](args)
     except UserError as e:
@@ -589,6 +594,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head or less, which closed early
         sys.stderr.close()
         return 0
+    except OSError as e:
+        if debug or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a folder the user cannot write (a colleague's results, a read-only mount, a full disk)
+        print(f"error: {_one_line(str(e.filename or ''))}: cannot write it ({e.strerror})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

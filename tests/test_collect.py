@@ -2,6 +2,7 @@
 the code's provenance kept; plot on a damaged table is one error line."""
 import json
 import logging
+import subprocess
 
 import pandas as pd
 import pytest
@@ -33,6 +34,33 @@ def test_a_damaged_result_is_skipped_named_and_listed(tmp_path, caplog, capsys, 
     assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
     out = capsys.readouterr().out
     assert "not finished (1), not in the table:\n  kd-a0.5-T4-s1: damaged (" in out
+
+
+def _chattr(flag: str, path) -> None:
+    """chattr +i: a folder no one may write in, not even root (EPERM), as a colleague's refuses you."""
+    r = subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"chattr {flag} {path}: {r.stderr.strip() or r.returncode}")
+
+
+def test_a_results_folder_that_cannot_be_written_is_one_error_line(tmp_path, capsys):
+    """collect, plot and report on a sweep folder one may read but not write: one line naming what
+    could not be written, exit status 2, no traceback, nothing half-written."""
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    folder = api.folder(plan, root)
+    assert main(["-q", "collect", str(sweep_file), "--results", str(root)]) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in folder.iterdir())
+    _chattr("+i", folder)
+    try:
+        for command, what in (("collect", "results.parquet"), ("plot", "plots"), ("report", "plots")):
+            assert main(["-q", command, str(sweep_file), "--results", str(root)]) == 2, command
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err[0] == f"error: {folder / what}: cannot write it (Operation not permitted)", command
+            assert "Traceback" not in "\n".join(err)
+    finally:
+        _chattr("-i", folder)
+    assert sorted(p.name for p in folder.iterdir()) == before  # no stray temporary file
 
 
 def test_comparisons_are_written_beside_the_results(tmp_path, capsys):
