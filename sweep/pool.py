@@ -36,7 +36,7 @@ class Worker:
         self._log: Path | None = None
         self.last_line = ""  # the last line of that output, when it died in a unit
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=self._output, stderr=self._output,
-                                     pass_fds=(write,), env=env, text=True)
+                                     pass_fds=(write,), env={**env, "KDSWEEP_RUN_PID": str(os.getpid())}, text=True)
         os.close(write)
         os.set_blocking(read, False)
         self._answers = os.fdopen(read, "rb", buffering=0)

@@ -212,12 +212,30 @@ def run_one(folders: list[Path], after: list[Path], data_root: Path | None, devi
     return 128 + stop.signal if None in results and stop.signal else 0
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_parent() -> None:
+    """Have the kernel send this worker SIGTERM when the run that started it dies (killed outright:
+    SIGKILL, the OOM killer), so that it checkpoints and stops, where it trained on with no one to
+    report to, into folders a new run of the sweep may have made anew. Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != os.environ.get("KDSWEEP_RUN_PID", str(os.getppid())):  # it died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def serve(channel: int, data_root: Path | None, device: str | None) -> int:
     """A long-lived worker (sweep.pool): imports torch once, then runs the units it reads from stdin,
     one JSON line each, until its end; each unit's output goes into the unit's log, and its exit
     status back as one line on file descriptor ``channel``. A signal stops the unit and the worker."""
     stop = StopFlag()
     stop.catch(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # a hangup: the terminal closed
+    _stop_with_parent()
     from kd import train
 
     train.pick_device(device)  # torch and CUDA: once per worker, not once per unit

@@ -356,6 +356,24 @@ def test_a_hangup_stops_the_run_with_a_checkpoint(tmp_path, started):
     assert line.startswith("stopped by SIG") and line.endswith("checkpointed: resume continues it"), line
 
 
+def test_a_run_killed_outright_takes_its_workers_with_it(tmp_path, started):
+    """``kill -9`` of the run (or the OOM killer): its worker gets SIGTERM from the kernel (a
+    parent-death signal), checkpoints and stops, where it trained on alone and wrote its results
+    into whatever folder stood there later (a user who deleted results/ and ran again)."""
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=200, seeds="0"))
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1")
+    first = state.job_dir(tmp_path / "seeds", api.plan(sweep_file).jobs[0])
+    _until_training(proc, first)
+    assert len(_workers(proc.pid)) == 1
+    proc.kill()
+    proc.communicate(timeout=10)
+    _wait_group_dead(proc.pid, timeout=30)  # its worker too, which would train on for 200 epochs
+    assert (first / "checkpoint.pt").exists()
+    s = state.job_state(first)
+    assert (s.state, s.detail) == (state.INTERRUPTED, "stopped by SIGTERM, checkpointed: resume continues it")
+
+
 def test_a_worker_stopped_by_a_signal_is_interrupted_not_failed(tmp_path, started):
     """``kill`` of a worker (not of the run): the job checkpoints; the run and status both say
     interrupted, and the run points at resume."""
