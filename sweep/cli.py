@@ -370,12 +370,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     """``kill PID``, or a hangup (the terminal closed, the ssh session dropped), stops a run as
     Ctrl-C does: its children are stopped and waited for, their jobs checkpoint and show as
     interrupted, instead of being left running without a parent or killed without a checkpoint."""
-    caught = (signal.SIGTERM, signal.SIGHUP)
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def interrupt(signum, frame) -> None:
-        for s in caught:  # a second one must not cut the clean-up short
-            signal.signal(s, signal.SIG_IGN)
+        for s in caught:  # a second one must not cut the clean-up short (nor leave workers running)
+            signal.signal(s, again if s == signal.SIGINT else signal.SIG_IGN)
         raise KeyboardInterrupt
+
+    def again(signum, frame) -> None:
+        print(f"still stopping: the workers finish their step and checkpoint (kill -9 {os.getpid()} "
+              "leaves at once; its workers then stop as on SIGTERM)", file=sys.stderr)
 
     previous = {s: signal.signal(s, interrupt) for s in caught if signal.getsignal(s) != signal.SIG_IGN}  # nohup
     try:

@@ -89,9 +89,10 @@ class StopFlag:
     def _set(self, signum: int, frame) -> None:
         if signum == signal.SIGINT and self.signal == signal.SIGINT:
             raise KeyboardInterrupt
-        logging.getLogger(__name__).warning("caught %s: stopping after this step, with a checkpoint",
-                                            signal.Signals(signum).name)
-        self.signal = signum
+        if self.signal is None:  # the first says why (Ctrl-C reaches a worker, then its run's SIGTERM)
+            logging.getLogger(__name__).warning("caught %s: stopping after this step, with a checkpoint",
+                                                signal.Signals(signum).name)
+            self.signal = signum
 
 
 def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str | None = None,

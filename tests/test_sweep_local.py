@@ -356,6 +356,32 @@ def test_a_hangup_stops_the_run_with_a_checkpoint(tmp_path, started):
     assert line.startswith("stopped by SIG") and line.endswith("checkpointed: resume continues it"), line
 
 
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_stops_the_run_and_says_where_it_stands(tmp_path, started, presses):
+    """Ctrl-C in a terminal reaches the run and its workers (one process group); the run then asks
+    its workers to stop (SIGTERM): the job says SIGINT, what the user did. A second Ctrl-C while
+    they checkpoint does not cut the run's clean-up short: its last line agrees with status, and
+    no worker is left behind."""
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=200, seeds="0"))
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1",
+                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal starts it
+    first = state.job_dir(tmp_path / "seeds", api.plan(sweep_file).jobs[0])
+    _until_training(proc, first)
+    for _ in range(presses):
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.05)
+    out = proc.communicate(timeout=60)[0]
+    _wait_group_dead(proc.pid, timeout=10)
+    assert proc.returncode == 130, out
+    rc, status_out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
+    totals = status_out.splitlines()[-1]
+    assert out.splitlines()[-1] == f"interrupted: {totals}  ->  kdsweep resume {sweep_file}", (out, status_out)
+    assert state.job_state(first).state == state.INTERRUPTED
+    if presses == 1:
+        assert state.job_state(first).detail == "stopped by SIGINT, checkpointed: resume continues it"
+
+
 def test_a_run_killed_outright_takes_its_workers_with_it(tmp_path, started):
     """``kill -9`` of the run (or the OOM killer): its worker gets SIGTERM from the kernel (a
     parent-death signal), checkpoints and stops, where it trained on alone and wrote its results
@@ -414,18 +440,22 @@ def test_a_unit_that_kills_its_worker_fails_alone_and_the_next_unit_gets_a_new_w
     sweep_file.write_text(CRASH)
     first, long, last = api.plan(sweep_file).jobs  # 2 epochs, 400 epochs, 2 epochs
     folder = tmp_path / "crash"
-    proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1", "-j", "1")
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1", "-j", "1",
+                   env={**os.environ, "KDSWEEP_CHECKPOINT_MINUTES": "epoch"})
     _until_training(proc, state.job_dir(folder, long))
+    while not (state.job_dir(folder, long) / "checkpoint.pt").exists():
+        time.sleep(0.02)
     worker = json.loads((state.job_dir(folder, long) / "attempt.json").read_text())["pid"]
     assert json.loads((state.job_dir(folder, first) / "attempt.json").read_text())["pid"] == worker  # reused
     os.kill(worker, signal.SIGKILL)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 1, out
     (line,) = [x for x in out.splitlines() if long.name in x and x.startswith("failed")]
-    assert line.endswith("its worker was killed by SIGKILL"), out
+    assert line.endswith("its worker was killed by SIGKILL; resume continues from its checkpoint"), out
     assert json.loads((state.job_dir(folder, last) / "attempt.json").read_text())["pid"] != worker  # a new one
     rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
     assert out.splitlines()[-1] == "2/3 done, 1 failed", out  # status agrees with what run said
+    assert "killed by SIGKILL; resume continues from its checkpoint" in out, out
 
 
 
