@@ -135,8 +135,9 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                             detail = (s.detail if 0 <= rc < 128 and s.detail else
                                       _ended(rc) + (f": {last}" if last else ""))
                             if rc != 0 and s.state != state.FAILED:  # its worker failed or was killed before it
-                                jdir = state.job_dir(folder, job)  # could say so: status too, and what resume does
-                                detail = f"{detail}; {state.resume_from(jdir)}"
+                                jdir = state.job_dir(folder, job)  # could say so: status too
+                                if rc < 0:  # killed mid-training: and what resume does
+                                    detail = f"{detail}; {state.resume_from(jdir)}"
                                 state.record_error(jdir, detail)
                             finish(job, "failed", detail, seconds)
                 # a unit waiting for a teacher that will not finish would wait for ever: stop it
