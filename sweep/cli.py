@@ -316,9 +316,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     _check_inputs(plan, todo, args.data_root)
     verb = "resuming" if args.command == "resume" else "running"
-    print(f"{verb} {len(todo)} of {len(plan.jobs)} jobs of {plan.sweep.name} "
-          f"({len(plan.jobs) - len(todo)} already done) in {folder}, {args.jobs} at a time")
-    bar = tqdm(total=len(todo), unit="job", disable=None)
+    bar = None
+
+    def on_start() -> None:  # the sweep is this run's: not before (another run holds it, a folder refuses)
+        nonlocal bar
+        print(f"{verb} {len(todo)} of {len(plan.jobs)} jobs of {plan.sweep.name} "
+              f"({len(plan.jobs) - len(todo)} already done) in {folder}, {args.jobs} at a time")
+        bar = tqdm(total=len(todo), unit="job", disable=None)
 
     def on_event(e: local.Event) -> None:
         if e.state == "started":
@@ -338,9 +342,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         with _sigterm_as_interrupt():
             summary = local.run(plan, folder, jobs=args.jobs, pack=pack, data_root=args.data_root,
-                                device=args.device, on_event=on_event)
+                                device=args.device, on_event=on_event, on_start=on_start)
     except KeyboardInterrupt:  # the units stopped (checkpointed where they were): where it stands, and the way on
-        bar.close()
+        if bar is not None:
+            bar.close()
         print(f"interrupted: {status.totals(status.job_states(plan, folder))}  ->  kdsweep resume {args.sweep}",
               file=sys.stderr)
         return 130

@@ -79,10 +79,12 @@ def device_kind(device: str | None) -> str:
 
 
 def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", data_root: Path | None = None,
-        device: str | None = None, on_event: Callable[[Event], None] | None = None, poll: float = 0.2) -> Summary:
+        device: str | None = None, on_event: Callable[[Event], None] | None = None,
+        on_start: Callable[[], None] | None = None, poll: float = 0.2) -> Summary:
     """Run every job of ``plan`` that is not done, at most ``jobs`` processes at once; returns what happened.
 
     A unit is a teacher, or a pack of students trained together in one process (``pack``).
+    ``on_start``: called once the sweep is this run's (locked, its plan and job folders written).
     """
     worker.check_settings()  # before any folder is made
     emit = on_event or (lambda e: None)
@@ -97,6 +99,8 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
 
     with state.sweep_lock(folder):
         state.write_plan(folder, plan)
+        if on_start:
+            on_start()
         states = dict((j.id, s) for j, s in status.job_states(plan, folder))
         done.update(jid for jid, s in states.items() if s.state == state.DONE)
         summary.already_done = len(done)

@@ -82,10 +82,14 @@ def write_plan(sweep_folder: Path, plan: Plan) -> None:
         if saved is None:
             atomic.write_json(config, {"id": j.id, "name": j.name, "config": j.config})
         elif saved.get("config") != j.config:  # never reuse a folder of other settings
-            other = saved.get("config") or {}
-            differ = sorted(k for k in {*other, *j.config} if other.get(k) != j.config.get(k))
+            differ = settings_differ(saved.get("config") or {}, j.config)
             raise UserError(f"{config}: this job folder holds other settings than job {j.name} "
                             f"({', '.join(differ) or 'unreadable'})", hint=f"move {folder} away and run again")
+
+
+def settings_differ(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The settings a folder's saved config and a job's hold otherwise, sorted."""
+    return sorted(k for k in {*saved, *config} if saved.get(k) != config.get(k))
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

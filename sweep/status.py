@@ -16,7 +16,7 @@ def job_states(plan: Plan, folder: Path) -> list[tuple[Job, state.JobState]]:
     """Each job's state: its folder's word, and Slurm's for submitted jobs that are not done; a
     student that waits on (or was cancelled for) a teacher that will not finish says so."""
     jobs = {job.id: job for job in plan.jobs}
-    states = {jid: state.job_state(state.job_dir(folder, jid)) for jid in jobs}
+    states = {jid: _folder_state(state.job_dir(folder, jid), jobs[jid]) for jid in jobs}
     ids = slurm.latest_ids(folder)
     submitted = {jid: sid for jid, sid in ids.items() if jid in states and states[jid].state != state.DONE}
     seen = slurm.query(list(submitted.values()))
@@ -44,6 +44,17 @@ def job_states(plan: Plan, folder: Path) -> list[tuple[Job, state.JobState]]:
                 ": never to be met; resume cancels and resubmits it" if s.state == state.QUEUED else ""),
                 stranded=s.state == state.QUEUED)
     return [(job, states[job.id]) for job in plan.jobs]
+
+
+def _folder_state(folder: Path, job: Job) -> state.JobState:
+    """The job's folder's word, unless the folder holds another job's settings (a moved or edited
+    folder): then nothing in it is this job's, and run and resume refuse it until it is moved away."""
+    saved = (state.read_json(folder / "config.json") or {}).get("config")
+    if saved is not None and saved != job.config:
+        differ = state.settings_differ(saved, job.config)
+        return state.JobState(state.FAILED, f"{folder} holds other settings than the job ({', '.join(differ[:4])}): "
+                                            "move it away, then resume")
+    return state.job_state(folder)
 
 
 def _newer(teacher: str | None, student: str | None) -> bool:

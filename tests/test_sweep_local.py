@@ -231,9 +231,31 @@ def test_a_second_run_of_the_same_sweep_is_refused(killed_and_resumed, tmp_path,
     attempts = _attempts(student)
     with state.sweep_lock(results / "tiny"):
         assert main(["run", str(k["sweep_file"]), "--results", str(results)]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"error: {results / 'tiny'}: another 'kdsweep run' is running this sweep (pid {os.getpid()})" in err
+    assert "running" not in out  # no 'running 1 of 4 jobs' before the refusal
     assert _attempts(student) == attempts and not (student / "result.json").exists()  # nothing started
+
+
+def test_a_job_folder_of_other_settings_is_named_by_status_and_refused_by_resume(killed_and_resumed, tmp_path,
+                                                                                  capsys):
+    """A folder whose config.json holds other settings (edited, or moved in from another sweep) is
+    nothing of this job's: status says so and how to go on, where it said 'interrupted ... resume
+    starts it over', and resume refuses it with the same words before it says it runs anything."""
+    k = killed_and_resumed
+    results = tmp_path / "results"
+    shutil.copytree(k["folder"], results / "tiny")
+    student = state.job_dir(results / "tiny", next(j for j in k["plan"].jobs if j.method == "kd"))
+    (student / "result.json").unlink()
+    saved = json.loads((student / "config.json").read_text())
+    saved["config"]["epochs"] = 7
+    (student / "config.json").write_text(json.dumps(saved))
+    assert main(["status", str(k["sweep_file"]), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert f"failed  {student} holds other settings than the job (epochs): move it away, then resume" in out, out
+    assert main(["resume", str(k["sweep_file"]), "--results", str(results)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {student / 'config.json'}: this job folder holds other settings"), err
 
 
 SEEDS = """name = "seeds"
