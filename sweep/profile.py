@@ -139,6 +139,17 @@ def parse_time(value: str | int, where: str) -> int:
     return minutes
 
 
+# sbatch options a profile's [sbatch] table may not give: kd-sweep's own (long name), and those the
+# profile has a key of its own for (which kd-sweep checks: the time against signal_delay_s, ...)
+SBATCH_OWN = {**{k: k for k in ("array", "dependency", "job-name", "output", "error", "signal", "nodes", "ntasks",
+                                 "ntasks-per-node", "kill-on-invalid-dep", "open-mode", "wrap", "parsable",
+                                 "requeue", "no-requeue")},
+              "a": "array", "d": "dependency", "o": "output", "e": "error", "n": "ntasks"}
+SBATCH_KEYS = {"time": "time", "t": "time", "partition": "partition", "p": "partition", "account": "account",
+               "qos": "qos", "q": "qos", "constraint": "constraint", "mem": "mem_gb", "cpus-per-task": "cpus",
+               "c": "cpus", "gpus": "gpus", "gpus-per-node": "gpus"}
+
+
 def parse(raw: dict[str, Any], path: Path | None = None) -> Profile:
     f = f"{path}: " if path else ""
     _check_types(raw, KEYS, f)
@@ -167,6 +178,12 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Profile:
     for key, value in sbatch.items():
         if not isinstance(value, (str, int, bool)) or not re.fullmatch(r"[a-z][a-z0-9-]*", key):
             raise UserError(f"{f}sbatch.{key}: expected an sbatch option name = string, number or true")
+        if key in SBATCH_OWN:
+            raise UserError(f"{f}sbatch.{key}: kd-sweep sets --{SBATCH_OWN[key]} itself (arrays, teachers before "
+                            "students, logs, the warning signal): it cannot be given here")
+        if key in SBATCH_KEYS:
+            raise UserError(f"{f}sbatch.{key}: use the profile's own key: {SBATCH_KEYS[key]} = ...",
+                            hint="kd-sweep checks it and builds the sbatch option from it")
     setup = raw.get("setup", [])
     if not all(isinstance(line, str) for line in setup):
         raise UserError(f"{f}setup: expected a list of shell lines")

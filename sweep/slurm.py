@@ -32,10 +32,21 @@ SQUEUE = {"PD": "queued", "R": "running", "CG": "running", "CF": "running", "S":
 
 
 def read_record(folder: Path) -> list[dict[str, Any]]:
+    from kd.errors import UserError
+
+    path = folder / RECORD
     try:
-        return json.loads((folder / RECORD).read_text())
+        record = json.loads(path.read_text())
     except FileNotFoundError:
         return []
+    except ValueError as e:
+        record = e
+    if not (isinstance(record, list) and all(isinstance(r, dict) and isinstance(r.get("jobs"), dict) for r in record)):
+        why = f"not JSON: {record}" if isinstance(record, Exception) else "not a list of submissions"
+        raise UserError(f"{path}: damaged ({why}); it says which Slurm jobs run this sweep",
+                        hint=f"restore it, or move it aside and scancel this sweep's queued jobs: without it status "
+                             f"goes by the job folders alone, and resume submits again what Slurm still holds")
+    return record
 
 
 def add_submission(folder: Path, level: str, slurm_ids: dict[str, str], profile: str) -> None:
@@ -53,16 +64,29 @@ def latest_ids(folder: Path) -> dict[str, str]:
     return out
 
 
+class Unreachable(Exception):
+    """Neither sacct nor squeue answered (no controller, no Slurm commands here): what Slurm runs is unknown."""
+
+
 def query(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """Slurm id -> (our state, reason); sacct where accounting exists, squeue otherwise."""
+    """Slurm id -> (our state, reason); sacct where accounting exists, squeue otherwise.
+    ``Unreachable`` when neither answers: an id missing from an answer means Slurm forgot it, which
+    must not be said of ids no one could ask about."""
     if not slurm_ids:
         return {}
-    found = (_sacct(slurm_ids) if shutil.which("sacct") else None) or {}
+    accounted = _sacct(slurm_ids) if shutil.which("sacct") else None
+    found = dict(accounted or {})
     # squeue for what sacct does not know yet (no accounting, or slurmdbd behind), and for why a queued
     # job waits (a requeued job held until its BeginTime, a dependency that can never be satisfied)
     ask = [i for i in slurm_ids if i not in found or found[i][0] == "queued"]
-    if ask and shutil.which("squeue"):
-        for jid, (st, reason) in _squeue(ask).items():
+    if ask:
+        try:
+            queued = _squeue(ask)
+        except Unreachable:
+            if accounted is None:
+                raise
+            queued = {}
+        for jid, (st, reason) in queued.items():
             if jid not in found or (st == "queued" and reason):
                 found[jid] = (st, reason or found.get(jid, ("", ""))[1])
     return found
@@ -119,12 +143,19 @@ def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
 
 
 def _squeue(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
+    if not shutil.which("squeue"):
+        raise Unreachable("no squeue command on this machine")
     try:
         p = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%t|%r|%S", "-j",
                             ",".join(sorted({i.split('_')[0] for i in slurm_ids}))],
                            capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
+    except subprocess.TimeoutExpired:
+        raise Unreachable("squeue did not answer in 60 s") from None
+    except OSError as e:
+        raise Unreachable(f"squeue: {e.strerror}") from None
+    # 'Invalid job id': every one asked about has ended and been forgotten, an answer like any other
+    if p.returncode != 0 and "Invalid job id" not in p.stderr:
+        raise Unreachable(f"squeue: {(p.stderr.strip().splitlines() or [f'exit status {p.returncode}'])[-1]}")
     found = parse_squeue(p.stdout)
     # squeue forgets finished jobs: an id it does not list has ended (the job folder says how)
     return {i: found[i] for i in slurm_ids if i in found}

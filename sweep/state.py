@@ -186,7 +186,7 @@ def job_state(folder: Path) -> JobState:
         return JobState(RUNNING, f"pid {attempt['pid']} on {attempt['host']}")
     if attempt.get("stopped"):
         return JobState(INTERRUPTED, stopped(folder, attempt))
-    if attempt.get("host") != socket.gethostname() and not attempt.get("slurm_job_id"):
+    if attempt.get("host") != socket.gethostname():  # a node (or a Slurm task Slurm forgot, or cannot be asked of)
         try:
             silent = time.time() - (folder / "attempt.json").stat().st_mtime
         except OSError:

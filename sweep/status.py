@@ -1,25 +1,40 @@
 """Where a sweep stands: each job's state from its folder, and the totals."""
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from pathlib import Path
 
+from kd.errors import UserError
 from sweep import slurm, state
 from sweep.plan import Job, Plan
+
+log = logging.getLogger(__name__)
 
 ORDER = (state.DONE, state.RUNNING, state.QUEUED, state.FAILED, state.CANCELLED, state.DAMAGED, state.INTERRUPTED,
          state.PENDING)
 
 
-def job_states(plan: Plan, folder: Path) -> list[tuple[Job, state.JobState]]:
+def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job, state.JobState]]:
     """Each job's state: its folder's word, and Slurm's for submitted jobs that are not done; a
-    student that waits on (or was cancelled for) a teacher that will not finish says so."""
+    student that waits on (or was cancelled for) a teacher that will not finish says so. Where
+    Slurm cannot be asked the folders' word stands, with a warning; ``strict`` (before a
+    submission): a UserError instead, as jobs Slurm still holds would be submitted twice."""
     jobs = {job.id: job for job in plan.jobs}
     states = {jid: _folder_state(state.job_dir(folder, jid), jobs[jid]) for jid in jobs}
     ids = slurm.latest_ids(folder)
     submitted = {jid: sid for jid, sid in ids.items() if jid in states and states[jid].state != state.DONE}
-    seen = slurm.query(list(submitted.values()))
+    try:
+        seen = slurm.query(list(submitted.values()))
+    except slurm.Unreachable as e:
+        if strict:
+            raise UserError(f"cannot ask Slurm about {len(submitted)} submitted jobs of this sweep ({e}): not "
+                            "submitting, as those it still holds would run twice",
+                            hint="run it where squeue answers (the cluster's login node)") from None
+        log.warning("could not ask Slurm about %d submitted jobs (%s): their states below are the job "
+                    "folders' alone", len(submitted), e)
+        seen = {}
     for jid, sid in submitted.items():
         if sid not in seen:  # Slurm has forgotten it (no accounting): the folder tells
             continue

@@ -110,6 +110,9 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
         return [state.read_json(f / "result.json") for f in folders]
     with state.job_locks(todo, wait_s=float(os.environ.get("KDSWEEP_LOCK_WAIT", LOCK_WAIT_S))):
         todo = [f for f in todo if state.job_state(f).state != state.DONE]  # done by the process we waited for
+        if not todo:
+            logging.getLogger(__name__).info("done meanwhile by the process that held its lock: nothing to do")
+            return [state.read_json(f / "result.json") for f in folders]
         for f in todo:
             for stray in f.glob(".tmp-*"):  # a write cut by a kill; under the lock no one else writes here
                 stray.unlink(missing_ok=True)

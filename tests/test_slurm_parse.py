@@ -70,3 +70,55 @@ def test_query_asks_sacct_for_the_arrays_then_squeue_for_the_rest(tmp_path, monk
     assert (tmp_path / "sacct.args").read_text().split() == [
         "-n", "-P", "-X", "-D", "--format=JobID,State,ExitCode", "-j", "4212,4215,4216"]
     assert (tmp_path / "squeue.args").read_text().split() == ["-h", "-r", "-o", "%i|%t|%r|%S", "-j", "4215,4216"]
+
+
+def _half_submitted(tmp_path):
+    """A hand-made sweep: all done but one job, which a Slurm task on node7 trains (a fresh heartbeat)."""
+    import json
+
+    from sweep import api, state
+    from sweep_tables import finish, sweep_file
+
+    f = sweep_file(tmp_path)
+    plan = api.plan(f)
+    folder = api.folder(plan, tmp_path / "results")
+    job = plan.jobs[-1]
+    finish(folder, plan, skip=(job.name,))
+    slurm.add_submission(folder, "students", {job.id: "4211_0"}, "local-slurm")
+    (state.job_dir(folder, job) / "attempt.json").write_text(
+        json.dumps({"host": "node7", "pid": 4242, "slurm_job_id": "4211_0"}))
+    return f, plan, folder, job
+
+
+def test_where_slurm_cannot_be_asked_status_says_so_and_nothing_is_submitted_again(tmp_path, monkeypatch, caplog):
+    """No squeue or sacct here (a laptop, a node without the client): status goes by the job
+    folders and says so, and a job whose task beats its heartbeat is running, not 'killed?';
+    a submission refuses, where it submitted again every job Slurm still held."""
+    import logging
+
+    from kd.errors import UserError
+    from sweep import api, profile, state, status, submit
+
+    f, plan, folder, job = _half_submitted(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    with caplog.at_level(logging.WARNING, logger="sweep.status"):
+        states = dict((j.id, s) for j, s in status.job_states(plan, folder))
+    assert "could not ask Slurm about 1 submitted jobs (no squeue command on this machine)" in caplog.text
+    assert states[job.id].state == state.RUNNING and "on node7 (heartbeat" in states[job.id].detail
+    with pytest.raises(UserError, match=r"cannot ask Slurm about 1 submitted jobs of this sweep \(no squeue "
+                                        r"command on this machine\): not submitting"):
+        submit.submit(plan, profile.load("local-slurm"), folder)
+    assert len(slurm.read_record(folder)) == 1  # nothing submitted
+
+
+@pytest.mark.parametrize("damage", [b'[{"level": "first", "jo', b'{"jobs": {}}', b"[1, 2]"])
+def test_a_damaged_submissions_record_is_one_error_line(tmp_path, capsys, damage):
+    from sweep.cli import main
+
+    f, plan, folder, job = _half_submitted(tmp_path)
+    (folder / slurm.RECORD).write_bytes(damage)
+    for command in ("status", "resume"):
+        assert main([command, str(f), "--results", str(tmp_path / "results")]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].startswith(f"error: {folder / slurm.RECORD}: damaged (") and "Traceback" not in err
+        assert err[1].startswith("hint: restore it, or move it aside")
