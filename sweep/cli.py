@@ -302,6 +302,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plan = _load_plan(args)
     folder = api.folder(plan, args.results)
     _check_folder(folder, "--results")
+    if args.command == "resume" and not folder.is_dir():  # run from another folder: it would start all over
+        raise UserError(f"{folder}: no such folder: sweep {plan.sweep.name} has not run here, nothing to resume",
+                        hint="'kdsweep run' starts it; or give --results DIR where it ran")
     if args.profile:
         if args.device:
             raise UserError("--device: not with --profile: a SLURM job's device is the GPU that the profile's "
@@ -434,7 +437,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     states = status.job_states(plan, folder)
     rows = [[j.id, j.name, s.state, s.detail] for j, s in states]
     print(_table(["id", "name", "state", "detail"], rows))
-    print(status.totals(states))
+    print(status.totals(states) + ("" if folder.is_dir() else
+                                   f" (no folder {folder}: not run here; --results DIR where it ran)"))
     return 0
 
 

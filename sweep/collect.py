@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kd import atomic, provenance, results
+from kd import atomic, provenance
 from kd.errors import UserError
 from sweep import compare, state
 from sweep.plan import Plan
@@ -47,26 +47,22 @@ def job_row(plan: Plan, job, result: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def read_result(path: Path) -> dict[str, Any] | None:
-    """A job's ``result.json``: None when there is none; ``UserError`` naming the file when it exists
-    but is damaged (``kd.results.read``)."""
-    try:
-        return results.read(path)
-    except results.DamagedResult as e:
-        raise UserError(str(e)) from None
-
-
 def collect(plan: Plan, folder: Path) -> Collected:
     """Write ``results.parquet``, ``epochs.parquet`` and ``comparisons.parquet`` for the finished
     jobs (atomically); list the others. A damaged ``result.json`` is skipped with a warning and
     listed as damaged: it does not stop the rest from being collected."""
     import pandas as pd
 
-    rows, epochs, missing = [], [], []
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder: sweep {plan.sweep.name} has not run here",
+                        hint="run it first, or give --results DIR where it ran")
+    rows, epochs, missing, unfinished = [], [], [], []
     for job in plan.jobs:
         jdir = state.job_dir(folder, job)
         try:
-            result = read_result(jdir / "result.json")
+            result, problem = state.own_result(jdir)
+            if problem:
+                raise UserError(f"{jdir / 'result.json'}: {problem}")
             row = job_row(plan, job, result) if result is not None else None
         except (UserError, KeyError, TypeError, ValueError) as e:
             detail = str(e) if isinstance(e, UserError) else f"{jdir / 'result.json'}: damaged result ({e!r})"
@@ -74,14 +70,20 @@ def collect(plan: Plan, folder: Path) -> Collected:
             missing.append((job.name, DAMAGED, detail))
             continue
         if row is None:
-            s = state.job_state(jdir)
-            missing.append((job.name, s.state, s.detail))
+            unfinished.append(job)
+            missing.append((job.name, "", ""))
             continue
         rows.append(row)
         for h in result["history"]:
             epochs.append({"sweep": plan.sweep.name, "job_id": job.id, "name": job.name, "method": job.method,
                            "alpha": job.config["alpha"], "temperature": job.config["temperature"],
                            "seed": job.config["seed"], **h})
+    if unfinished:  # where each stands, Slurm asked too (a job queued there is queued, not pending)
+        from sweep import status
+
+        ids = {j.id for j in unfinished}
+        where = {j.name: s for j, s in status.job_states(plan, folder) if j.id in ids}
+        missing = [(n, where[n].state, where[n].detail) if not st else (n, st, d) for n, st, d in missing]
     columns = ["sweep", "job_id", "name", "method", "alpha", "temperature", "seed"]
     results = pd.DataFrame.from_records(rows, columns=None if rows else columns)
     history = pd.DataFrame.from_records(epochs, columns=None if epochs else [*columns, "epoch"])

@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 
 from kd import atomic
-from kd.errors import UserError
 from sweep import collect, compare, plots, state
 from sweep.plan import Plan, units
 
@@ -94,7 +93,8 @@ def build(plan: Plan, folder: Path, results: pd.DataFrame, figures: list[Path]) 
     comparisons = compare.paired(results)
     unfinished = unfinished_jobs(plan, folder, results)
     seeds = results["seed"].nunique() if len(results) else 0
-    headline = [Text(f"{plan.sweep.description or plan.sweep.name}. {len(results)} of {len(plan.jobs)} jobs "
+    finished = len(results) - sum(d.endswith(STALE) for _, _, d in unfinished)  # rows whose job is still done
+    headline = [Text(f"{plan.sweep.description or plan.sweep.name}. {finished} of {len(plan.jobs)} jobs "
                      f"finished, {seeds} seed{'s' if seeds != 1 else ''}"
                      + (f"; {len(unfinished)} not finished (see below)." if unfinished else "."))]
     headline += [Text(line + ".") for line in compare.summary(comparisons)]
@@ -166,30 +166,26 @@ def _num(v, fmt: str = "g") -> str:
     return "-" if v is None or pd.isna(v) else format(v, fmt) if isinstance(v, float) else str(v)
 
 
+STALE = "in the tables from an earlier collect: run 'kdsweep collect' again"
+
+
 def unfinished_jobs(plan: Plan, folder: Path, results: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(job name, state, detail) of every planned job without a row in ``results``: from its folder
-    (damaged when its result.json cannot be read), or, where the job folders are not kept (committed
-    results), said so."""
+    """(job name, state, detail) of every planned job without a row in ``results``, from its folder
+    (or, where the job folders are not kept: committed results, said so); and of every job with a
+    row whose folder no longer holds its result (the table is older than the folders)."""
     from sweep import status
 
     have = set(results["job_id"]) if "job_id" in results else set()
-    todo = [j for j in plan.jobs if j.id not in have]
-    if not todo:
-        return []
     if not (folder / "jobs").is_dir():
-        return [(j.name, "not in results.parquet", "the job folders are not here") for j in todo]
+        return [(j.name, "not in results.parquet", "the job folders are not here") for j in plan.jobs
+                if j.id not in have]
     out = []
     for job, s in status.job_states(plan, folder):
-        if job.id in have:
-            continue
-        if s.state == state.DONE:
-            try:
-                collect.read_result(state.job_dir(folder, job) / "result.json")
-                out.append((job.name, "done after collect", "run 'kdsweep collect' again"))
-            except UserError as e:
-                out.append((job.name, collect.DAMAGED, str(e)))
-            continue
-        out.append((job.name, s.state, s.detail))
+        if job.id in have and s.state != state.DONE:
+            out.append((job.name, s.state, f"{s.detail + '; ' if s.detail else ''}{STALE}"))
+        elif job.id not in have:
+            out.append((job.name, "done after collect", "run 'kdsweep collect' again") if s.state == state.DONE
+                       else (job.name, s.state, s.detail))
     return out
 
 

@@ -44,8 +44,8 @@ def read_record(folder: Path) -> list[dict[str, Any]]:
     if not (isinstance(record, list) and all(isinstance(r, dict) and isinstance(r.get("jobs"), dict) for r in record)):
         why = f"not JSON: {record}" if isinstance(record, Exception) else "not a list of submissions"
         raise UserError(f"{path}: damaged ({why}); it says which Slurm jobs run this sweep",
-                        hint=f"restore it, or move it aside and scancel this sweep's queued jobs: without it status "
-                             f"goes by the job folders alone, and resume submits again what Slurm still holds")
+                        hint="restore it, or move it aside and scancel this sweep's queued jobs: without it status "
+                             "goes by the job folders alone, and resume submits again what Slurm still holds")
     return record
 
 

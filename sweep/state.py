@@ -148,26 +148,32 @@ def record_stop(folder: Path, signal_name: str) -> None:
     atomic.write_json(folder / "attempt.json", {**attempt, "stopped": signal_name})
 
 
-def result_problem(folder: Path) -> str | None:
-    """Why a job folder's result.json is not the job's result (None if it is): unreadable, of other
-    settings than the folder's config.json, or, for a teacher, its model.pt missing or cut short."""
+def own_result(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A job folder's result.json if it is the job's result, else why not: (result, None), or
+    (None, why) when it is unreadable, of other settings than the folder's config.json, or, for a
+    teacher, its model.pt missing or cut short; (None, None) when there is none."""
     try:
         result = results.read(folder / "result.json")
     except results.DamagedResult as e:
-        return "result.json unreadable (" + str(e).split(": damaged result, ", 1)[-1][:120] + ")"
+        return None, "result.json unreadable (" + str(e).split(": damaged result, ", 1)[-1][:120] + ")"
     if result is None:
-        return "no result.json"
+        return None, None
     job = (read_json(folder / "config.json") or {}).get("config")
     if isinstance(job, dict):
         differ = results.other_settings(result["config"], job)
         if differ:
-            return "result.json holds another job's result (" + ", ".join(
+            return None, "result.json holds another job's result (" + ", ".join(
                 f"{k} {result['config'].get(k)!r}, not {job[k]!r}" for k in differ[:3]) + ")"
         if job.get("method") in results.TEACHER_METHODS:  # its students read model.pt
             problem = results.model_problem(folder, result)
             if problem:
-                return problem
-    return None
+                return None, problem
+    return result, None
+
+
+def result_problem(folder: Path) -> str | None:
+    """Why a job folder's result.json is not the job's result (None if it is, or there is none)."""
+    return own_result(folder)[1]
 
 
 def job_state(folder: Path) -> JobState:

@@ -144,3 +144,46 @@ def test_code_diff_is_saved_for_the_rows_that_ran_on_it_and_removed_when_stale(t
     assert collect.saved_diff_hash(c.code_diff) == digest
     record("e" * 64)  # the jobs ran again on other code: the saved diff is nobody's
     assert api.collect(sweep_file, results_root=root).code_diff is None and not (folder / "code.diff").exists()
+
+
+def test_a_result_of_another_job_is_not_collected_under_this_ones_name(tmp_path):
+    """A result.json copied into another job's folder: that job is damaged (the settings that differ
+    named), not a row of the other job's numbers under its name."""
+    import shutil
+
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    folder = api.folder(plan, root)
+    a, b = [j for j in plan.jobs if j.method == "kd"][:2]
+    shutil.copy(state.job_dir(folder, a) / "result.json", state.job_dir(folder, b) / "result.json")
+    c = api.collect(sweep_file, results_root=root)
+    assert [(n, s) for n, s, _ in c.missing] == [(b.name, collect.DAMAGED)]
+    assert "result.json holds another job's result (" in c.missing[0][2]
+    assert b.id not in set(pd.read_parquet(c.results)["job_id"]) and c.rows == len(plan.jobs) - 1
+
+
+def test_a_report_from_an_older_table_says_which_rows_are_no_longer_done(tmp_path):
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    folder = api.folder(plan, root)
+    api.collect(sweep_file, results_root=root)
+    gone = plan.jobs[-1]
+    (state.job_dir(folder, gone) / "result.json").unlink()
+    api.report(sweep_file, results_root=root)
+    md = (folder / "report.md").read_text()
+    assert f"{len(plan.jobs) - 1} of {len(plan.jobs)} jobs finished" in md
+    assert "in the tables from an earlier collect: run 'kdsweep collect' again" in md and gone.name in md
+
+
+def test_where_a_sweep_never_ran_collect_and_resume_refuse_and_status_says_so(tmp_path, capsys):
+    """A shell in another folder (results/ is relative to it): collect wrote empty tables there and
+    resume started the whole sweep over; now each says where it looked."""
+    sweep_file, _, plan = finished_sweep(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    for command in ("collect", "resume"):
+        assert main(["-q", command, str(sweep_file), "--results", str(elsewhere)]) == 2, command
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].startswith(f"error: {elsewhere / plan.sweep.name}: no such folder: sweep {plan.sweep.name} "
+                                 "has not run here"), err
+    assert not elsewhere.exists()
+    assert main(["-q", "status", str(sweep_file), "--results", str(elsewhere)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        f"pending (no folder {elsewhere / plan.sweep.name}: not run here; --results DIR where it ran)")

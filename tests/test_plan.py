@@ -2,7 +2,6 @@ import subprocess
 import sys
 import tomllib
 
-import pytest
 
 from sweep import plan as planner, spec
 
