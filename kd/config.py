@@ -11,11 +11,13 @@ from kd.errors import UserError, did_you_mean
 
 METHODS = ("teacher", "scratch", "kd", "subclass-teacher", "subclass")
 TEACHER_OF = {"kd": "teacher", "subclass": "subclass-teacher"}  # students -> the method of their teacher
+TEACHER_METHODS = tuple(dict.fromkeys(TEACHER_OF.values()))  # jobs whose model.pt other jobs read
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "mnist-5k-binary", "mnist-binary", "fashion-mnist-binary", "mhist")
 # Training images of each dataset where known without loading it (a data root may hold fewer; mhist: unknown)
 TRAIN_SIZES = {"mnist-5k": 4000, "mnist": 60_000, "fashion-mnist": 60_000,
                "mnist-5k-binary": 4000, "mnist-binary": 60_000, "fashion-mnist-binary": 60_000}
 MODELS = ("mnist-cnn", "mnist-mlp", "mobilenet_v2", "resnet50")  # kd.models.names(), known without torch
+IMAGENET_MODELS = ("resnet50", "mobilenet_v2")  # those with pretrained weights (kd.models.IMAGENET_MODELS)
 SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1
 DEFAULT_MODELS = {"teacher": "mnist-cnn", "scratch": "mnist-mlp", "kd": "mnist-mlp",
                   "subclass-teacher": "mnist-cnn", "subclass": "mnist-mlp"}
@@ -220,6 +222,9 @@ def combination_problem(settings: dict[str, Any]) -> tuple[str, str] | None:
     problem), else None. The batch size against the dataset's size where that is known without
     loading it (kd.train refuses it again once the data is loaded)."""
     head, epochs = settings["head_epochs"], settings["epochs"]
+    if settings.get("pretrained") not in (None, "none") and settings["model"] not in IMAGENET_MODELS:
+        return "pretrained", (f"{settings['pretrained']!r}: only the ImageNet models ({', '.join(IMAGENET_MODELS)}) "
+                              f"load weights; {settings['model']} starts from its own initialisation")
     if head and head >= epochs:
         return "head_epochs", f"{head} must be less than epochs ({epochs}), which counts both phases"
     n = TRAIN_SIZES.get(settings["dataset"])

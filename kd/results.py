@@ -10,7 +10,6 @@ RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"  # kd.train writes it; status asks only whether it is there
 
 
-TEACHER_METHODS = ("teacher", "subclass-teacher")  # jobs whose model.pt other jobs read
 
 
 class DamagedResult(ValueError):

@@ -31,7 +31,7 @@ import torch
 
 from kd import atomic, data as kd_data, graphs, metrics as kd_metrics, models, phases, provenance, results, rng, sealed
 from kd import teacher as kd_teacher
-from kd.config import NOT_PACKABLE, PACK_SHARED, TrainConfig, cuda_graphs, packable
+from kd.config import NOT_PACKABLE, PACK_SHARED, TEACHER_METHODS, TrainConfig, cuda_graphs, packable
 from kd.errors import UserError
 from kd.losses import class_logits, cross_entropy, kd_loss, subclass_teacher_loss
 from kd.stack import Stack, stack_optimizer, unstack_optimizer
@@ -108,7 +108,7 @@ def finished(out: Path, config: TrainConfig) -> dict[str, Any] | None:
         result = results.read(path)
         if result is not None:
             same_job(path, result["config"], config)
-            if config.method in results.TEACHER_METHODS and "model_file" in result:  # other jobs read it
+            if config.method in TEACHER_METHODS and "model_file" in result:  # other jobs read it
                 kd_teacher.verified(kd_teacher.model_file(out))
     except (results.DamagedResult, kd_teacher.DamagedTeacher) as e:
         aside = results.keep_aside(path)

@@ -14,12 +14,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from kd.config import APPLIES, DEFAULTS, TEACHER_OF, auto_pack, combination_problem, pack_key, packable, resolve
+from kd.config import (APPLIES, DEFAULTS, TEACHER_METHODS, TEACHER_OF, auto_pack, combination_problem, pack_key,
+                       packable, resolve)
 from kd.errors import UserError
-from sweep.spec import Sweep
+from sweep.spec import TEACHER_AXES, Sweep
 
-# Axes that change what a method computes; the others are ignored for it.
-TEACHER_AXES = ("dataset", "seed")
 # Settings added after the first release: left out of job ids while unset, so that the ids of
 # earlier sweeps (and so their finished results) stay valid. A setting added later goes here.
 LATER_SETTINGS = ("subclasses", "beta", "aux_temperature", "pretrained", "augment", "head_epochs", "finetune_lr",
@@ -92,7 +91,6 @@ def job_id(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-TEACHER_METHODS = tuple(TEACHER_OF.values())
 
 
 def _applies(key: str, method: str) -> bool:
@@ -182,6 +180,7 @@ def plan(sweep: Sweep) -> Plan:
         return jid
 
     teachers: dict[tuple, str] = {}
+    used: set[int] = set()  # the [[exclude]] rules that matched a point
 
     def teacher_of(point: dict[str, Any], method: str) -> str:
         key = (method, *((k, point[k]) for k in axes_for(method, list(point)) if k != "method"))
@@ -195,8 +194,10 @@ def plan(sweep: Sweep) -> Plan:
         relevant = axes_for(method, list(axes))
         for values in itertools.product(*(axes[k] for k in relevant)):
             point = {"method": method, **dict(zip(relevant, values))}
-            if _excluded(point, sweep.exclude):
+            rules = [i for i, rule in enumerate(sweep.exclude) if all(k in point and point[k] == v for k, v in rule)]
+            if rules:
                 excluded += 1
+                used.update(rules)
                 continue
             if method in TEACHER_METHODS:
                 teacher_of(point, method)
@@ -211,9 +212,18 @@ def plan(sweep: Sweep) -> Plan:
                 settings["teacher"] = deps[0]
             add(resolve(settings), point, deps)
 
+    where = sweep.path or sweep.name
+    for i, rule in enumerate(sweep.exclude):  # a typo in a value, or an axis the method has not: say so
+        if i not in used:
+            raise UserError(f"{where}: exclude[{i}]: matches no grid point "
+                            f"({', '.join(f'{k} = {v!r}' for k, v in rule)})",
+                            hint="each value must be one of its axis's, and a method named must have every axis given")
     ordered = order["teacher"] + order["student"]
     if not any(jobs[j]["config"]["method"] in sweep.methods for j in ordered):
-        raise UserError(f"{sweep.path or sweep.name}: no jobs left: every grid point is excluded")
+        if not excluded:  # kd with alpha = 0 only: each point is the student from scratch, not asked for
+            raise UserError(f"{where}: no jobs left: with alpha = 0 every kd point is the student from scratch, "
+                            "and 'scratch' is not in methods", hint="add 'scratch' to methods, or an alpha > 0")
+        raise UserError(f"{where}: no jobs left: every grid point is excluded")
     names = [_name(jobs[j]["config"], varying) for j in ordered]
     if len(set(names)) != len(names):  # settings outside the grid differ: keep names unique with the id
         names = [f"{n}-{j[:6]}" for n, j in zip(names, ordered)]
@@ -222,6 +232,3 @@ def plan(sweep: Sweep) -> Plan:
             depends_on=jobs[j]["depends_on"], points=tuple(jobs[j]["points"]))
         for j, n in zip(ordered, names)))
 
-
-def _excluded(point: dict[str, Any], exclude: tuple[tuple[tuple[str, Any], ...], ...]) -> bool:
-    return any(all(k in point and point[k] == v for k, v in rule) for rule in exclude)

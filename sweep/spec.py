@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kd.config import DATASETS, METHODS, SETTINGS, check_value
+from kd.config import APPLIES, DATASETS, METHODS, SETTINGS, TEACHER_METHODS, TEACHER_OF, check_value
 from kd.errors import UserError, did_you_mean
 
 TOP_KEYS = ("name", "description", "dataset", "methods", "pack", "max_jobs", "train", "teacher", "grid", "exclude")
 MAX_JOBS = 100_000  # a larger grid is refused (before it is expanded) unless max_jobs says otherwise
 NOT_SETTABLE = ("method", "teacher")  # the plan sets these
+TEACHER_AXES = ("dataset", "seed")  # axes every teacher follows (sweep.plan: a teacher per value)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 EXAMPLES = Path(__file__).parent / "examples"
 
@@ -164,6 +165,12 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
     for key, _ in train:
         if key in axes:
             raise UserError(f"{f}train.{key}: also a grid axis; keep one")
+    teachers = [t for t in TEACHER_METHODS if t in methods or any(TEACHER_OF.get(m) == t for m in methods)]
+    for key, _ in teacher:  # a teacher's setting that would be cleared or overruled: say so, not ignore it
+        if key in APPLIES and not set(APPLIES[key]) & set(teachers or TEACHER_METHODS):
+            raise UserError(f"{f}teacher.{key}: not a teacher's setting (it is for {', '.join(APPLIES[key])})")
+        if key in axes and (key in TEACHER_AXES or key in APPLIES):
+            raise UserError(f"{f}teacher.{key}: also a grid axis, which the teachers follow; keep one")
 
     exclude_raw = raw.get("exclude", [])
     if not isinstance(exclude_raw, list):

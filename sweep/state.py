@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kd import atomic, results
+from kd.config import TEACHER_METHODS
 from kd.errors import UserError
 from sweep.plan import Job, Plan
 
@@ -164,7 +165,7 @@ def own_result(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
         if differ:
             return None, "result.json holds another job's result (" + ", ".join(
                 f"{k} {result['config'].get(k)!r}, not {job[k]!r}" for k in differ[:3]) + ")"
-        if job.get("method") in results.TEACHER_METHODS:  # its students read model.pt
+        if job.get("method") in TEACHER_METHODS:  # its students read model.pt
             problem = results.model_problem(folder, result)
             if problem:
                 return None, problem

@@ -203,6 +203,20 @@ SWEEPS = [
     (GOOD + "[[exclude]]\n", "exclude[0]: expected a non-empty table"),
     (_edit('methods = ["teacher", "kd"]', 'methods = ["kd"]') + "[[exclude]]\nalpha = 0.5\n",
      "no jobs left: every grid point is excluded"),
+    (GOOD + "[[exclude]]\nalpha = 0.7\n", "exclude[0]: matches no grid point (alpha = 0.7)"),
+    (GOOD + '[[exclude]]\nmethod = "teacher"\nalpha = 0.5\n',
+     "exclude[0]: matches no grid point (method = 'teacher', alpha = 0.5)"),
+    (GOOD + "[[exclude]]\nalpha = 0.5\n[[exclude]]\ntemperature = 9\n", "exclude[1]: matches no grid point"),
+    (_edit('methods = ["teacher", "kd"]', 'methods = ["kd"]').replace("alpha = [0.5]", "alpha = [0]"),
+     "no jobs left: with alpha = 0 every kd point is the student from scratch, and 'scratch' is not in methods"),
+    # settings that would do nothing
+    (GOOD + "[teacher]\nalpha = 0.5\n", "teacher.alpha: not a teacher's setting (it is for kd, subclass)"),
+    (GOOD + "[teacher]\ntemperature = 3\n", "teacher.temperature: not a teacher's setting"),
+    (GOOD + "[teacher]\nbeta = 2\n", "teacher.beta: not a teacher's setting (it is for subclass-teacher)"),
+    (_grid("seed = [0, 1]") + "[teacher]\nseed = 5\n", "teacher.seed: also a grid axis, which the teachers follow"),
+    (GOOD + '[teacher]\npretrained = "imagenet"\n',
+     "teacher.pretrained: 'imagenet': only the ImageNet models (resnet50, mobilenet_v2) load weights; mnist-cnn"),
+    (_train('pretrained = "w.pt"'), "train.pretrained: 'w.pt': only the ImageNet models"),
     # names
     (_edit('name = "bad"', 'name = "../../etc"'), "name: '../../etc' is not a plain folder name"),
     (_edit('name = "bad"', 'name = "a/b"'), "name: 'a/b' is not a plain folder name"),
@@ -680,7 +694,7 @@ RUNS = [
     (lambda w: ["run", _sweep(w, "mhist"), "--data-root", str(w)], "{w}/MHIST/annotations.csv: not found"),
     (lambda w: ["run", _sweep(w, "mhist"), "--data-root", str(_mhist_csv_only(w))],
      "{w}/MHIST: neither images.zip nor images/ found"),
-    (lambda w: ["run", _sweep(w, "mnist-5k", f'pretrained = "{w}/weights.pt"\n')],
+    (lambda w: ["run", _sweep(w, "mnist-5k", f'model = "mobilenet_v2"\npretrained = "{w}/weights.pt"\n')],
      "s.toml: pretrained: {w}/weights.pt: no such weights file (job teacher-s0)"),
 ]
 
