@@ -34,6 +34,7 @@ def plot_all(folder: Path) -> list[Path]:
     """Draw every figure that the sweep's data supports into ``folder/plots``; returns the files."""
     results, epochs = collect.read_tables(folder)
     if results.empty:
+        _drop_stale(folder / "plots", [])
         raise UserError(f"{folder / collect.RESULTS}: no finished jobs to plot")
     missing = [c for c in ("sweep", "method", "alpha", "temperature", "seed", "test_accuracy") if c not in results]
     if missing:
@@ -57,7 +58,22 @@ def plot_all(folder: Path) -> list[Path]:
                 continue
             files.append(_difference_heatmap(group, out / f"difference_{method}_vs_{base}.png", title))
         files.append(_per_epoch(epochs, out / "accuracy_per_epoch.png", title))
+    _drop_stale(out, files)
     return files
+
+
+OURS = ("accuracy_vs_temperature.png", "heatmap_alpha_temperature.png", "accuracy_f1_vs_temperature.png",
+        "difference_*_vs_*.png", "accuracy_per_epoch.png")  # what plot_all draws (other files are left alone)
+
+
+def _drop_stale(out: Path, drawn: list[Path]) -> None:
+    """Remove the figures of an earlier plot that this one did not draw (their points are gone from
+    the table): a figure in plots/ is always of the table beside it."""
+    for pattern in OURS:
+        for old in out.glob(pattern):
+            if old not in drawn:
+                old.unlink()
+                log.info("removed %s: not drawn from the current table", old)
 
 
 def _save(fig, path: Path) -> Path:

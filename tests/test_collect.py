@@ -187,3 +187,21 @@ def test_where_a_sweep_never_ran_collect_and_resume_refuse_and_status_says_so(tm
     assert main(["-q", "status", str(sweep_file), "--results", str(elsewhere)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith(
         f"pending (no folder {elsewhere / plan.sweep.name}: not run here; --results DIR where it ran)")
+
+
+def test_plot_removes_its_figures_that_the_current_table_no_longer_supports(tmp_path):
+    """plots/ shows the table beside it: figures of points gone from it (their results damaged,
+    removed) go too; a file of the user's own stays."""
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    folder = api.folder(plan, root)
+    api.collect(sweep_file, results_root=root)
+    drawn = {p.name for p in api.plot(sweep_file, results_root=root)}
+    assert {"accuracy_vs_temperature.png", "difference_kd_vs_scratch.png"} <= drawn
+    (folder / "plots" / "mine.png").write_bytes(b"the user's")
+    for job in plan.jobs:
+        if job.method == "kd":
+            (state.job_dir(folder, job) / "result.json").unlink()
+    api.collect(sweep_file, results_root=root)
+    now = {p.name for p in api.plot(sweep_file, results_root=root)}
+    assert "accuracy_vs_temperature.png" not in now
+    assert {p.name for p in (folder / "plots").iterdir()} == now | {"mine.png"}
