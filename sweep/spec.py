@@ -55,10 +55,13 @@ class Sweep:
 
 
 def resolve_path(arg: str | Path) -> Path:
-    """A sweep file path, or the name of a bundled example (sweep/examples: ``demo``, ``reference-mnist`` ...)."""
+    """A sweep file path, or a name: ``NAME.toml`` in this folder (a copy of an example, edited), else
+    the bundled example (sweep/examples: ``demo``, ``reference-mnist`` ...)."""
     p = Path(arg)
     if p.is_file():
         return p
+    if not p.suffix and p.with_name(f"{p.name}.toml").is_file():
+        return p.with_name(f"{p.name}.toml")
     example = EXAMPLES / f"{p.stem}.toml"
     if p.parent == Path(".") and example.is_file():
         return example

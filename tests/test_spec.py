@@ -27,3 +27,15 @@ def test_the_docstring_example_is_a_valid_sweep_file():
     sweep = spec.parse(tomllib.loads(example))
     assert (sweep.name, sweep.pack, sweep.train) == ("demo", "auto", (("epochs", 12),))
     assert sweep.exclude == ((("alpha", 1.0), ("temperature", 1.0)),)
+
+
+def test_a_name_is_the_users_own_file_before_a_bundled_example(tmp_path, monkeypatch):
+    """The README says: copy an example and edit it. 'kdsweep run demo' beside the edited demo.toml
+    then runs the user's copy, where it ran the bundled one (12 epochs instead of 1)."""
+    from sweep import spec
+
+    monkeypatch.chdir(tmp_path)
+    assert spec.resolve_path("demo") == spec.EXAMPLES / "demo.toml"
+    (tmp_path / "demo.toml").write_text((spec.EXAMPLES / "demo.toml").read_text().replace("epochs = 12", "epochs = 1"))
+    assert spec.resolve_path("demo") == Path("demo.toml")
+    assert dict(spec.load("demo").train)["epochs"] == 1
