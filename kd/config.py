@@ -107,6 +107,16 @@ def cuda_graphs() -> str:
     return raw
 
 
+def switch(name: str, default: bool) -> bool:
+    """An on/off setting from the environment (``KDSWEEP_TF32``, ``KDSWEEP_KEEP_CHECKPOINTS``): "1"
+    or "0", the default when unset or empty; UserError if mistyped, where any other word meant on
+    (or off) without a word said."""
+    raw = os.environ.get(name, "").strip()
+    if raw not in ("", "0", "1"):
+        raise UserError(f"{name}: '{raw}' must be 1 (on) or 0 (off); default {int(default)}")
+    return default if raw == "" else raw == "1"
+
+
 def auto_pack(model: str, device_kind: str) -> int:
     """Jobs per pack of ``model`` under pack = "auto" on a device of kind "cpu" or "cuda"."""
     return AUTO_PACK.get(device_kind, AUTO_PACK["cpu"]).get(model, 1)

@@ -27,5 +27,6 @@ class DamagedTeacher(UserError):
 def did_you_mean(word: str, known: Iterable[str]) -> str:
     """``did you mean 'alpha'?`` for a near miss, else the list of known words."""
     known = list(known)
-    close = difflib.get_close_matches(str(word), known, n=1)
-    return f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
+    lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(str(word).lower(), list(lower), n=1)  # 'KD' is 'kd'
+    return f"did you mean '{lower[close[0]]}'?" if close else f"known: {', '.join(known)}"

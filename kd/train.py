@@ -18,7 +18,6 @@ import copy
 import hashlib
 import io
 import logging
-import os
 import platform
 import threading
 import time
@@ -31,7 +30,7 @@ import torch
 
 from kd import atomic, data as kd_data, graphs, metrics as kd_metrics, models, phases, provenance, results, rng, sealed
 from kd import teacher as kd_teacher
-from kd.config import NOT_PACKABLE, PACK_SHARED, TEACHER_METHODS, TrainConfig, cuda_graphs, packable
+from kd.config import NOT_PACKABLE, PACK_SHARED, TEACHER_METHODS, TrainConfig, cuda_graphs, packable, switch
 from kd.errors import UserError
 from kd.losses import class_logits, cross_entropy, kd_loss, subclass_teacher_loss
 from kd.stack import Stack, stack_optimizer, unstack_optimizer
@@ -68,7 +67,8 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
     if not configs or len(configs) != len(outs):
         raise ValueError("run_pack needs one output folder per config")
     provenance.versions()  # the code as it is when training starts (cached), not when it ends
-    cuda_graphs()  # a mistyped KDSWEEP_CUDA_GRAPHS: said before any folder is made
+    cuda_graphs()  # a mistyped KDSWEEP_CUDA_GRAPHS (or KDSWEEP_TF32): said before any folder is made
+    switch("KDSWEEP_TF32", True)
     _check_pack(configs)
     for o in outs:
         if o.exists() and not o.is_dir():
@@ -282,7 +282,8 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
             seconds = time.perf_counter() - t0
             for i, c in enumerate(configs):
                 train_loss = (loss_sum[i] / max(seen, 1)).item()
-                histories[i].append(epoch_record(epoch, c, train_loss, test_loss[i], test_acc[i], seconds))
+                histories[i].append(epoch_record(epoch, c, train_loss, test_loss[i], test_acc[i], seconds,
+                                                 who=outs[i].name if n > 1 else ""))
             due = checkpoint_every is None or time.monotonic() - last_save >= checkpoint_every
             if keep_checkpoint or (epoch + 1 < c0.epochs and (due or stopped)):
                 save(epoch + 1, 0)
@@ -390,15 +391,16 @@ def pick_device(device: str | None) -> torch.device:
     if dev.type == "cuda":
         if dev.index is not None:  # streams and CUDA graphs are made on the current device: this one
             torch.cuda.set_device(dev)
-        tf32 = os.environ.get("KDSWEEP_TF32", "1") != "0"
+        tf32 = switch("KDSWEEP_TF32", True)
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     return dev
 
 
 def epoch_record(epoch: int, config: TrainConfig, train_loss: float, test_loss: float, test_acc: float,
-                 seconds: float) -> dict[str, Any]:
-    log.info("epoch %3d/%d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %.1fs",
+                 seconds: float, who: str = "") -> dict[str, Any]:
+    """One epoch's line in the log (``who``: the member's folder, in a pack) and its history record."""
+    log.info("%sepoch %3d/%d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %.1fs", f"{who}  " if who else "",
              epoch + 1, config.epochs, train_loss, test_loss, test_acc, seconds)
     return {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_acc,
             "seconds": seconds}

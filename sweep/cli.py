@@ -443,7 +443,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _add_collect(sub) -> None:
-    p = sub.add_parser("collect", help="aggregate finished jobs into results.parquet and epochs.parquet")
+    p = sub.add_parser("collect", help="aggregate finished jobs into results.parquet, epochs.parquet and "
+                                       "comparisons.parquet (each point against its baseline, seed by seed)")
     _sweep_args(p)
 
 

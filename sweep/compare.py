@@ -184,7 +184,7 @@ def summary(comparisons: pd.DataFrame) -> list[str]:
         n = len(g)
         seeds = sorted(set(g["n_seeds"]))
         if not g["interval"].any():
-            out.append(f"{method} against {base}: {n} points, {'/'.join(map(str, seeds))} seed"
+            out.append(f"{method} against {base}: {n} point{'s' if n != 1 else ''}, {'/'.join(map(str, seeds))} seed"
                        f"{'s' if seeds != [1] else ''}: no interval (run more seeds to tell differences from noise)")
             continue
         counts = g["verdict"].value_counts()

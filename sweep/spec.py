@@ -72,7 +72,7 @@ def resolve_path(arg: str | Path) -> Path:
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file's contents, or a UserError naming the file (sweep files and profiles alike)."""
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (some Windows editors) is no error
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: invalid TOML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:

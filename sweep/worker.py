@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kd import results
-from kd.config import TrainConfig, cuda_graphs
+from kd.config import TrainConfig, cuda_graphs, switch
 from kd.errors import DamagedTeacher, UserError
 from sweep import logs, state
 
@@ -65,10 +65,13 @@ def checkpoint_every() -> float | None:
 
 
 def check_settings() -> None:
-    """The workers' settings from the environment (KDSWEEP_CHECKPOINT_MINUTES, KDSWEEP_CUDA_GRAPHS),
-    checked before a run starts anything: a mistyped one is one error line, not a failure in every job."""
+    """The workers' settings from the environment (KDSWEEP_CHECKPOINT_MINUTES, KDSWEEP_CUDA_GRAPHS,
+    KDSWEEP_TF32, KDSWEEP_KEEP_CHECKPOINTS), checked before a run starts anything: a mistyped one is
+    one error line, not a failure in every job."""
     checkpoint_every()
     cuda_graphs()
+    switch("KDSWEEP_TF32", True)
+    switch("KDSWEEP_KEEP_CHECKPOINTS", False)
 
 
 class StopFlag:
@@ -165,7 +168,7 @@ def _train(todo: list[Path], data_root: Path | None, device: str | None, stop: C
         return
     train.run_pack(configs, todo, data_root=data_root, device=device, stop=stop, dataset=dataset,
                    checkpoint_every=checkpoint_every(),
-                   keep_checkpoint=os.environ.get("KDSWEEP_KEEP_CHECKPOINTS", "0") not in ("", "0"))
+                   keep_checkpoint=switch("KDSWEEP_KEEP_CHECKPOINTS", False))
 
 
 _LOADED: dict[tuple, object] = {}  # the dataset this process loaded last: a worker's next unit reuses it

@@ -230,6 +230,8 @@ SWEEPS = [
     # methods
     (_edit('methods = ["teacher", "kd"]', "methods = []"), "methods: expected a non-empty list"),
     (_edit('methods = ["teacher", "kd"]', 'methods = ["teacher", "distil"]'), "methods[1]: unknown method 'distil'"),
+    (_edit('methods = ["teacher", "kd"]', 'methods = ["teacher", "KD"]'),
+     "methods[1]: unknown method 'KD' (did you mean 'kd'?)"),
     (_edit('methods = ["teacher", "kd"]', 'methods = ["kd", "kd"]'), "methods: a method appears twice"),
     (_edit('methods = ["teacher", "kd"]\n', ""), "methods: missing"),
 ]
@@ -777,3 +779,13 @@ def test_a_cuda_index_beyond_the_machines_devices(work, capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.device_count", lambda: 2)  # as on a machine with two GPUs
     _refused(capsys, ["train", "--method", "scratch", "--device", "cuda:2", "--out", str(work / "out")],
              ("--device: 'cuda:2', but this machine has 2 CUDA device(s): cuda:0 .. cuda:1",), work)
+
+
+@pytest.mark.parametrize("name", ["KDSWEEP_TF32", "KDSWEEP_KEEP_CHECKPOINTS"])
+@pytest.mark.parametrize("value", ["yes", "maybe", "true"])
+def test_a_mistyped_switch_is_refused_before_any_job(work, capsys, monkeypatch, name, value):
+    """On/off settings are 1 or 0: any other word meant on (or off) without a word said."""
+    monkeypatch.setenv(name, value)
+    train = ["train", "--method", "scratch", "--epochs", "1", "--out", str(work / "out")]  # reads TF32 only
+    for argv in (["run", "demo"], ["run", "demo", "--profile", "local-slurm"], *([train] if "TF32" in name else [])):
+        _refused(capsys, argv, (f"{name}: '{value}' must be 1 (on) or 0 (off)",), work)

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 from sweep.cli import main
@@ -39,3 +40,12 @@ def test_a_name_is_the_users_own_file_before_a_bundled_example(tmp_path, monkeyp
     (tmp_path / "demo.toml").write_text((spec.EXAMPLES / "demo.toml").read_text().replace("epochs = 12", "epochs = 1"))
     assert spec.resolve_path("demo") == Path("demo.toml")
     assert dict(spec.load("demo").train)["epochs"] == 1
+
+
+def test_a_sweep_file_saved_with_a_byte_order_mark_loads(tmp_path):
+    from sweep import spec
+
+    text = (spec.EXAMPLES / "demo.toml").read_text()
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    demo = spec.load(spec.EXAMPLES / "demo.toml")
+    assert spec.load(tmp_path / "bom.toml") == dataclasses.replace(demo, path=tmp_path / "bom.toml")
