@@ -309,6 +309,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.device:
             raise UserError("--device: not with --profile: a SLURM job's device is the GPU that the profile's "
                             "gpus asks for", hint="leave --device out (gpus = 0 in the profile: CPU jobs)")
+        if args.data_root:  # given here: the jobs will read it as given (a shared file system), so it is checked
+            _check_inputs(plan, plan.jobs, args.data_root)
         return _submit(args, plan, folder)
     pack = _pack(args, plan)
     _check_device(args.device)

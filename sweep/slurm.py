@@ -135,11 +135,21 @@ def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
             continue
         jobid, st, code = parts[0], parts[1].split()[0], parts[2]
         ours, reason = SACCT.get(st, ("running", st.lower()))
-        if st == "FAILED":
-            reason = f"exit code {code.split(':')[0]}"
+        if st == "FAILED":  # ExitCode is "code:signal"
+            exit_code, _, signum = code.partition(":")
+            reason = f"killed by {_signal_name(signum)}" if signum.strip() not in ("", "0") else f"exit code {exit_code}"
         for jid in _expand(jobid):
             found[jid] = (ours, reason)
     return found
+
+
+def _signal_name(number: str) -> str:
+    import signal
+
+    try:
+        return signal.Signals(int(number)).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _squeue(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -162,7 +172,14 @@ def _squeue(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
 
 
 WAITING = {"BeginTime": "requeued, held until {start}", "DependencyNeverSatisfied": "its dependency can never be met",
-           "Dependency": "waiting for its teacher"}
+           "Dependency": "waiting for its teacher",
+           "JobHeldUser": "held: scontrol release {id} lets it start",
+           "JobHeldAdmin": "held by an administrator: scontrol release {id} (as one) lets it start",
+           "job requeued in held state": "requeued and held: scontrol release {id} lets it start",
+           "PartitionConfig": "it asks more than its partition allows (cpus, gpus, memory or time) and will never "
+                              "start: scancel {id}, fix the profile, then resume",
+           "BadConstraints": "no node meets its constraint: scancel {id}, fix the profile, then resume",
+           "ReqNodeNotAvail": "the nodes it needs are down, drained or reserved"}
 
 
 def parse_squeue(text: str) -> dict[str, tuple[str, str]]:
@@ -170,8 +187,8 @@ def parse_squeue(text: str) -> dict[str, tuple[str, str]]:
     found = {}
     for line in text.splitlines():
         jobid, st, reason, start = (line.split("|") + ["", "", ""])[:4]
-        why = WAITING.get(reason.strip(), "").format(start=_clock(start.strip()))
         for jid in _expand(jobid.strip()):
+            why = WAITING.get(reason.strip(), "").format(start=_clock(start.strip()), id=jid)
             found[jid] = (SQUEUE.get(st.strip(), "running"), why)
     return found
 

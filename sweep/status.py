@@ -43,7 +43,8 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
             reason = states[jid].detail  # the job's own last error line says more than an exit code
         if st == state.QUEUED and not reason and _beating(folder, jid, sid):
             st = state.RUNNING  # the task writes its heartbeat: accounting has not caught up yet
-        if st in (state.FAILED, state.CANCELLED) and state.has_checkpoint(job := state.job_dir(folder, jid)):
+        if st in (state.FAILED, state.CANCELLED) and state.has_checkpoint(job := state.job_dir(folder, jid)) \
+                and state.resume_from(job) not in reason:  # said once (the job's own line may say it)
             reason = "; ".join(filter(None, [reason, state.resume_from(job)]))
         states[jid] = state.JobState(st, f"slurm {sid}" + (f": {reason}" if reason else ""))
     for jid, s in states.items():  # students of a teacher that will not finish

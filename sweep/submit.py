@@ -8,6 +8,8 @@ text (``_make_sbatch_string``); this module only turns a profile into its parame
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -145,10 +147,14 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
                                                    "kill-on-invalid-dep": "yes"}
             executor.update_parameters(**params)
             folders = [[str(state.job_dir(folder, j).resolve()) for j in t] for t in tasks]
+            said = io.StringIO()  # submitit prints sbatch's refusal: it is said once, in the error line
             try:
-                submitted = executor.map_array(task, folders, [root] * len(tasks))
-            except Exception as e:  # sbatch refused: its message says why
-                raise UserError(f"sbatch refused the {LEVEL_NAMES[i]} array: {str(e).strip().splitlines()[-1]}") from None
+                with contextlib.redirect_stderr(said):
+                    submitted = executor.map_array(task, folders, [root] * len(tasks))
+            except Exception as e:  # sbatch refused: its first line says why ('Try sbatch --help' does not)
+                lines = [x.strip() for x in (said.getvalue() + "\n" + str(e)).splitlines() if x.strip()]
+                why = next((x for x in lines if not x.startswith("Try ")), e.__class__.__name__)
+                raise UserError(f"sbatch refused the {LEVEL_NAMES[i]} array: {why}") from None
             ids = {j.id: s.job_id for t, s in zip(tasks, submitted) for j in t}
             slurm.add_submission(folder, LEVEL_NAMES[i], ids, p.name)
             known.update(ids)

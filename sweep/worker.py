@@ -335,7 +335,16 @@ class SlurmTask:
         stop.catch(warning, signal.SIGTERM)
         results = run_unit(folders, data_root=Path(data_root) if data_root else None, stop=stop, slurm_job_id=slurm_id)
         if None in results and stop.signal == warning and callable(requeue):
-            requeue(warning, None)  # requeues this task and exits
+            try:
+                requeue(warning, None)  # requeues this task and exits
+            except Exception as e:  # submitit's "Job not requeued because: timed-out too many times."
+                why = str(e).rstrip(".").split("because: ")[-1] or e.__class__.__name__
+                line = (f"time limit: not requeued ({why}: the profile's max_requeue)" if "too many" in why else
+                        f"Slurm's warning signal: not requeued ({why})")
+                for f in folders:
+                    if not (f / "result.json").exists():
+                        state.record_error(f, f"{line}; {state.resume_from(f)}, or raise the profile's time")
+                raise
         return "done" if None not in results else "stopped"
 
     def checkpoint(self, *args, **kwargs):

@@ -694,6 +694,8 @@ RUNS = [
     (lambda w: ["run", _sweep(w, "fashion-mnist-binary")],
      "dataset 'fashion-mnist': IDX files not found in {w}/default-data/FashionMNIST/raw"),
     (lambda w: ["run", _sweep(w, "mhist"), "--data-root", str(w)], "{w}/MHIST/annotations.csv: not found"),
+    (lambda w: ["run", _sweep(w, "mnist"), "--profile", "local-slurm", "--data-root", str(w / "nope")],
+     "dataset 'mnist': IDX files not found in {w}/nope/MNIST/raw"),  # before anything is submitted
     (lambda w: ["run", _sweep(w, "mhist"), "--data-root", str(_mhist_csv_only(w))],
      "{w}/MHIST: neither images.zip nor images/ found"),
     (lambda w: ["run", _sweep(w, "mnist-5k", f'model = "mobilenet_v2"\npretrained = "{w}/weights.pt"\n')],

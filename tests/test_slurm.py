@@ -122,6 +122,35 @@ def test_preempted_job_requeues_mid_epoch_and_cancelled_job_reruns_alone(slurm_c
     assert states[s1.name].state == state.DONE
 
 
+def test_a_job_out_of_requeues_says_time_limit_and_one_resume_continues_it(slurm_cluster, tmp_path):
+    """The warning signal of a time limit after the profile's max_requeue requeues: submitit does not
+    requeue it (its traceback said 'UncompletedJobError'; status said 'exit code 1'); status now
+    says time limit, what resume does and the fix, and one resume finishes it from its checkpoint."""
+    profile = tmp_path / "once.toml"
+    profile.write_text('name = "once"\npartition = "debug"\ntime = 10\ngpus = 1\ncpus = 1\nmax_requeue = 0\n')
+    sweep_file = tmp_path / "long.toml"
+    sweep_file.write_text('name = "long"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n'
+                          "[train]\nepochs = 3\nbatch_size = 16\n[grid]\nseed = [0]\n")
+    results = tmp_path / "results"
+    kdsweep("run", sweep_file, "--results", results, "--profile", profile)
+    (job,) = api.plan(sweep_file).jobs
+    sid = json.loads((results / "long" / "slurm" / "submissions.json").read_text())[0]["jobs"][job.id]
+    folder = state.job_dir(results / "long", job)
+    deadline = time.monotonic() + 120
+    while not trained_an_epoch(folder) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    subprocess.run(["scancel", "--signal=USR2", sid], check=True)  # a time limit under 10 minutes is one
+    states = wait_until(sweep_file, results, lambda st: st[job.name].state == state.FAILED, timeout=60)
+    assert states[job.name].detail.endswith(
+        "time limit: not requeued (timed-out too many times: the profile's max_requeue); resume continues "
+        "from its checkpoint, or raise the profile's time"), states[job.name].detail
+    kdsweep("resume", sweep_file, "--results", results, "--profile", "local-slurm")
+    states = wait_until(sweep_file, results, all_final)
+    assert states[job.name].state == state.DONE
+    assert "resuming" in (folder / "log").read_text()
+
+
 def test_failing_job_shows_failed_with_its_error_line(slurm_cluster, tmp_path):
     root = tmp_path / "data"
     raw = make_idx_root(root, "MNIST")
@@ -155,3 +184,18 @@ def test_container_path_through_an_apptainer_stand_in(slurm_cluster, tmp_path):
     assert args[:2] == ["exec", "--nv"]
     assert ["--bind", str(tmp_path), "--bind", str((tmp_path / "r").resolve())] == args[2:6]
     assert args[6:9] == [str(image), sys.executable, "-u"] and "submitit.core._submit" in args
+
+
+@pytest.mark.parametrize("profile_text, why", [
+    ('partition = "nosuch"\n', "sbatch: error: invalid partition specified: nosuch"),
+    ('partition = "debug"\n[sbatch]\nnosuchopt = "x"\n', "sbatch: unrecognized option '--nosuchopt=x'"),
+])
+def test_a_submission_sbatch_refuses_is_one_line_naming_why(slurm_cluster, tmp_path, profile_text, why):
+    """sbatch's own lines came first, raw, and the error line kept its last ('Try "sbatch --help"')."""
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'name = "p"\ntime = 10\n{profile_text}')
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('name = "s"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n[train]\nepochs = 1\n')
+    p = kdsweep("run", sweep_file, "--results", tmp_path / "r", "--profile", profile, check=False)
+    assert p.returncode == 2 and p.stderr.splitlines() == [f"error: sbatch refused the first array: {why}"], p.stderr
+    assert not (tmp_path / "r" / "s" / "slurm" / "submissions.json").exists()

@@ -29,6 +29,7 @@ def test_sacct_output_as_states():
         "4212_9": ("running", "completing"),
         "4213": ("queued", ""),  # not an array
         "4214_12": ("queued", ""), "4214_13": ("queued", ""),
+        "4214_0": ("failed", "killed by SIGKILL"),  # ExitCode 0:9: a signal, not an exit code
     }
 
 
@@ -43,6 +44,13 @@ def test_squeue_output_as_states(monkeypatch):
         "4212_2": ("queued", "its dependency can never be met"),
         "4212_9": ("running", ""), "4212_10": ("running", ""),  # CG completing, S suspended
         "4213": ("queued", ""), "4215_0": ("running", ""),  # CF: configuring
+        # held (sbatch --hold, scontrol hold or requeuehold), and a request the partition can never run
+        # (as the test cluster printed them, 2026-11-26)
+        "4220": ("queued", "held: scontrol release 4220 lets it start"),
+        "4221_0": ("queued", "requeued and held: scontrol release 4221_0 lets it start"),
+        "4222": ("queued", "it asks more than its partition allows (cpus, gpus, memory or time) and will never "
+                           "start: scancel 4222, fix the profile, then resume"),
+        "4223": ("queued", "held by an administrator: scontrol release 4223 (as one) lets it start"),
     }
     assert slurm.parse_squeue("7_1|RQ\n") == {"7_1": ("queued", "")}  # the two-field form reads too
 
