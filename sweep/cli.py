@@ -356,8 +356,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
     bar.close()
     after = status.job_states(plan, folder)
-    finished = all(s.state == state.DONE for _, s in after)  # else: what is left, resume runs it
-    print(f"{status.totals(after)}  ->  kdsweep {'collect' if finished else 'resume'} {args.sweep}")
+    left = any(s.state != state.DONE and not status.active(s) for _, s in after)  # resume runs it
+    elsewhere = any(status.active(s) for _, s in after)  # on Slurm, or another run: wait for it
+    print(f"{status.totals(after)}  ->  kdsweep {'resume' if left else 'status' if elsewhere else 'collect'} "
+          f"{args.sweep}")
     return 1 if summary.failed or summary.interrupted or summary.skipped else 0
 
 

@@ -56,12 +56,18 @@ def add_submission(folder: Path, level: str, slurm_ids: dict[str, str], profile:
     atomic.write_json(folder / RECORD, record)
 
 
+def submitted_ids(folder: Path) -> dict[str, list[str]]:
+    """Each submitted job's Slurm ids, oldest first (a job submitted again has several)."""
+    out: dict[str, list[str]] = {}
+    for sub in read_record(folder):
+        for jid, sid in sub["jobs"].items():
+            out.setdefault(jid, []).append(sid)
+    return out
+
+
 def latest_ids(folder: Path) -> dict[str, str]:
     """Each submitted job's latest Slurm id."""
-    out: dict[str, str] = {}
-    for sub in read_record(folder):
-        out.update(sub["jobs"])
-    return out
+    return {jid: sids[-1] for jid, sids in submitted_ids(folder).items()}
 
 
 class Unreachable(Exception):

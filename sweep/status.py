@@ -23,10 +23,11 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
     submission): a UserError instead, as jobs Slurm still holds would be submitted twice."""
     jobs = {job.id: job for job in plan.jobs}
     states = {jid: _folder_state(state.job_dir(folder, jid), jobs[jid]) for jid in jobs}
-    ids = slurm.latest_ids(folder)
-    submitted = {jid: sid for jid, sid in ids.items() if jid in states and states[jid].state != state.DONE}
+    every = slurm.submitted_ids(folder)
+    ids = {jid: sids[-1] for jid, sids in every.items()}  # the latest; below, the one whose state stands
+    submitted = {jid: sids for jid, sids in every.items() if jid in states and states[jid].state != state.DONE}
     try:
-        seen = slurm.query(list(submitted.values()))
+        seen = slurm.query([sid for sids in submitted.values() for sid in sids])
     except slurm.Unreachable as e:
         if strict:
             raise UserError(f"cannot ask Slurm about {len(submitted)} submitted jobs of this sweep ({e}): not "
@@ -35,10 +36,22 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
         log.warning("could not ask Slurm about %d submitted jobs (%s): their states below are the job "
                     "folders' alone", len(submitted), e)
         seen = {}
-    for jid, sid in submitted.items():
-        if sid not in seen:  # Slurm has forgotten it (no accounting): the folder tells
+    for jid, sids in submitted.items():
+        known = [sid for sid in sids if sid in seen]
+        if not known:  # Slurm has forgotten it (no accounting): the folder tells
             continue
+        # a job submitted twice (a submissions record lost): a live task's state stands over a later
+        # one that stood aside (it found the job locked, and failed)
+        sid = next((s for want in (state.RUNNING, state.QUEUED) for s in reversed(known) if seen[s][0] == want),
+                   known[-1])
+        ids[jid] = sid
         st, reason = seen[sid]
+        trainer = (state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id")
+        if st in (state.FAILED, state.CANCELLED) and states[jid].state == state.RUNNING and trainer != sid:
+            # its folder's heartbeat is another task's (one whose record was lost): that one trains it
+            states[jid] = state.JobState(state.RUNNING, f"{states[jid].detail}, slurm {trainer} (slurm {sid}, "
+                                                        f"submitted again, stood aside)", slurm_id=trainer)
+            continue
         if st == state.FAILED and states[jid].state == state.FAILED:
             reason = states[jid].detail  # the job's own last error line says more than an exit code
         if st == state.QUEUED and not reason and _beating(folder, jid, sid):
@@ -46,19 +59,28 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
         if st in (state.FAILED, state.CANCELLED) and state.has_checkpoint(job := state.job_dir(folder, jid)) \
                 and state.resume_from(job) not in reason:  # said once (the job's own line may say it)
             reason = "; ".join(filter(None, [reason, state.resume_from(job)]))
-        states[jid] = state.JobState(st, f"slurm {sid}" + (f": {reason}" if reason else ""))
+        states[jid] = state.JobState(st, f"slurm {sid}" + (f": {reason}" if reason else ""), slurm_id=sid)
+    task_of: dict[str, list[str]] = {}  # a Slurm task -> its jobs (a pack's students share one)
+    for jid, s in states.items():
+        if s.slurm_id:
+            task_of.setdefault(s.slurm_id, []).append(jid)
     for jid, s in states.items():  # students of a teacher that will not finish
         if s.state not in (state.QUEUED, state.CANCELLED):
             continue
         lost = [d for d in jobs[jid].depends_on if states[d].state not in (state.DONE, state.RUNNING, state.QUEUED)
                 or _newer(ids.get(d), ids.get(jid))]
-        if lost:
+        mates = [d for m in task_of.get(s.slurm_id, []) for d in jobs[m].depends_on
+                 if states[d].state not in (state.DONE, state.RUNNING, state.QUEUED)]
+        if not lost and mates and s.state == state.CANCELLED:  # its own teacher is fine: a pack-mate's is not
+            states[jid] = state.JobState(s.state, f"{s.detail}: the teacher {jobs[mates[0]].name} of a student in "
+                                                  f"its pack {states[mates[0]].state}", slurm_id=s.slurm_id)
+        elif lost:
             t = lost[0]
             why = (f"its teacher {jobs[t].name} {states[t].state}" if not _newer(ids.get(t), ids.get(jid))
                    else f"its teacher {jobs[t].name} was submitted again after it")
             states[jid] = state.JobState(s.state, f"{s.detail}: {why}" + (
                 ": never to be met; resume cancels and resubmits it" if s.state == state.QUEUED else ""),
-                stranded=s.state == state.QUEUED)
+                stranded=s.state == state.QUEUED, slurm_id=s.slurm_id)
     return [(job, states[job.id]) for job in plan.jobs]
 
 

@@ -121,7 +121,7 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
                 and (not status.active(states[j.id]) or j.id in stranded)}
         if not todo:
             return out
-        known = slurm.latest_ids(folder)
+        known = {**slurm.latest_ids(folder), **{jid: s.slurm_id for jid, s in states.items() if s.slurm_id}}
         if stranded:
             slurm.cancel([known[jid] for jid in sorted(stranded)])
             out.cancelled = len(stranded)

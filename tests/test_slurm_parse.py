@@ -1,5 +1,6 @@
 """What sacct and squeue print, read back as job states: recorded outputs (tests/golden/), no cluster."""
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,34 @@ def test_a_damaged_submissions_record_is_one_error_line(tmp_path, capsys, damage
         err = capsys.readouterr().err.splitlines()
         assert err[0].startswith(f"error: {folder / slurm.RECORD}: damaged (") and "Traceback" not in err
         assert err[1].startswith("hint: restore it, or move it aside")
+
+
+def _recorded_slurm(tmp_path, monkeypatch):
+    """sacct and squeue on PATH that print the recordings (tests/golden)."""
+    for tool, recording in (("sacct", "sacct.txt"), ("squeue", "squeue.txt")):
+        script = tmp_path / "bin" / tool
+        script.parent.mkdir(exist_ok=True)
+        script.write_text(f"#!/bin/sh\ncat {GOLDEN / recording}\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("recorded", [("4212_0", "4212_5"), ("4212_5",)], ids=["both-recorded", "first-lost"])
+def test_a_job_submitted_twice_shows_the_task_that_trains_it(tmp_path, monkeypatch, recorded):
+    """A job submitted again (its submissions record lost, or Slurm's answer missed) whose second task
+    found the folder locked and stood aside (failed): the first task, running and beating its
+    heartbeat, is its state, not the second's failure (which also cancelled its students)."""
+    import json
+
+    from sweep import state, status
+
+    _recorded_slurm(tmp_path, monkeypatch)
+    f, plan, folder, job = _half_submitted(tmp_path)  # 4211_0, queued: replaced below
+    (folder / slurm.RECORD).write_text(json.dumps([{"level": "students", "jobs": {job.id: sid}} for sid in recorded]))
+    (state.job_dir(folder, job) / "attempt.json").write_text(
+        json.dumps({"host": "node7", "pid": 4242, "slurm_job_id": "4212_0"}))  # the first trains it
+    s = dict((j.id, s) for j, s in status.job_states(plan, folder))[job.id]
+    assert s.state == state.RUNNING and s.slurm_id == "4212_0", s
+    if len(recorded) == 1:
+        assert re.search(r"on node7 \(heartbeat \d+ s ago\), slurm 4212_0 \(slurm 4212_5, submitted again, "
+                         r"stood aside\)$", s.detail), s
