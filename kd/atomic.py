@@ -43,7 +43,7 @@ def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in _FULL:
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, *_FULL):
             raise _cannot_write(path, e) from None
         raise
 

@@ -37,11 +37,11 @@ def read(path: Path) -> dict[str, Any] | None:
 
 def model_problem(folder: Path, result: dict[str, Any]) -> str | None:
     """Why the model file a result records (``model_file``: name, bytes, sha256) is not there as
-    written, by its size alone (a stat: cheap enough for status); None if it is, or if the result
-    records none (written before results recorded it)."""
+    written, by its size alone (a stat: cheap enough for status); None if it is. A result written
+    before results recorded it: whether model.pt is there."""
     record = result.get("model_file")
-    if not isinstance(record, dict):
-        return None
+    if not isinstance(record, dict):  # written before results recorded it: whether it is there, then
+        record = {"name": "model.pt"}
     name = record.get("name", "model.pt")
     try:
         size = (Path(folder) / name).stat().st_size
@@ -49,8 +49,8 @@ def model_problem(folder: Path, result: dict[str, Any]) -> str | None:
         return f"{name} missing"
     except OSError as e:
         return f"{name} unreadable ({e.strerror})"
-    if size != record.get("bytes"):
-        return f"{name} has {size:,} bytes where {record.get('bytes', 0):,} were written"
+    if "bytes" in record and size != record["bytes"]:
+        return f"{name} has {size:,} bytes where {record['bytes']:,} were written"
     return None
 
 

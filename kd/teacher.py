@@ -24,15 +24,24 @@ FORWARD_IMAGES = {"count": 0}
 
 
 def model_file(path: str | Path | None) -> Path:
-    """The finished teacher's ``model.pt``, given its job folder or the file itself."""
+    """The finished teacher's ``model.pt``, given the file itself or its job folder. A folder's
+    result.json says whether it is the file written (its size; ``verified``: its hash); a folder
+    whose result was kept aside as damaged (by the teacher's student, or its own rerun) holds no
+    teacher until it is trained again, whatever model.pt is there."""
     if not path:
         raise UserError("teacher: method 'kd' with alpha > 0 needs a teacher (--teacher DIR)")
     p = Path(path)
     file = p / MODEL if p.is_dir() else p
-    record = _recorded(file)
-    problem = results.model_problem(file.parent, {"model_file": record}) if record else None
-    if problem:
-        raise DamagedTeacher(file, problem)
+    try:
+        result = results.read(p / results.RESULT) if p.is_dir() else None
+    except results.DamagedResult:
+        result = None
+    if result is not None:
+        problem = results.model_problem(p, result)
+        if problem:
+            raise DamagedTeacher(file, problem)
+    elif p.is_dir() and any(p.glob(f"{results.RESULT}.damaged-*")):
+        raise DamagedTeacher(file, "its result was kept aside as damaged; it has not been trained again since")
     if not file.is_file():
         hint = "has the teacher job finished?" if p.is_dir() else None
         raise UserError(f"teacher: {file} not found", hint=hint)
@@ -69,6 +78,8 @@ def load(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int |
         cfg = saved["config"]
     except Exception as e:
         why = (str(e).splitlines() or [""])[0][:100]
+        if (file.parent / results.RESULT).exists():  # a finished teacher's own file that does not load: damaged
+            raise DamagedTeacher(file, f"it does not load ({e.__class__.__name__}: {why})") from None
         raise UserError(f"teacher: {file} is not a kd model file ({e.__class__.__name__}: {why})") from None
     if cfg["dataset"] != data.name:
         raise UserError(f"teacher: {file} was trained on '{cfg['dataset']}', not '{data.name}'")

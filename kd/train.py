@@ -108,7 +108,7 @@ def finished(out: Path, config: TrainConfig) -> dict[str, Any] | None:
         result = results.read(path)
         if result is not None:
             same_job(path, result["config"], config)
-            if config.method in TEACHER_METHODS and "model_file" in result:  # other jobs read it
+            if config.method in TEACHER_METHODS:  # other jobs read its model.pt: there, and the one written
                 kd_teacher.verified(kd_teacher.model_file(out))
     except (results.DamagedResult, kd_teacher.DamagedTeacher) as e:
         aside = results.keep_aside(path)

@@ -615,8 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if debug or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
             raise
-        # a folder the user cannot write (a colleague's results, a read-only mount, a full disk)
-        print(f"error: {_one_line(str(e.filename or ''))}: cannot write it ({e.strerror})", file=sys.stderr)
+        # a folder the user may not read or write (a colleague's results, a read-only mount, a full disk)
+        where = e.filename or e.filename2
+        print(f"error: {_one_line(str(where)) + ': ' if where else ''}{e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -85,9 +85,14 @@ def units(plan: Plan, pack: int | str = "auto", device_kind: str = "cpu") -> lis
     return [tuple(u) for u in out]
 
 
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that make a job what it is: unset settings added after the first release left
+    out (a folder written before one was added holds the same job)."""
+    return {k: v for k, v in config.items() if not (k in LATER_SETTINGS and v is None)}
+
+
 def job_id(config: dict[str, Any]) -> str:
-    config = {k: v for k, v in config.items() if not (k in LATER_SETTINGS and v is None)}
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(identity(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

@@ -89,7 +89,7 @@ def query(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
         try:
             queued = _squeue(ask)
         except Unreachable:
-            if accounted is None:
+            if accounted is None or any(i not in accounted for i in ask):  # an id no one could answer for
                 raise
             queued = {}
         for jid, (st, reason) in queued.items():

@@ -60,7 +60,7 @@ def resolve_path(arg: str | Path) -> Path:
     p = Path(arg)
     if p.is_file():
         return p
-    if not p.suffix and p.with_name(f"{p.name}.toml").is_file():
+    if p.name and not p.suffix and p.with_name(f"{p.name}.toml").is_file():
         return p.with_name(f"{p.name}.toml")
     example = EXAMPLES / f"{p.stem}.toml"
     if p.parent == Path(".") and example.is_file():
@@ -171,7 +171,7 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
     teachers = [t for t in TEACHER_METHODS if t in methods or any(TEACHER_OF.get(m) == t for m in methods)]
     for key, _ in teacher:  # a teacher's setting that would be cleared or overruled: say so, not ignore it
         if key in APPLIES and not set(APPLIES[key]) & set(teachers or TEACHER_METHODS):
-            raise UserError(f"{f}teacher.{key}: not a teacher's setting (it is for {', '.join(APPLIES[key])})")
+            raise UserError(f"{f}teacher.{key}: no teacher of this sweep has it (it is for {', '.join(APPLIES[key])})")
         if key in axes and (key in TEACHER_AXES or key in APPLIES):
             raise UserError(f"{f}teacher.{key}: also a grid axis, which the teachers follow; keep one")
 

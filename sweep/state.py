@@ -30,7 +30,7 @@ from typing import Any
 from kd import atomic, results
 from kd.config import TEACHER_METHODS
 from kd.errors import UserError
-from sweep.plan import Job, Plan
+from sweep.plan import Job, Plan, identity
 
 DONE, RUNNING, FAILED, INTERRUPTED, PENDING = "done", "running", "failed", "interrupted", "pending"
 DAMAGED = "damaged"  # a result.json that is not the job's (see result_problem): resume keeps it aside, reruns it
@@ -83,14 +83,15 @@ def write_plan(sweep_folder: Path, plan: Plan) -> None:
         saved = read_json(config)
         if saved is None:
             atomic.write_json(config, {"id": j.id, "name": j.name, "config": j.config})
-        elif saved.get("config") != j.config:  # never reuse a folder of other settings
-            differ = settings_differ(saved.get("config") or {}, j.config)
+        elif differ := settings_differ(saved.get("config") or {}, j.config):  # never reuse a folder of other settings
             raise UserError(f"{config}: this job folder holds other settings than job {j.name} "
                             f"({', '.join(differ) or 'unreadable'})", hint=f"move {folder} away and run again")
 
 
-def settings_differ(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    """The settings a folder's saved config and a job's hold otherwise, sorted."""
+def settings_differ(saved: Any, config: dict[str, Any]) -> list[str]:
+    """The settings a folder's saved config and a job's hold otherwise (as their ids count them), sorted;
+    a saved config that is not a table of settings differs in all."""
+    saved, config = identity(saved if isinstance(saved, dict) else {}), identity(config)
     return sorted(k for k in {*saved, *config} if saved.get(k) != config.get(k))
 
 

@@ -47,7 +47,8 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
         ids[jid] = sid
         st, reason = seen[sid]
         trainer = (state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id")
-        if st in (state.FAILED, state.CANCELLED) and states[jid].state == state.RUNNING and trainer != sid:
+        if st in (state.FAILED, state.CANCELLED) and states[jid].state == state.RUNNING and trainer \
+                and trainer != sid:
             # its folder's heartbeat is another task's (one whose record was lost): that one trains it
             states[jid] = state.JobState(state.RUNNING, f"{states[jid].detail}, slurm {trainer} (slurm {sid}, "
                                                         f"submitted again, stood aside)", slurm_id=trainer)
@@ -88,8 +89,8 @@ def _folder_state(folder: Path, job: Job) -> state.JobState:
     """The job's folder's word, unless the folder holds another job's settings (a moved or edited
     folder): then nothing in it is this job's, and run and resume refuse it until it is moved away."""
     saved = (state.read_json(folder / "config.json") or {}).get("config")
-    if saved is not None and saved != job.config:
-        differ = state.settings_differ(saved, job.config)
+    differ = state.settings_differ(saved, job.config) if saved is not None else []
+    if differ:
         return state.JobState(state.FAILED, f"{folder} holds other settings than the job ({', '.join(differ[:4])}): "
                                             "move it away, then resume")
     return state.job_state(folder)

@@ -75,10 +75,13 @@ def check_settings() -> None:
 
 
 class StopFlag:
-    """Set by a signal; the training loop polls it after every step. A second SIGINT interrupts at once."""
+    """Set by a signal; the training loop polls it after every step. A second SIGINT interrupts at
+    once, unless ``patient`` (a run's worker: Ctrl-C twice reaches it too while its run waits for
+    its checkpoint, which the second must not cut short)."""
 
-    def __init__(self) -> None:
+    def __init__(self, patient: bool = False) -> None:
         self.signal: int | None = None
+        self.patient = patient
 
     def __call__(self) -> bool:
         return self.signal is not None
@@ -90,7 +93,7 @@ class StopFlag:
             signal.signal(s, self._set)
 
     def _set(self, signum: int, frame) -> None:
-        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+        if signum == signal.SIGINT and self.signal == signal.SIGINT and not self.patient:
             raise KeyboardInterrupt
         if self.signal is None:  # the first says why (Ctrl-C reaches a worker, then its run's SIGTERM)
             logging.getLogger(__name__).warning("caught %s: stopping after this step, with a checkpoint",
@@ -240,7 +243,7 @@ def serve(channel: int, data_root: Path | None, device: str | None) -> int:
     """A long-lived worker (sweep.pool): imports torch once, then runs the units it reads from stdin,
     one JSON line each, until its end; each unit's output goes into the unit's log, and its exit
     status back as one line on file descriptor ``channel``. A signal stops the unit and the worker."""
-    stop = StopFlag()
+    stop = StopFlag(patient=True)
     stop.catch(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # a hangup: the terminal closed
     _stop_with_parent()
     from kd import train

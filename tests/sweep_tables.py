@@ -1,6 +1,7 @@
 """Finished sweeps without training: a result.json per job, written by hand, for collect, plots and report."""
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -54,8 +55,12 @@ def finish(folder: Path, plan: Plan, acc: Callable[[Job], float] = accuracy, ski
     for job in plan.jobs:
         if job.name in skip:
             continue
-        (state.job_dir(folder, job) / "result.json").write_text(
-            json.dumps(result(job, acc(job), pack_size=students if job.method == "kd" else 1)))
+        r = result(job, acc(job), pack_size=students if job.method == "kd" else 1)
+        if job.method == "teacher":  # a finished teacher's weights, which its students read, as kd.train records them
+            weights = f"the weights of {job.name}".encode()
+            (state.job_dir(folder, job) / "model.pt").write_bytes(weights)
+            r["model_file"] = {"name": "model.pt", "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}
+        (state.job_dir(folder, job) / "result.json").write_text(json.dumps(r))
 
 
 def finished_sweep(tmp_path: Path, name: str = "hand", seeds: tuple[int, ...] = (0, 1, 2),

@@ -210,9 +210,9 @@ SWEEPS = [
     (_edit('methods = ["teacher", "kd"]', 'methods = ["kd"]').replace("alpha = [0.5]", "alpha = [0]"),
      "no jobs left: with alpha = 0 every kd point is the student from scratch, and 'scratch' is not in methods"),
     # settings that would do nothing
-    (GOOD + "[teacher]\nalpha = 0.5\n", "teacher.alpha: not a teacher's setting (it is for kd, subclass)"),
-    (GOOD + "[teacher]\ntemperature = 3\n", "teacher.temperature: not a teacher's setting"),
-    (GOOD + "[teacher]\nbeta = 2\n", "teacher.beta: not a teacher's setting (it is for subclass-teacher)"),
+    (GOOD + "[teacher]\nalpha = 0.5\n", "teacher.alpha: no teacher of this sweep has it (it is for kd, subclass)"),
+    (GOOD + "[teacher]\ntemperature = 3\n", "teacher.temperature: no teacher of this sweep has it"),
+    (GOOD + "[teacher]\nbeta = 2\n", "teacher.beta: no teacher of this sweep has it (it is for subclass-teacher)"),
     (_grid("seed = [0, 1]") + "[teacher]\nseed = 5\n", "teacher.seed: also a grid axis, which the teachers follow"),
     (GOOD + '[teacher]\npretrained = "imagenet"\n',
      "teacher.pretrained: 'imagenet': only the ImageNet models (resnet50, mobilenet_v2) load weights; mnist-cnn"),

@@ -24,6 +24,8 @@ if a["fail"]:
     sys.exit(1)
 for d in a["dirs"]:  # a result of the job's own settings, as kd.train writes it
     config = json.loads(pathlib.Path(d, "config.json").read_text())["config"]
+    if config["method"] == "teacher":  # the weights its students read
+        pathlib.Path(d, "model.pt").write_bytes(b"weights")
     result = {"config": config, "metrics": {"test_accuracy": 0.5}, "history": [{}]}
     pathlib.Path(d, "result.json").write_text(json.dumps(result))
 """

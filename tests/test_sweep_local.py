@@ -201,8 +201,8 @@ def test_failed_and_missing_jobs_are_listed(killed_and_resumed, tmp_path):
     folder = results / "tiny"
     by = {j.name: j for j in k["plan"].jobs}
     teacher = state.job_dir(folder, by["teacher-s0"])
-    # the teacher's weights got corrupted, in a result of before result.json recorded model.pt (now the
-    # teacher would be damaged and trained again: tests/test_worker.py), so its students fail
+    # the teacher's weights got corrupted, in a result of before result.json recorded model.pt's size and
+    # hash (so status cannot tell): its first student finds it, fails, and hands the teacher back
     result = json.loads((teacher / "result.json").read_text())
     del result["model_file"]
     (teacher / "result.json").write_text(json.dumps(result))
@@ -214,12 +214,14 @@ def test_failed_and_missing_jobs_are_listed(killed_and_resumed, tmp_path):
     assert rc == 1
     assert "failed  " in out and "kd-a0.5-T2-s0" in out
     rc, out, _ = _run_main(["status", str(k["sweep_file"]), "--results", str(results)])
-    assert out.splitlines()[-1] == "2/4 done, 2 failed"
-    assert "teacher: " in out and "is not a kd model file" in out
+    assert out.splitlines()[-1] == "1/4 done, 3 failed", out
+    assert "teacher: " in out and "model.pt is damaged (it does not load (" in out and "found by a student" in out
     rc, out, _ = _run_main(["collect", str(k["sweep_file"]), "--results", str(results)])
-    assert rc == 0 and "\n2 finished jobs -> " in out
-    assert "not finished (2), not in the table:" in out and "kd-a0.5-T2-s0: failed (UserError: teacher:" in out
-    assert len(pd.read_parquet(folder / "results.parquet")) == 2
+    assert rc == 0 and "\n1 finished jobs -> " in out
+    assert "not finished (3), not in the table:" in out and "kd-a0.5-T2-s0: failed (DamagedTeacher: teacher:" in out
+    assert len(pd.read_parquet(folder / "results.parquet")) == 1
+    rc, out, _ = _run_main(["resume", str(k["sweep_file"]), "--results", str(results)])  # one more: all done
+    assert rc == 0 and out.splitlines()[-1] == f"4/4 done  ->  kdsweep collect {k['sweep_file']}", out
 
 
 def test_a_second_run_of_the_same_sweep_is_refused(killed_and_resumed, tmp_path, capsys):

@@ -102,15 +102,16 @@ def test_a_teacher_whose_model_is_damaged_is_trained_again_with_its_student_in_o
 
     sweep_file = tmp_path / "s.toml"
     sweep_file.write_text('name = "s"\ndataset = "mnist"\nmethods = ["teacher", "scratch", "kd"]\n'
-                          "[train]\nepochs = 1\nbatch_size = 100\n[grid]\nalpha = [0.5]\ntemperature = [4]\n")
+                          "[train]\nepochs = 1\nbatch_size = 100\n[grid]\nalpha = [0.5, 0.9]\ntemperature = [4]\n")
     results = tmp_path / "r"
-    args = [str(sweep_file), "--results", str(results)]
+    args = [str(sweep_file), "--results", str(results), "--pack", "1"]  # two student units, one after the other
     assert main(["-q", "run", *args]) == 0
-    teacher, scratch, student = (state.job_dir(results / "s", j) for j in api.plan(sweep_file).jobs)
+    teacher, scratch, *students = (state.job_dir(results / "s", j) for j in api.plan(sweep_file).jobs)
     states = lambda: [(s.state, s.detail) for _, s in api.status(sweep_file, results_root=results)]  # noqa: E731
     untouched = (scratch / "result.json").stat().st_mtime_ns
     for damage in ("deleted", "cut", "overwritten"):
-        (student / "result.json").unlink()
+        for student in students:
+            (student / "result.json").unlink()
         model = teacher / "model.pt"
         data = model.read_bytes()
         record = json.loads((teacher / "result.json").read_text())["model_file"]
@@ -123,15 +124,17 @@ def test_a_teacher_whose_model_is_damaged_is_trained_again_with_its_student_in_o
         if damage == "overwritten":
             assert states()[0] == (state.DONE, "")  # a stat cannot tell: the student's check does
             assert main(["-q", "resume", *args]) == 1
-            (t_state, t_why), _, (s_state, s_why) = states()
+            (t_state, t_why), _, (s_state, s_why), (later, later_why) = states()
             assert t_state == state.FAILED and "its SHA-256 differs from the one its result.json records" in t_why
             assert t_why.endswith("resume trains it again") and "found by a student" in t_why
             assert s_state == state.FAILED and f"{model} is damaged" in s_why
+            # the next student does not train on the damaged file (it would end 'done', never to run again)
+            assert later == state.FAILED and "it has not been trained again since" in later_why, later_why
         else:
             why = "model.pt missing" if damage == "deleted" else f"model.pt has 1,000 bytes where {len(data):,} were"
             assert states()[0][0] == state.DAMAGED and states()[0][1].startswith(why)
         assert main(["-q", "resume", *args]) == 0
-        assert [s for s, _ in states()] == [state.DONE] * 3
+        assert [s for s, _ in states()] == [state.DONE] * 4
         assert (scratch / "result.json").stat().st_mtime_ns == untouched
         assert len(list(teacher.glob("result.json.damaged-*"))) == 1  # the teacher's old result, kept
         for kept in teacher.glob("result.json.damaged-*"):
