@@ -389,8 +389,8 @@ def test_a_hangup_stops_the_run_with_a_checkpoint(tmp_path, started):
 def test_ctrl_c_stops_the_run_and_says_where_it_stands(tmp_path, started, presses):
     """Ctrl-C in a terminal reaches the run and its workers (one process group); the run then asks
     its workers to stop (SIGTERM): the job says SIGINT, what the user did. A second Ctrl-C while
-    they checkpoint does not cut the run's clean-up short: its last line agrees with status, and
-    no worker is left behind."""
+    they checkpoint cuts short neither the run's clean-up (its last line agrees with status, no
+    worker is left behind) nor the worker's checkpoint."""
     sweep_file = tmp_path / "seeds.toml"
     sweep_file.write_text(SEEDS.format(epochs=200, seeds="0"))
     proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1",
@@ -407,8 +407,8 @@ def test_ctrl_c_stops_the_run_and_says_where_it_stands(tmp_path, started, presse
     totals = status_out.splitlines()[-1]
     assert out.splitlines()[-1] == f"interrupted: {totals}  ->  kdsweep resume {sweep_file}", (out, status_out)
     assert state.job_state(first).state == state.INTERRUPTED
-    if presses == 1:
-        assert state.job_state(first).detail == "stopped by SIGINT, checkpointed: resume continues it"
+    assert state.job_state(first).detail == "stopped by SIGINT, checkpointed: resume continues it"
+    assert (first / "checkpoint.pt").exists()  # the second Ctrl-C did not cut the worker's checkpoint short
 
 
 def test_a_run_killed_outright_takes_its_workers_with_it(tmp_path, started):
