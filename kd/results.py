@@ -10,8 +10,6 @@ RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"  # kd.train writes it; status asks only whether it is there
 
 
-
-
 class DamagedResult(ValueError):
     """A result.json that exists but is not a result (not JSON, truncated, or incomplete)."""
 

@@ -71,8 +71,8 @@ def verified(file: Path) -> str:
 
 def load(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int | None = None) -> torch.nn.Module:
     """A finished teacher from its ``model.pt``, frozen and in eval mode; ``outputs``: what the
-    student has, which the teacher must match (a subclass teacher has C x S)."""
-    verified(file)
+    student has, which the teacher must match (a subclass teacher has C x S). Its bytes are the
+    caller's to check first (``verified``), once."""
     try:
         saved = torch.load(file, map_location=device, weights_only=True)
         cfg = saved["config"]
@@ -126,7 +126,7 @@ def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device, outpu
                 _check_outputs(file, "teacher", saved["train"].shape[1], outputs)
                 return saved["train"]
             log.info("teacher cache %s is stale: recomputing", cache)
-    teacher = load(file, data, device, outputs)  # hashes the file again: a few ms for the reference CNN
+    teacher = load(file, data, device, outputs)
     train = forward(teacher, data.train_x.to(device))
     sealed.save(cache, {"model_sha256": model_hash, "dataset": data.name, "train": train.cpu()})
     log.info("teacher logits cached in %s", cache)

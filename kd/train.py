@@ -147,6 +147,8 @@ def _teachers(configs: list[TrainConfig], data: kd_data.Dataset, dev: torch.devi
         return None
     k = outputs(configs[0], data)
     if online:
+        for f in files:
+            kd_teacher.verified(f)  # the bytes written: torch.load alone takes damaged ones
         return [kd_teacher.load(f, data, dev, outputs=k) for f in files], files
     return torch.stack([kd_teacher.cached_logits(f, data, dev, outputs=k).to(dev) for f in files]), files
 

@@ -33,7 +33,7 @@ from kd.errors import UserError
 from sweep.plan import Job, Plan, identity
 
 DONE, RUNNING, FAILED, INTERRUPTED, PENDING = "done", "running", "failed", "interrupted", "pending"
-DAMAGED = "damaged"  # a result.json that is not the job's (see result_problem): resume keeps it aside, reruns it
+DAMAGED = "damaged"  # a result.json that is not the job's (see own_result): resume keeps it aside, reruns it
 QUEUED, CANCELLED = "queued", "cancelled"  # from Slurm
 HEARTBEAT_S = 30  # a running attempt touches its attempt.json this often
 STALE_S = 180  # an attempt on another host silent for this long is taken for dead
@@ -174,16 +174,11 @@ def own_result(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
     return result, None
 
 
-def result_problem(folder: Path) -> str | None:
-    """Why a job folder's result.json is not the job's result (None if it is, or there is none)."""
-    return own_result(folder)[1]
-
-
 def job_state(folder: Path) -> JobState:
-    if (folder / "result.json").exists():
-        problem = result_problem(folder)
-        if problem is None:
-            return JobState(DONE)
+    result, problem = own_result(folder)
+    if result is not None:
+        return JobState(DONE)
+    if problem:
         return JobState(DAMAGED, f"{problem}: resume keeps result.json aside and reruns the job")
     error = read_json(folder / "error.json")
     if error is not None:

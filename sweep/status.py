@@ -46,9 +46,9 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
                    known[-1])
         ids[jid] = sid
         st, reason = seen[sid]
-        trainer = (state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id")
-        if st in (state.FAILED, state.CANCELLED) and states[jid].state == state.RUNNING and trainer \
-                and trainer != sid:
+        trainer = (state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id") \
+            if st in (state.FAILED, state.CANCELLED) and states[jid].state == state.RUNNING else None
+        if trainer and trainer != sid:
             # its folder's heartbeat is another task's (one whose record was lost): that one trains it
             states[jid] = state.JobState(state.RUNNING, f"{states[jid].detail}, slurm {trainer} (slurm {sid}, "
                                                         f"submitted again, stood aside)", slurm_id=trainer)

@@ -115,17 +115,17 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
     if not todo:
         return [state.read_json(f / "result.json") for f in folders]
     with state.job_locks(todo, wait_s=float(os.environ.get("KDSWEEP_LOCK_WAIT", LOCK_WAIT_S))):
-        todo = [f for f in todo if state.job_state(f).state != state.DONE]  # done by the process we waited for
+        now = {f: state.job_state(f) for f in todo}
+        todo = [f for f in todo if now[f].state != state.DONE]  # done by the process we waited for
         if not todo:
             logging.getLogger(__name__).info("done meanwhile by the process that held its lock: nothing to do")
             return [state.read_json(f / "result.json") for f in folders]
         for f in todo:
             for stray in f.glob(".tmp-*"):  # a write cut by a kill; under the lock no one else writes here
                 stray.unlink(missing_ok=True)
-            why = state.result_problem(f) if (f / "result.json").exists() else None
-            if why:  # another job's result, a teacher's model.pt gone: the job runs again
-                logging.getLogger(__name__).warning("%s: %s: kept as %s; the job runs again", f, why,
-                                                    results.keep_aside(f / "result.json").name)
+            if now[f].state == state.DAMAGED:  # unreadable, another job's result, a teacher's model.pt gone
+                logging.getLogger(__name__).warning("%s: %s: kept as %s; the job runs again", f,
+                                                    state.own_result(f)[1], results.keep_aside(f / "result.json").name)
             state.record_attempt(f, pack_size=len(todo), **attempt)
         stop_heartbeat = state.heartbeat(todo)
         try:
