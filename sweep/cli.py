@@ -238,6 +238,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"merged: {why}")
     if short and len(merged) > TAIL:
         print(f"merged: ... and {len(merged) - TAIL:,} more like these")
+    kept = plan.kept_notes()
+    for why in kept[:TAIL] if short else kept:
+        print(f"kept: {why}")
+    if short and len(kept) > TAIL:
+        print(f"kept: ... and {len(kept) - TAIL:,} more like these")
     axes = [k for k in sw.axes if k not in ("alpha", "temperature", "seed", "epochs")]
     header = ["id", "name", "method", "alpha", "T", "seed", *axes, "epochs", "depends on"]
     names = {j.id: j.name for j in plan.jobs}

@@ -40,6 +40,19 @@ class Plan:
     sweep: Sweep
     jobs: tuple[Job, ...]  # teachers first, then students, each in grid order
     excluded: int = 0
+    kept: tuple[tuple[str, int], ...] = ()  # (job id, exclude rule): a teacher excluded that students need
+
+    def kept_notes(self) -> list[str]:
+        """Why a teacher point that an [[exclude]] rule matched runs all the same: its students."""
+        out = []
+        for jid, rule in self.kept:
+            job = next(j for j in self.jobs if j.id == jid)
+            students = [j.name for j in self.jobs if jid in j.depends_on]
+            shown = ", ".join(students[:3]) + (f", ... ({len(students):,} in all)" if len(students) > 3 else "")
+            out.append(f"exclude[{rule}] matches {job.name}, but it runs: {len(students):,} "
+                       f"student{'s' if len(students) != 1 else ''} need{'s' if len(students) == 1 else ''} it "
+                       f"({shown}); exclude them too to leave it out")
+        return out
 
     def levels(self) -> list[list[Job]]:
         """Jobs grouped so that each level depends only on earlier ones: first the jobs that need
@@ -186,9 +199,13 @@ def plan(sweep: Sweep) -> Plan:
 
     teachers: dict[tuple, str] = {}
     used: set[int] = set()  # the [[exclude]] rules that matched a point
+    excluded_teachers: dict[tuple, int] = {}  # a teacher point excluded -> the first rule that matched it
+
+    def teacher_key(point: dict[str, Any], method: str) -> tuple:
+        return (method, *((k, point[k]) for k in axes_for(method, list(point)) if k != "method"))
 
     def teacher_of(point: dict[str, Any], method: str) -> str:
-        key = (method, *((k, point[k]) for k in axes_for(method, list(point)) if k != "method"))
+        key = teacher_key(point, method)
         if key not in teachers:
             settings = dict(key[1:])
             teachers[key] = add(resolve({**teacher_base, **settings, "method": method}),
@@ -203,6 +220,8 @@ def plan(sweep: Sweep) -> Plan:
             if rules:
                 excluded += 1
                 used.update(rules)
+                if method in TEACHER_METHODS:
+                    excluded_teachers.setdefault(teacher_key(point, method), rules[0])
                 continue
             if method in TEACHER_METHODS:
                 teacher_of(point, method)
@@ -229,10 +248,11 @@ def plan(sweep: Sweep) -> Plan:
             raise UserError(f"{where}: no jobs left: with alpha = 0 every kd point is the student from scratch, "
                             "and 'scratch' is not in methods", hint="add 'scratch' to methods, or an alpha > 0")
         raise UserError(f"{where}: no jobs left: every grid point is excluded")
+    kept = tuple((teachers[key], rule) for key, rule in excluded_teachers.items() if key in teachers)
     names = [_name(jobs[j]["config"], varying) for j in ordered]
     if len(set(names)) != len(names):  # settings outside the grid differ: keep names unique with the id
         names = [f"{n}-{j[:6]}" for n, j in zip(names, ordered)]
-    return Plan(sweep=sweep, excluded=excluded, jobs=tuple(
+    return Plan(sweep=sweep, excluded=excluded - len(kept), kept=kept, jobs=tuple(
         Job(id=j, name=n, method=jobs[j]["config"]["method"], config=jobs[j]["config"],
             depends_on=jobs[j]["depends_on"], points=tuple(jobs[j]["points"]))
         for j, n in zip(ordered, names)))

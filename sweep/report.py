@@ -216,7 +216,8 @@ def plan_blocks(plan: Plan, device_kind: str = "cpu") -> tuple:
                   str(j.config["seed"]), ", ".join(names[d] for d in j.depends_on) or "-") for j in plan.jobs)
     return (Text(f"{len(plan.jobs)} jobs ({', '.join(f'{n} {m}' for m, n in methods.items())}) from "
                  f"{plan.n_points} grid points, {plan.excluded} excluded."),
-            Items(tuple(f"merged: {why}" for _, why in plan.merged()) or ("no merged points",)),
+            Items(tuple(f"merged: {why}" for _, why in plan.merged()) + tuple(f"kept: {why}" for why in plan.kept_notes())
+                  or ("no merged points",)),
             Text(f"Run locally as {len(work)} units (pack {pack}, on a {'GPU' if device_kind == 'cuda' else 'CPU'}): "
                  + "; ".join(f"{n} x {size} {m} job{'s' if size > 1 else ''}" + (" packed" if size > 1 else " alone")
                              for (size, m), n in sorted(shapes.items(), key=lambda kv: (kv[0][0], kv[0][1])))

@@ -57,6 +57,19 @@ def test_exclude_drops_matching_points():
     assert "kd-a1-T1-s0" not in [j.name for j in p.jobs] and "kd-a1-T4-s0" in [j.name for j in p.jobs]
 
 
+def test_excluded_teacher_that_students_need_runs_and_says_why():
+    p = _plan(BASE.replace('"scratch", ', "") + "[grid]\nalpha = [0.5]\ntemperature = [4]\nseed = [0, 1]\n"
+              '[[exclude]]\nmethod = "teacher"\nseed = 1\n')
+    assert [j.name for j in p.jobs] == ["teacher-s0", "teacher-s1", "kd-a0.5-T4-s0", "kd-a0.5-T4-s1"]
+    assert p.excluded == 0  # matched, but not left out: not counted as excluded
+    assert p.kept_notes() == ["exclude[0] matches teacher-s1, but it runs: 1 student needs it (kd-a0.5-T4-s1); "
+                              "exclude them too to leave it out"]
+    alone = _plan(BASE.replace('"scratch", ', "") + "[grid]\nalpha = [0.5]\ntemperature = [4]\nseed = [0, 1]\n"
+                  '[[exclude]]\nseed = 1\n')  # the teacher and its students: truly left out
+    assert [j.name for j in alone.jobs] == ["teacher-s0", "kd-a0.5-T4-s0"] and alone.excluded == 2
+    assert alone.kept == ()
+
+
 def test_kd_alone_brings_its_teacher():
     p = _plan('name = "t"\ndataset = "mnist-5k"\nmethods = ["kd"]\n[grid]\nalpha = [0.5]\n')
     assert [j.method for j in p.jobs] == ["teacher", "kd"]
