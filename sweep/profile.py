@@ -119,6 +119,9 @@ def _check_text(value: Any, at: str) -> None:
                         "one line of text, or it would add lines of its own to the sbatch script")
 
 
+MAX_TIME_MIN = 365 * 1440  # far beyond any partition's limit; a time over it is a typo
+
+
 def parse_time(value: str | int, where: str) -> int:
     """Minutes from 90, "90", "01:30:00", "1-00:00:00" (sbatch's forms)."""
     if isinstance(value, int):
@@ -134,8 +137,16 @@ def parse_time(value: str | int, where: str) -> int:
             minutes = d * 1440 + (a * 60 + b if m.group(1) else a + (b > 0))
         else:
             minutes = d * 1440 + a * 60 + b + (c > 0)
+        # a field past its clock's range is a typo ("01:75:00"), not a time sbatch reads as meant
+        fields = [x for x in m.groups()[1:] if x is not None]
+        if (m.group(1) and int(fields[0]) > 23) or any(int(x) > 59 for x in fields[1:]):
+            raise UserError(f"{where}time: {value!r}: hours are 0-23 after a day, minutes and seconds 0-59 "
+                            "('D-HH:MM:SS', 'HH:MM:SS', 'MM:SS', or minutes alone)")
     if minutes < 1:
         raise UserError(f"{where}time: {value!r} must be at least one minute")
+    if minutes > MAX_TIME_MIN:
+        raise UserError(f"{where}time: {value!r} is {minutes:,} minutes, over a year: the most is 365 days "
+                        f"({MAX_TIME_MIN:,} minutes; 'D-HH:MM:SS' or 'HH:MM:SS' also do)")
     return minutes
 
 

@@ -33,7 +33,7 @@ def test_missing_image_is_refused_at_submission_only(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("value, minutes", [(90, 90), ("90", 90), ("01:30:00", 90), ("1-00:00:00", 1440),
-                                            ("2-12", 3600), ("10:30", 11)])
+                                            ("2-12", 3600), ("10:30", 11), ("100:00:00", 6000), ("364-23:59:59", 525600)])
 def test_time_formats(value, minutes):
     assert prof.parse_time(value, "") == minutes
 
