@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import re
+import shlex
 import signal
 import sys
 from collections.abc import Iterator
@@ -356,15 +357,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # the units stopped (checkpointed where they were): where it stands, and the way on
         if bar is not None:
             bar.close()
-        print(f"interrupted: {status.totals(status.job_states(plan, folder))}  ->  kdsweep resume {args.sweep}",
+        print(f"interrupted: {status.totals(status.job_states(plan, folder))}{_next_step([], args, 'resume')}",
               file=sys.stderr)
         return 130
     bar.close()
     after = status.job_states(plan, folder)
-    left = any(s.state != state.DONE and not status.active(s) for _, s in after)  # resume runs it
-    elsewhere = any(status.active(s) for _, s in after)  # on Slurm, or another run: wait for it
-    print(f"{status.totals(after)}  ->  kdsweep {'resume' if left else 'status' if elsewhere else 'collect'} "
-          f"{args.sweep}")
+    print(f"{status.totals(after)}{_next_step(after, args)}")
     return 1 if summary.failed or summary.interrupted or summary.skipped else 0
 
 
@@ -427,7 +425,7 @@ def _submit(args: argparse.Namespace, plan, folder: Path) -> int:
         print(f"nothing to submit: {out.already_done} done, {out.skipped_active} queued or running")
     elif out.skipped_active or out.already_done:
         print(f"not submitted again: {out.already_done} done, {out.skipped_active} queued or running")
-    print(f"{status.totals(status.job_states(plan, folder))}  ->  kdsweep status {args.sweep}")
+    print(f"{status.totals(status.job_states(plan, folder))}{_next_step([], args, 'status')}")
     return 0
 
 
@@ -446,9 +444,44 @@ def _cmd_status(args: argparse.Namespace) -> int:
     states = status.job_states(plan, folder)
     rows = [[j.id, j.name, s.state, s.detail] for j, s in states]
     print(_table(["id", "name", "state", "detail"], rows))
-    print(status.totals(states) + ("" if folder.is_dir() else
-                                   f" (no folder {folder}: not run here; --results DIR where it ran)"))
+    if not folder.is_dir():
+        print(f"{status.totals(states)} (no folder {folder}: not run here; --results DIR where it ran)")
+        return 0
+    print(status.totals(states) + _next_step(states, args, profile=_last_profile(folder)))
     return 0
+
+
+def _next_step(states: list, args: argparse.Namespace, step: str | None = None, profile: str | None = None) -> str:
+    """``  ->  kdsweep resume SWEEP [--results DIR]``: the command that moves the sweep on from ``states``
+    (``step`` where the caller knows it): resume what is neither done nor active; else wait for what
+    is active elsewhere (status); else collect. ``profile``: resume submits to SLURM with it."""
+    from sweep import state, status
+
+    if step is None:
+        left = any(s.state != state.DONE and not status.active(s) for _, s in states)  # resume runs it
+        elsewhere = any(status.active(s) for _, s in states)  # on Slurm, or another run: wait for it
+        step = "resume" if left else "status" if elsewhere else "collect"
+    results = f" --results {shlex.quote(str(args.results))}" if args.results != Path("results") else ""
+    to = f" --profile {shlex.quote(profile)}" if step == "resume" and profile else ""
+    return f"  ->  kdsweep {step} {shlex.quote(args.sweep)}{results}{to}"
+
+
+def _last_profile(folder: Path) -> str | None:
+    """The profile of the sweep's latest SLURM submission, as --profile takes it: a bundled one's
+    name, another's file; the name it gave itself where the record is older than that."""
+    from sweep import profile, slurm
+
+    try:
+        record = slurm.read_record(folder)
+    except UserError:  # damaged: status has said so
+        return None
+    if not record:
+        return None
+    path = record[-1].get("profile_file")
+    if not path:
+        return record[-1].get("profile")
+    bundled = any(Path(path).parent == d.resolve() for d in profile.PROFILE_DIRS)
+    return Path(path).stem if bundled else path
 
 
 def _add_collect(sub) -> None:

@@ -49,10 +49,11 @@ def read_record(folder: Path) -> list[dict[str, Any]]:
     return record
 
 
-def add_submission(folder: Path, level: str, slurm_ids: dict[str, str], profile: str) -> None:
+def add_submission(folder: Path, level: str, slurm_ids: dict[str, str], profile: str,
+                   profile_file: Path | None = None) -> None:
     record = read_record(folder)
     record.append({"level": level, "profile": profile, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                   "jobs": slurm_ids})
+                   "jobs": slurm_ids, **({"profile_file": str(profile_file.resolve())} if profile_file else {})})
     atomic.write_json(folder / RECORD, record)
 
 

@@ -157,7 +157,7 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
                 raise UserError(f"sbatch refused the {LEVEL_NAMES[i]} array: {why}") from None
             sys.stderr.write(said.getvalue())  # accepted: whatever sbatch warned of is shown
             ids = {j.id: s.job_id for t, s in zip(tasks, submitted) for j in t}
-            slurm.add_submission(folder, LEVEL_NAMES[i], ids, p.name)
+            slurm.add_submission(folder, LEVEL_NAMES[i], ids, p.name, p.path)
             known.update(ids)
             out.arrays.append((LEVEL_NAMES[i], submitted[0].job_id.split("_")[0], len(tasks)))
     return out

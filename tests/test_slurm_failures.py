@@ -54,7 +54,8 @@ def test_failed_teacher_cancels_its_students_and_one_resume_recovers(slurm_clust
     assert "truncated or oversized IDX file" in lines["teacher-s0"]
     for name in ("kd-a0.5-T2-s0", "kd-a0.5-T4-s0"):
         assert "cancelled" in lines[name] and lines[name].endswith("its teacher teacher-s0 failed"), out
-    assert out.splitlines()[-1] == "0/3 done, 1 failed, 2 cancelled"
+    assert out.splitlines()[-1] == f"0/3 done, 1 failed, 2 cancelled  ->  kdsweep resume {sweep_file} --results {results} " \
+        "--profile local-slurm"
 
     labels.write_bytes(good)  # the cause fixed
     out = kdsweep("resume", sweep_file, *args).stdout
@@ -63,7 +64,8 @@ def test_failed_teacher_cancels_its_students_and_one_resume_recovers(slurm_clust
     assert {s.state for s in states.values()} == {state.DONE}, states
     record = _submissions(results, "failed")
     assert [sorted(r["jobs"]) for r in record[2:]] == [sorted(r["jobs"]) for r in record[:2]]  # each once again
-    assert kdsweep("status", sweep_file, "--results", results).stdout.splitlines()[-1] == "3/3 done"
+    assert kdsweep("status", sweep_file, "--results", results).stdout.splitlines()[-1] == \
+        f"3/3 done  ->  kdsweep collect {sweep_file} --results {results}"
 
 
 def test_cancelled_teacher_cancels_its_students_and_one_resume_recovers(slurm_cluster, tmp_path, mini_mnist_env):
@@ -82,7 +84,8 @@ def test_cancelled_teacher_cancels_its_students_and_one_resume_recovers(slurm_cl
     out, lines = _status_lines(sweep_file, results)
     assert all(lines[n].endswith("its teacher teacher-s0 cancelled") for n in ("kd-a0.5-T2-s0", "kd-a0.5-T4-s0")), out
     assert lines["teacher-s0"].endswith("resume continues from its checkpoint"), out  # scancel: SIGTERM, a checkpoint
-    assert out.splitlines()[-1] == "0/3 done, 3 cancelled"
+    assert out.splitlines()[-1] == f"0/3 done, 3 cancelled  ->  kdsweep resume {sweep_file} --results {results} " \
+        "--profile local-slurm"
 
     out = kdsweep("resume", sweep_file, *args).stdout
     assert "submitted first array" in out and "submitted students array" in out
@@ -91,4 +94,5 @@ def test_cancelled_teacher_cancels_its_students_and_one_resume_recovers(slurm_cl
     log = (state.job_dir(results / "cancelled", teacher) / "log").read_text()
     assert "caught SIGTERM: stopping after this step" in log  # scancel: the step in flight, then a checkpoint
     assert re.search(r"resuming .* from epoch \d, step \d+", log), log  # where the cancelled teacher stopped
-    assert kdsweep("status", sweep_file, "--results", results).stdout.splitlines()[-1] == "3/3 done"
+    assert kdsweep("status", sweep_file, "--results", results).stdout.splitlines()[-1] == \
+        f"3/3 done  ->  kdsweep collect {sweep_file} --results {results}"

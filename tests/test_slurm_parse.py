@@ -162,3 +162,21 @@ def test_a_job_submitted_twice_shows_the_task_that_trains_it(tmp_path, monkeypat
     if len(recorded) == 1:
         assert re.search(r"on node7 \(heartbeat \d+ s ago\), slurm 4212_0 \(slurm 4212_5, submitted again, "
                          r"stood aside\)$", s.detail), s
+
+
+def test_the_next_step_after_a_slurm_submission_names_its_profile_as_resume_takes_it(tmp_path):
+    """status ends with the command that moves the sweep on; for a sweep submitted to SLURM, resume
+    needs the profile again: a bundled one by name, another by its file (its own name may be none)."""
+    from sweep import cli, profile
+
+    folder = tmp_path / "results" / "s"
+    assert cli._last_profile(folder) is None  # never submitted: resume runs locally
+    slurm.add_submission(folder, "first", {"a": "1_0"}, "my-cluster")  # a record from before profile_file
+    assert cli._last_profile(folder) == "my-cluster"
+    bundled = profile.resolve_path("local-slurm")
+    slurm.add_submission(folder, "first", {"a": "2_0"}, "local-slurm", bundled)
+    assert cli._last_profile(folder) == "local-slurm"
+    own = tmp_path / "cluster.toml"
+    own.write_text('name = "my-cluster"\n')
+    slurm.add_submission(folder, "first", {"a": "3_0"}, "my-cluster", own)
+    assert cli._last_profile(folder) == str(own.resolve())  # its name would not find it: the file does

@@ -145,7 +145,8 @@ def test_status_after_kill_shows_the_interrupted_job(killed_and_resumed):
         if k["mid"][0].name in line:
             assert line.endswith("(killed?); resume continues from its checkpoint"), line
     counts = [f"{n} {s}" for s in ("interrupted", "pending") if (n := list(want.values()).count(s))]
-    assert out.splitlines()[-1] == ", ".join([f"{len(k['done_before'])}/4 done", *counts])
+    assert out.splitlines()[-1] == ", ".join([f"{len(k['done_before'])}/4 done", *counts]) + \
+        f"  ->  kdsweep resume {k['sweep_file']} --results {k['results']}"
 
 
 def test_interrupted_student_resumed_from_its_checkpoint(killed_and_resumed):
@@ -214,14 +215,14 @@ def test_failed_and_missing_jobs_are_listed(killed_and_resumed, tmp_path):
     assert rc == 1
     assert "failed  " in out and "kd-a0.5-T2-s0" in out
     rc, out, _ = _run_main(["status", str(k["sweep_file"]), "--results", str(results)])
-    assert out.splitlines()[-1] == "1/4 done, 3 failed", out
+    assert out.splitlines()[-1] == f"1/4 done, 3 failed  ->  kdsweep resume {k['sweep_file']} --results {results}", out
     assert "teacher: " in out and "model.pt is damaged (it does not load (" in out and "found by a student" in out
     rc, out, _ = _run_main(["collect", str(k["sweep_file"]), "--results", str(results)])
     assert rc == 0 and "\n1 finished jobs -> " in out
     assert "not finished (3), not in the table:" in out and "kd-a0.5-T2-s0: failed (DamagedTeacher: teacher:" in out
     assert len(pd.read_parquet(folder / "results.parquet")) == 1
     rc, out, _ = _run_main(["resume", str(k["sweep_file"]), "--results", str(results)])  # one more: all done
-    assert rc == 0 and out.splitlines()[-1] == f"4/4 done  ->  kdsweep collect {k['sweep_file']}", out
+    assert rc == 0 and out.splitlines()[-1] == f"4/4 done  ->  kdsweep collect {k['sweep_file']} --results {results}", out
 
 
 def test_a_second_run_of_the_same_sweep_is_refused(killed_and_resumed, tmp_path, capsys):
@@ -338,9 +339,10 @@ def test_sigterm_stops_the_run_and_its_children(tmp_path, started):
     out = proc.communicate(timeout=10)[0]
     _wait_group_dead(proc.pid, timeout=5)
     assert proc.returncode == 130, out
-    assert out.splitlines()[-1] == f"interrupted: 0/2 done, 1 interrupted, 1 pending  ->  kdsweep resume {sweep_file}", out
+    hint = f"  ->  kdsweep resume {sweep_file} --results {tmp_path}"
+    assert out.splitlines()[-1] == f"interrupted: 0/2 done, 1 interrupted, 1 pending{hint}", out
     rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
-    assert out.splitlines()[-1] == "0/2 done, 1 interrupted, 1 pending", out
+    assert out.splitlines()[-1] == f"0/2 done, 1 interrupted, 1 pending{hint}", out
     assert f"{plan.jobs[0].name}  interrupted" in out
     assert "stopped by SIGTERM, checkpointed: resume continues it" in out, out  # not "killed?"
 
@@ -379,7 +381,7 @@ def test_a_hangup_stops_the_run_with_a_checkpoint(tmp_path, started):
     out = proc.communicate(timeout=30)[0]
     _wait_group_dead(proc.pid, timeout=5)
     assert proc.returncode == 130, out
-    assert out.splitlines()[-1] == f"interrupted: 0/1 done, 1 interrupted  ->  kdsweep resume {sweep_file}", out
+    assert out.splitlines()[-1] == f"interrupted: 0/1 done, 1 interrupted  ->  kdsweep resume {sweep_file} --results {tmp_path}", out
     assert (first / "checkpoint.pt").exists()
     line = state.job_state(first).detail
     assert line.startswith("stopped by SIG") and line.endswith("checkpointed: resume continues it"), line
@@ -405,7 +407,7 @@ def test_ctrl_c_stops_the_run_and_says_where_it_stands(tmp_path, started, presse
     assert proc.returncode == 130, out
     rc, status_out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
     totals = status_out.splitlines()[-1]
-    assert out.splitlines()[-1] == f"interrupted: {totals}  ->  kdsweep resume {sweep_file}", (out, status_out)
+    assert out.splitlines()[-1] == f"interrupted: {totals}", (out, status_out)  # status gives the same next step
     assert state.job_state(first).state == state.INTERRUPTED
     assert state.job_state(first).detail == "stopped by SIGINT, checkpointed: resume continues it"
     assert (first / "checkpoint.pt").exists()  # the second Ctrl-C did not cut the worker's checkpoint short
@@ -442,7 +444,7 @@ def test_a_worker_stopped_by_a_signal_is_interrupted_not_failed(tmp_path, starte
     assert proc.returncode == 1, out
     (line,) = [x for x in out.splitlines() if x.startswith("interrupted")]
     assert line.endswith("stopped by SIGTERM, checkpointed: resume continues it"), out
-    assert out.splitlines()[-1] == f"0/1 done, 1 interrupted  ->  kdsweep resume {sweep_file}", out
+    assert out.splitlines()[-1] == f"0/1 done, 1 interrupted  ->  kdsweep resume {sweep_file} --results {tmp_path}", out
     assert state.job_state(first).state == state.INTERRUPTED
 
 
@@ -483,7 +485,7 @@ def test_a_unit_that_kills_its_worker_fails_alone_and_the_next_unit_gets_a_new_w
     assert line.endswith("its worker was killed by SIGKILL; resume continues from its checkpoint"), out
     assert json.loads((state.job_dir(folder, last) / "attempt.json").read_text())["pid"] != worker  # a new one
     rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
-    assert out.splitlines()[-1] == "2/3 done, 1 failed", out  # status agrees with what run said
+    assert out.splitlines()[-1] == f"2/3 done, 1 failed  ->  kdsweep resume {sweep_file} --results {tmp_path}", out  # as run said
     assert "killed by SIGKILL; resume continues from its checkpoint" in out, out
 
 
