@@ -277,6 +277,22 @@ def test_units_pack_students_across_seeds_and_teachers():
     assert all(len(u) == 1 for u in _units(GRID, 1))
 
 
+def test_every_setting_is_shared_by_a_pack_keeps_jobs_apart_or_is_each_members():
+    """A setting in none of the three would let jobs that differ in it share a pack, which trains
+    them all with the first member's (finetune_lr did: a job trained at another rate than recorded)."""
+    from kd.config import NOT_PACKABLE, PACK_SHARED, PER_MEMBER, SETTINGS
+
+    groups = (PACK_SHARED, NOT_PACKABLE, PER_MEMBER)
+    assert sorted(k for g in groups for k in g) == sorted(SETTINGS)  # each once
+
+
+def test_a_setting_written_out_at_its_default_is_the_default_job_and_packs():
+    plain = GRID.replace("seed = [0, 1]", "seed = [0, 1, 2, 3]")
+    written = plain.replace("[grid]", '[train]\nprecision = "fp32"\naugment = false\nclass_weights = false\n'
+                            'pretrained = "none"\n[grid]')
+    assert [[j.id for j in u] for u in _units(written, "auto")] == [[j.id for j in u] for u in _units(plain, "auto")]
+
+
 def test_auto_packs_are_sized_for_the_device_kind():
     """pack = "auto" as measured (kd.config.AUTO_PACK): reference MLP students in packs of 128 on a
     CPU, 120 on a GPU; CNNs and teachers alone on both."""
