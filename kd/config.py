@@ -189,7 +189,7 @@ def check_value(key: str, value: Any, where: str = "", at: str | None = None) ->
 # sensible run; they keep arithmetic from overflowing (a temperature's square scales the loss) and
 # seeds within what torch's generators take (seed * 1_000_003 + epoch must stay below 2**63).
 RANGES: dict[str, tuple[float, float, bool]] = {
-    "alpha": (0.0, 1.0, False), "temperature": (0.0, 1e4, True), "aux_temperature": (0.0, 1e4, True),
+    "alpha": (0.0, 1.0, False), "temperature": (0.01, 1e4, False), "aux_temperature": (0.01, 1e4, False),
     "lr": (0.0, 10.0, True), "finetune_lr": (0.0, 10.0, True), "beta": (0.0, 1e4, False),
     "epochs": (1, 100_000, False), "head_epochs": (0, 100_000, False), "batch_size": (1, 1_000_000, False),
     "seed": (0, SEED_LIMIT - 1, False), "subclasses": (1, 1000, False), "unfreeze_from": (0, 100_000, False),

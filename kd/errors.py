@@ -24,6 +24,17 @@ class DamagedTeacher(UserError):
         self.folder = Path(file).parent
 
 
+class Diverged(UserError):
+    """Jobs whose loss stopped being a number (a learning rate or temperature too far out): their
+    weights are no longer numbers, and the same settings diverge again. ``folders``: theirs."""
+
+    def __init__(self, folders: list[Path], epochs: list[int]):
+        names = ", ".join(f"{Path(f).name} (epoch {e})" for f, e in zip(folders, epochs))
+        super().__init__(f"training diverged: the loss is not a number from {names} on; no result written",
+                         hint="the same settings diverge again: lower lr, or a temperature nearer 1")
+        self.folders, self.epochs = [Path(f) for f in folders], list(epochs)
+
+
 def did_you_mean(word: str, known: Iterable[str]) -> str:
     """``did you mean 'alpha'?`` for a near miss, else the list of known words."""
     known = list(known)

@@ -18,6 +18,7 @@ import copy
 import hashlib
 import io
 import logging
+import math
 import platform
 import threading
 import time
@@ -31,7 +32,7 @@ import torch
 from kd import atomic, data as kd_data, graphs, metrics as kd_metrics, models, phases, provenance, results, rng, sealed
 from kd import teacher as kd_teacher
 from kd.config import NOT_PACKABLE, PACK_SHARED, TEACHER_METHODS, TrainConfig, cuda_graphs, packable, switch
-from kd.errors import UserError
+from kd.errors import Diverged, UserError
 from kd.losses import class_logits, cross_entropy, kd_loss, subclass_teacher_loss
 from kd.stack import Stack, stack_optimizer, unstack_optimizer
 
@@ -90,12 +91,19 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
         for (c, o), state in zip(todo, states):
             o.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
             groups.setdefault((state["epoch"], state.get("step", 0)) if state else (0, 0), []).append((c, o, state))
+        lost: list[Diverged] = []
         for members in groups.values():
             for (_, o, _), r in zip(members, _train(members, data, teachers, dev, stop, checkpoint_every,
                                                     seen_by_teacher, keep_checkpoint)):
+                if isinstance(r, Diverged):  # its checkpoint holds what is not numbers: nothing to resume
+                    lost.append(r)
+                    (o / CHECKPOINT).unlink(missing_ok=True)
+                    r = None
                 results[o] = r
                 if r is not None and not keep_checkpoint:
                     (o / CHECKPOINT).unlink(missing_ok=True)
+        if lost:  # the others are done: their results are written
+            raise Diverged([f for d in lost for f in d.folders], [e for d in lost for e in d.epochs])
     return [results[o] for o in outs]
 
 
@@ -284,8 +292,13 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
             seconds = time.perf_counter() - t0
             for i, c in enumerate(configs):
                 train_loss = (loss_sum[i] / max(seen, 1)).item()
+                was = diverged_at(histories[i])
                 histories[i].append(epoch_record(epoch, c, train_loss, test_loss[i], test_acc[i], seconds,
                                                  who=outs[i].name if n > 1 else ""))
+                if not was and diverged_at(histories[i]):
+                    log.warning("%sthe loss is not a number: diverged at epoch %d; it ends failed%s",
+                                f"{outs[i].name}: " if n > 1 else "", epoch + 1,
+                                ", its pack-mates go on" if n > 1 else "")
             due = checkpoint_every is None or time.monotonic() - last_save >= checkpoint_every
             if keep_checkpoint or (epoch + 1 < c0.epochs and (due or stopped)):
                 save(epoch + 1, 0)
@@ -296,12 +309,22 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
                 return [None] * n
     # the writes are done (the with waited): a finished job's checkpoint is then removed, never rewritten
     flops = flops_per_sample(nets[0], data.input_shape, dev)
-    results = []
+    results: list[dict[str, Any] | Diverged] = []
     for i, c in enumerate(configs):
+        lost = diverged_at(histories[i])
+        if lost:  # no result: a job that learnt nothing is failed, not done at chance accuracy
+            results.append(Diverged([outs[i]], [lost]))
+            continue
         nets[i].load_state_dict(stack.state_of(i))
         results.append(finish(c, outs[i], nets[i], histories[i], data, dev, flops, pack_size=n,
                               teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher))
     return results
+
+
+def diverged_at(history: list[dict[str, Any]]) -> int | None:
+    """The first epoch whose training or test loss is not a finite number, if any."""
+    return next((h["epoch"] for h in history
+                 if not (math.isfinite(h["train_loss"]) and math.isfinite(h["test_loss"]))), None)
 
 
 def _teacher_logits(teachers, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:

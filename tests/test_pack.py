@@ -130,6 +130,28 @@ def test_members_of_different_seeds_and_teachers_share_a_pack(tmp_path, small, t
         assert_same(tmp_path / f"solo{i}", tmp_path / f"p{i}")
 
 
+def test_a_member_that_diverges_fails_alone_and_its_pack_mates_finish(tmp_path, small, teacher_dir):
+    """A teacher file whose weights are not numbers (one that diverged, saved by hand): its student's
+    loss is NaN from the first step. It ends without a result (not 'done' at chance accuracy), its
+    checkpoint gone (nothing to resume from); the student of a sound teacher in its pack finishes."""
+    from kd.errors import Diverged
+
+    saved = torch.load(teacher_dir / "model.pt", weights_only=True)
+    saved["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                           for k, v in saved["state_dict"].items()}
+    broken = tmp_path / "nan-teacher.pt"
+    torch.save(saved, broken)
+    configs = [_kd(teacher_dir, epochs=1), _kd(broken, epochs=1, seed=1)]
+    outs = [tmp_path / "sound", tmp_path / "nan"]
+    with pytest.raises(Diverged) as e:
+        train.run_pack(configs, outs, dataset=small, device="cpu")
+    assert e.value.folders == [outs[1]] and str(e.value).startswith(
+        "training diverged: the loss is not a number from nan (epoch 1) on; no result written")
+    assert not (outs[1] / "result.json").exists() and not (outs[1] / "checkpoint.pt").exists()
+    result = json.loads((outs[0] / "result.json").read_text())
+    assert result["metrics"]["test_accuracy"] > 0.5 and not (outs[0] / "checkpoint.pt").exists()
+
+
 @pytest.mark.parametrize("method", ["teacher", "kd"])  # the teacher CNN has dropout
 def test_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, tiny, teacher_dir, method):
     cfg = make_config(method=method, epochs=2, batch_size=50, teacher=str(teacher_dir) if method == "kd" else None)
