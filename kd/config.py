@@ -121,6 +121,15 @@ def switch(name: str, default: bool) -> bool:
     return default if raw == "" else raw == "1"
 
 
+def shown(value: Any) -> str:
+    """A setting as names, tables and titles show it: floats short (0.001, 1e-05) but never so short
+    that two values read the same (0.001 and 0.0010000001)."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(float(value))
+    return str(value)
+
+
 def auto_pack(model: str, device_kind: str) -> int:
     """Jobs per pack of ``model`` under pack = "auto" on a device of kind "cpu" or "cuda"."""
     return AUTO_PACK.get(device_kind, AUTO_PACK["cpu"]).get(model, 1)

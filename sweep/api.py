@@ -17,8 +17,14 @@ from sweep.plan import Plan, plan as make_plan
 DEFAULT_RESULTS = Path("results")
 
 
-def plan(sweep_file: str | Path) -> Plan:
-    return make_plan(spec.load(sweep_file))
+def plan(sweep_file: str | Path, max_jobs: int | None = None) -> Plan:
+    """The sweep's jobs; ``max_jobs`` (a number) raises the sweep file's limit, as --max-jobs does."""
+    from dataclasses import replace
+
+    sweep = spec.load(sweep_file)
+    if max_jobs is not None:
+        sweep = replace(sweep, max_jobs=spec.check_max_jobs(max_jobs, "--max-jobs"))
+    return make_plan(sweep)
 
 
 def folder(p: Plan, results_root: str | Path = DEFAULT_RESULTS) -> Path:
@@ -41,11 +47,11 @@ def status(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS
     return st.job_states(p, folder(p, results_root))
 
 
-def collect(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS):
+def collect(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS, max_jobs: int | None = None):
     """Write results.parquet, epochs.parquet and comparisons.parquet; returns a ``sweep.collect.Collected``."""
     from sweep import collect as c
 
-    p = plan(sweep_file)
+    p = plan(sweep_file, max_jobs)
     return c.collect(p, folder(p, results_root))
 
 
@@ -58,15 +64,15 @@ def compare(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULT
     return cmp.paired(results)
 
 
-def report(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS):
+def report(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS, max_jobs: int | None = None):
     """Write report.html and report.md from the collected results; returns a ``sweep.report.Written``."""
     from sweep import report as r
 
-    p = plan(sweep_file)
+    p = plan(sweep_file, max_jobs)
     return r.write(p, folder(p, results_root))
 
 
-def plot(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS) -> list[Path]:
+def plot(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS, max_jobs: int | None = None) -> list[Path]:
     from sweep import plots
 
-    return plots.plot_all(folder(plan(sweep_file), results_root))
+    return plots.plot_all(folder(plan(sweep_file, max_jobs), results_root))

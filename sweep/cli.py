@@ -153,9 +153,13 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    from kd.config import shown
+
+    return "-" if v is None else shown(v)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -181,15 +185,9 @@ def _max_jobs_arg(p: argparse.ArgumentParser) -> None:
 
 def _load_plan(args: argparse.Namespace):
     """The sweep's plan; --max-jobs, where the command has it, overrides the sweep file's max_jobs."""
-    from dataclasses import replace
+    from sweep import api
 
-    from sweep import spec
-    from sweep.plan import plan
-
-    sweep = spec.load(args.sweep)
-    if getattr(args, "max_jobs", None) is not None:
-        sweep = replace(sweep, max_jobs=spec.check_max_jobs(args.max_jobs, "--max-jobs"))
-    return plan(sweep)
+    return api.plan(args.sweep, getattr(args, "max_jobs", None))
 
 
 SHORT_PLAN, HEAD, TAIL = 200, 10, 5  # a longer plan lists its first HEAD and last TAIL jobs, unless --all
@@ -231,7 +229,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     sw = plan.sweep
     counts = Counter(j.method for j in plan.jobs)
     print(f"sweep {sw.name}" + (f": {sw.description}" if sw.description else "") + f"  [{sw.path}]")
-    print(f"{len(plan.jobs):,} jobs from {plan.n_points:,} grid points ("
+    print(f"{_count(len(plan.jobs), 'job')} from {_count(plan.n_points, 'grid point')} ("
           + ", ".join(f"{n:,} {m}" for m, n in counts.items()) + f"), {plan.excluded:,} excluded")
     short = len(plan.jobs) > SHORT_PLAN and not (args.all or args.verbose)
     merged = plan.merged()
@@ -249,7 +247,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     names = {j.id: j.name for j in plan.jobs}
     shown = plan.jobs[:HEAD] + plan.jobs[-TAIL:] if short else plan.jobs
     rows = [[j.id, j.name, j.method, _fmt(j.config["alpha"]), _fmt(j.config["temperature"]), _fmt(j.config["seed"]),
-             *[_fmt(j.config[a]) for a in axes], _fmt(j.config["epochs"]),
+             *[_fmt(j.settings[a]) for a in axes], _fmt(j.config["epochs"]),
              ", ".join(names[d] for d in j.depends_on) or "-"] for j in shown]
     lines = _table(header, rows).splitlines()
     if short:
@@ -261,11 +259,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     kind = local.device_kind(None)
     packs = units(plan, pack, kind)
     sized = f", sized for this machine's {'GPU' if kind == 'cuda' else 'CPU'}" if pack == "auto" else ""
-    print(f"local run: {len(packs):,} units (pack {pack}{sized}: "
+    print(f"local run: {_count(len(packs), 'unit')} (pack {pack}{sized}: "
           f"students that share a model and its settings train together); "
-          f"largest pack {max(len(u) for u in packs)} jobs")
-    print("order: " + "; then ".join(f"{len(lvl):,} jobs " + ("that need nothing" if not lvl[0].depends_on
-                                                              else "that wait for their teacher") for lvl in levels))
+          f"largest pack {_count(max(len(u) for u in packs), 'job')}")
+    print("order: " + "; then ".join(f"{_count(len(lvl), 'job')} " + (
+        ("that needs nothing" if len(lvl) == 1 else "that need nothing") if not lvl[0].depends_on
+        else ("that waits for its teacher" if len(lvl) == 1 else "that wait for their teacher")) for lvl in levels))
     print(f"each unit (a job, or a pack) runs in a worker (python -m sweep.worker; locally -j long-lived ones): "
           f"kd.train.run_pack(configs, [{out}/jobs/<id>, ...])")
     if args.profile:
@@ -463,7 +462,8 @@ def _next_step(states: list, args: argparse.Namespace, step: str | None = None, 
         step = "resume" if left else "status" if elsewhere else "collect"
     results = f" --results {shlex.quote(str(args.results))}" if args.results != Path("results") else ""
     to = f" --profile {shlex.quote(profile)}" if step == "resume" and profile else ""
-    return f"  ->  kdsweep {step} {shlex.quote(args.sweep)}{results}{to}"
+    limit = f" --max-jobs {args.max_jobs}" if getattr(args, "max_jobs", None) is not None else ""
+    return f"  ->  kdsweep {step} {shlex.quote(args.sweep)}{results}{limit}{to}"
 
 
 def _last_profile(folder: Path) -> str | None:
@@ -488,6 +488,7 @@ def _add_collect(sub) -> None:
     p = sub.add_parser("collect", help="aggregate finished jobs into results.parquet, epochs.parquet and "
                                        "comparisons.parquet (each point against its baseline, seed by seed)")
     _sweep_args(p)
+    _max_jobs_arg(p)
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
@@ -495,23 +496,27 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     from sweep import api, compare
 
-    c = api.collect(args.sweep, results_root=args.results)
+    c = api.collect(args.sweep, results_root=args.results, max_jobs=args.max_jobs)
     df = pd.read_parquet(c.results) if c.rows else None
     pct = lambda v: "-" if pd.isna(v) else f"{100 * v:.2f}%"  # noqa: E731
-    num = lambda v: None if pd.isna(v) else float(v)  # noqa: E731
+    num = lambda v: None if v is None or pd.isna(v) else float(v)  # noqa: E731
+    # the settings that tell rows apart besides alpha and T (lr, epochs, subclasses ...): a column each
+    other = [] if df is None else [k for k in compare.varying_settings(df) if k not in ("alpha", "temperature")]
+    value = lambda v: "-" if v is None or (not isinstance(v, str) and pd.isna(v)) else _fmt(v)  # noqa: E731
     if df is not None and df["seed"].nunique() == 1 and c.rows <= 60:
-        df = df.sort_values(["method", "alpha", "temperature", "seed"], na_position="first")
-        rows = [[r.name, r.method, _fmt(num(r.alpha)), _fmt(num(r.temperature)), pct(r.test_accuracy)]
-                for r in df.itertuples()]
-        print(_table(["name", "method", "alpha", "T", "test accuracy"], rows))
+        df = df.sort_values(["method", "alpha", "temperature", *other, "seed"], na_position="first")
+        rows = [[r["name"], r["method"], _fmt(num(r["alpha"])), _fmt(num(r["temperature"])),
+                 *[value(r[k]) for k in other], pct(r["test_accuracy"])] for _, r in df.iterrows()]
+        print(_table(["name", "method", "alpha", "T", *other, "test accuracy"], rows))
         print()
     elif df is not None:
         means = compare.point_means(df)
         if len(means) <= 60:
-            rows = [[r.method, _fmt(num(r.alpha)), _fmt(num(r.temperature)), str(r.n_seeds), pct(r.mean),
-                     "1 seed: no interval" if pd.isna(r.ci_low) else f"{pct(r.ci_low)} to {pct(r.ci_high)}"]
-                    for r in means.itertuples()]
-            print(_table(["method", "alpha", "T", "seeds", "mean test accuracy", "95% CI"], rows))
+            rows = [[r["method"], _fmt(num(r.get("alpha"))), _fmt(num(r.get("temperature"))),
+                     *[value(r[k]) if k in r else "-" for k in other], str(r["n_seeds"]), pct(r["mean"]),
+                     "1 seed: no interval" if pd.isna(r["ci_low"]) else f"{pct(r['ci_low'])} to {pct(r['ci_high'])}"]
+                    for _, r in means.iterrows()]
+            print(_table(["method", "alpha", "T", *other, "seeds", "mean test accuracy", "95% CI"], rows))
             print()
     comparisons = pd.read_parquet(c.comparisons) if c.comparisons else None
     if comparisons is not None and len(comparisons):
@@ -537,12 +542,13 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="draw the summary figures (PNG) from the Parquet files")
     _sweep_args(p)
+    _max_jobs_arg(p)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from sweep import api
 
-    for path in api.plot(args.sweep, results_root=args.results):
+    for path in api.plot(args.sweep, results_root=args.results, max_jobs=args.max_jobs):
         print(path)
     return 0
 
@@ -554,12 +560,13 @@ def _add_report(sub) -> None:
                                    "in words, the figures, unfinished jobs and provenance.",
                        epilog="example: kdsweep run demo && kdsweep collect demo && kdsweep report demo")
     _sweep_args(p)
+    _max_jobs_arg(p)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from sweep import api
 
-    written = api.report(args.sweep, results_root=args.results)
+    written = api.report(args.sweep, results_root=args.results, max_jobs=args.max_jobs)
     for line in written.headline:
         print(line)
     print(f"report -> {written.html}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kd import atomic, provenance
+from kd.config import SETTINGS
 from kd.errors import UserError
 from sweep import compare, state
 from sweep.plan import Plan
@@ -32,7 +33,7 @@ class Collected:
 
 def job_row(plan: Plan, job, result: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"sweep": plan.sweep.name, "job_id": job.id, "name": job.name}
-    row.update({k: v for k, v in job.config.items() if k != "teacher"})
+    row.update({k: v for k, v in job.settings.items() if k != "teacher"})
     row["teacher_job"] = job.config.get("teacher")
     row.update({k: v for k, v in result["metrics"].items() if k != "confusion"})
     if "confusion" in result["metrics"]:  # [[tn, fp], [fn, tp]] with class 1 as positive
@@ -74,10 +75,9 @@ def collect(plan: Plan, folder: Path) -> Collected:
             missing.append((job.name, "", ""))
             continue
         rows.append(row)
+        settings = {k: row[k] for k in SETTINGS if k in row}  # every setting: rows of any axis apart
         for h in result["history"]:
-            epochs.append({"sweep": plan.sweep.name, "job_id": job.id, "name": job.name, "method": job.method,
-                           "alpha": job.config["alpha"], "temperature": job.config["temperature"],
-                           "seed": job.config["seed"], **h})
+            epochs.append({"sweep": plan.sweep.name, "job_id": job.id, "name": job.name, **settings, **h})
     if unfinished:  # where each stands, Slurm asked too (a job queued there is queued, not pending)
         from sweep import status
 

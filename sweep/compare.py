@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kd.config import SETTINGS
+from kd.config import SETTINGS, shown
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ def point_label(row: pd.Series | dict, varying: Sequence[str] = ()) -> str:
     """``alpha 0.5, T 4`` (and any other setting in ``varying``), prefixed by the method unless it is kd."""
     parts = [f"{name} {row[key]:g}" for key, name in (("alpha", "alpha"), ("temperature", "T"))
              if pd.notna(row.get(key))]
-    parts += [f"{k} {row[k]:g}" if isinstance(row[k], float) else f"{k} {row[k]}"
-              for k in varying if k not in ("alpha", "temperature") and pd.notna(row.get(k))]
+    parts += [f"{k} {shown(row[k])}" for k in varying if k not in ("alpha", "temperature") and pd.notna(row.get(k))]
     label = ", ".join(parts)
     return label if row["method"] == "kd" and label else f"{row['method']} {label}".strip()
 

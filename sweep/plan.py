@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kd.config import (APPLIES, DEFAULTS, TEACHER_METHODS, TEACHER_OF, auto_pack, combination_problem, pack_key,
-                       packable, resolve)
+                       packable, resolve, shown)
 from kd.errors import UserError
 from sweep.spec import TEACHER_AXES, Sweep
 
@@ -33,6 +33,20 @@ class Job:
     config: dict[str, Any] = field(hash=False)  # canonical settings; "teacher" is the teacher's job id
     depends_on: tuple[str, ...] = ()
     points: tuple[dict[str, Any], ...] = field(default=(), hash=False)  # grid points that are this job
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Its settings as its grid point names them (the tables' columns): see ``point_settings``."""
+        return point_settings(self.config, self.points)
+
+
+def point_settings(config: dict[str, Any], points: tuple[dict[str, Any], ...] | list) -> dict[str, Any]:
+    """A job's settings, and for a student the settings of its teacher that the grid varies and
+    the student has not (a subclass student's beta: its teacher's): they tell its grid points
+    apart. All points of a student with a teacher share that teacher, so the first says them."""
+    if not config.get("teacher") or not points:
+        return config
+    return {**config, **{k: v for k, v in points[0].items() if k != "method" and config.get(k) is None}}
 
 
 @dataclass(frozen=True)
@@ -68,9 +82,16 @@ class Plan:
             kd_points = [p for p in job.points if p.get("method") == "kd"]
             if job.method == "scratch" and kd_points:
                 temps = sorted({p["temperature"] for p in kd_points if "temperature" in p})
-                out.append((job, f"{len(kd_points)} kd points with alpha = 0 (temperature "
-                                 f"{', '.join(f'{t:g}' for t in temps)}) into 1 job, {job.name}: "
-                                 "without the distillation term the temperature has no effect"))
+                at = f" (temperature {', '.join(shown(t) for t in temps)})" if temps else ""
+                out.append((job, f"{len(kd_points)} kd point{'s' if len(kd_points) > 1 else ''} with alpha = 0{at} "
+                                 f"into 1 job, {job.name}: without the distillation term "
+                                 + ("the temperature has no effect" if temps else "it is the student from scratch")))
+            elif len(job.points) > 1:  # e.g. model = "" and the method's default model, written out
+                differ = [k for k in dict.fromkeys(k for p in job.points for k in p)
+                          if len({repr(p.get(k)) for p in job.points}) > 1]
+                what = "; ".join(f"{k} " + " / ".join(dict.fromkeys(repr(p.get(k)) for p in job.points)) for k in differ)
+                out.append((job, f"{len(job.points)} {job.method} points ({what}) into 1 job, {job.name}: "
+                                 "the same settings once the defaults are filled in"))
         return out
 
     @property
@@ -129,14 +150,13 @@ def axes_for(method: str, axes: list[str]) -> list[str]:
 def _name(config: dict[str, Any], varying: list[str]) -> str:
     parts = [config["method"]]
     if config.get("alpha") is not None:
-        parts.append(f"a{config['alpha']:g}")
+        parts.append(f"a{shown(config['alpha'])}")
     if config.get("temperature") is not None:
-        parts.append(f"T{config['temperature']:g}")
+        parts.append(f"T{shown(config['temperature'])}")
     for key in axes_for(config["method"], varying):
         if key in ("alpha", "temperature", "seed") or config.get(key) is None:
             continue
-        value = config[key]
-        parts.append(f"{key}{value:g}" if isinstance(value, float) else f"{key}{value}")
+        parts.append(f"{key}{shown(config[key])}")
     parts.append(f"s{config['seed']}")
     return "-".join(str(p) for p in parts)
 
@@ -249,7 +269,7 @@ def plan(sweep: Sweep) -> Plan:
                             "and 'scratch' is not in methods", hint="add 'scratch' to methods, or an alpha > 0")
         raise UserError(f"{where}: no jobs left: every grid point is excluded")
     kept = tuple((teachers[key], rule) for key, rule in excluded_teachers.items() if key in teachers)
-    names = [_name(jobs[j]["config"], varying) for j in ordered]
+    names = [_name(point_settings(jobs[j]["config"], jobs[j]["points"]), varying) for j in ordered]
     if len(set(names)) != len(names):  # settings outside the grid differ: keep names unique with the id
         names = [f"{n}-{j[:6]}" for n, j in zip(names, ordered)]
     return Plan(sweep=sweep, excluded=excluded - len(kept), kept=kept, jobs=tuple(

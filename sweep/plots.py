@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from kd import atomic  # noqa: E402
+from kd.config import TEACHER_METHODS as TEACHERS, shown  # noqa: E402
 from kd.errors import UserError  # noqa: E402
 from sweep import collect, compare  # noqa: E402
 
@@ -43,27 +44,77 @@ def plot_all(folder: Path) -> list[Path]:
     out = folder / "plots"
     out.mkdir(exist_ok=True)
     datasets = sorted(results["dataset"].unique()) if "dataset" in results else []
-    title = f"{results['sweep'].iloc[0]}" + (f" ({', '.join(datasets)})" if datasets else "")
+    name = f"{results['sweep'].iloc[0]}" + (f" ({', '.join(datasets)})" if datasets else "")
     files = []
+    comparisons = compare.paired(results)
+    slices = list(_slices(results))
+    if len(slices) > MAX_SLICES:
+        log.warning("figures for the first %d of %d combinations of %s only", MAX_SLICES, len(slices),
+                    ", ".join(slices[0][0]))
+    drawn: set[Path] = set()
+
+    def draw(kind: str, draw_fn, rows: pd.DataFrame, used: pd.DataFrame, values: dict, *data) -> None:
+        """One figure of ``kind`` for the slice ``values``, named and titled by the values its ``used``
+        rows have (kd's rows have no subclasses: one figure of them, not one per subclasses value)."""
+        own = {k: v for k, v in values.items() if k in used and used[k].notna().any()}
+        path = out / f"{kind}{''.join(f'-{k}{_word(v)}' for k, v in own.items())}.png"  # ...-lr0.001.png
+        if path not in drawn:
+            drawn.add(path)
+            files.append(draw_fn(*data, path, name + "".join(f", {k} {_word(v)}" for k, v in own.items())))
+
     with plt.rc_context(STYLE):
-        if (results["method"] == "kd").any():
-            files.append(_accuracy_vs_temperature(results, out / "accuracy_vs_temperature.png", title))
-            files.append(_heatmap(results, out / "heatmap_alpha_temperature.png", title))
-            if any(c.startswith("f1_") for c in results.columns):  # two classes (MHIST): the study's second figure
-                files.append(_f1_vs_temperature(results, out / "accuracy_f1_vs_temperature.png", title))
-        comparisons = compare.paired(results)
-        for (method, base), group in comparisons.groupby(["method", "baseline"], sort=False):
-            if group[["alpha", "temperature"]].duplicated().any():  # other settings vary too: no alpha x T map
-                log.info("no difference heatmap for %s vs %s: settings besides alpha and T vary", method, base)
-                continue
-            files.append(_difference_heatmap(group, out / f"difference_{method}_vs_{base}.png", title))
-        files.append(_per_epoch(epochs, out / "accuracy_per_epoch.png", title))
+        for values, rows in slices[:MAX_SLICES]:
+            students = rows[rows["method"].isin(DISTILLED) | (rows["method"] == "scratch")]
+            if rows["method"].isin(DISTILLED).any() and rows["temperature"].notna().any():
+                draw("accuracy_vs_temperature", _accuracy_vs_temperature, rows, students, values, rows)
+            kd = rows[rows["method"].isin(("kd", "scratch"))]
+            if (rows["method"] == "kd").any():
+                draw("heatmap_alpha_temperature", _heatmap, rows, kd, values, rows)
+                if any(c.startswith("f1_") for c in rows.columns):  # two classes (MHIST): the study's second figure
+                    draw("accuracy_f1_vs_temperature", _f1_vs_temperature, rows, kd, values, rows)
+            for (method, base), group in _in_slice(comparisons, values).groupby(["method", "baseline"], sort=False):
+                if group[["alpha", "temperature"]].duplicated().any():  # settings of the teacher vary: no map
+                    log.info("no difference heatmap for %s vs %s: settings besides alpha and T vary", method, base)
+                    continue
+                draw(f"difference_{method}_vs_{base}", _difference_heatmap, rows, group, values, group)
+            draw("accuracy_per_epoch", _per_epoch, rows, rows[~rows["method"].isin(TEACHERS)], values,
+                 epochs[epochs["job_id"].isin(rows["job_id"])])
     _drop_stale(out, files)
     return files
 
 
-OURS = ("accuracy_vs_temperature.png", "heatmap_alpha_temperature.png", "accuracy_f1_vs_temperature.png",
-        "difference_*_vs_*.png", "accuracy_per_epoch.png")  # what plot_all draws (other files are left alone)
+OURS = ("accuracy_vs_temperature*.png", "heatmap_alpha_temperature*.png", "accuracy_f1_vs_temperature*.png",
+        "difference_*_vs_*.png", "accuracy_per_epoch*.png")  # what plot_all draws (other files are left alone)
+MAX_SLICES = 24  # figures of each kind, one per combination of the settings besides alpha, T and seed
+
+
+def _word(value) -> str:
+    return shown(value)
+
+
+def _slices(results: pd.DataFrame):
+    """(settings, rows) for each combination of the students' settings that vary besides alpha, T
+    and the seed (lr, epochs, subclasses ...): each figure is of one, never a mean over several.
+    ({}, every row) where none vary. A slice holds the rows that have its values, those the setting
+    does not apply to (scratch has no subclasses), and the teachers unless they follow the setting."""
+    other = [c for c in compare.varying_settings(results) if c not in ("alpha", "temperature")]
+    if not other:
+        yield {}, results
+        return
+    students = results[~results["method"].isin(TEACHERS)]
+    for values in students[other].dropna().drop_duplicates().sort_values(other).itertuples(index=False):
+        yield dict(zip(other, values)), _in_slice(results, dict(zip(other, values)))
+
+
+def _in_slice(table: pd.DataFrame, values: dict) -> pd.DataFrame:
+    keep = pd.Series(True, index=table.index)
+    teacher = table["method"].isin(TEACHERS) if "method" in table else pd.Series(False, index=table.index)
+    for c, v in values.items():
+        if c not in table:
+            continue
+        teachers_follow = table.loc[teacher, c].nunique(dropna=True) > 1
+        keep &= table[c].isna() | (table[c] == v) | (teacher & (not teachers_follow))
+    return table[keep]
 
 
 def _drop_stale(out: Path, drawn: list[Path]) -> None:
@@ -117,18 +168,23 @@ def _error(stats: pd.DataFrame) -> np.ndarray | None:
     return 100 * np.vstack([(stats["mean"] - stats["ci_low"]).fillna(0), (stats["ci_high"] - stats["mean"]).fillna(0)])
 
 
+DISTILLED = {"kd": ("KD", "-", "o"), "subclass": ("subclass KD", "--", "s")}  # students drawn against T
+
+
 def _accuracy_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> Path:
     means = compare.point_means(results)
-    kd = means[means["method"] == "kd"]
+    kd = means[means["method"].isin(DISTILLED) & means["temperature"].notna()]
     alphas = sorted(kd["alpha"].unique())
     fig, ax = plt.subplots(figsize=(9, 6), layout="constrained")
-    colors = plt.cm.viridis(np.linspace(0.05, 0.85, len(alphas)))
-    for k, (color, alpha) in enumerate(zip(colors, alphas)):
-        stats = kd[kd["alpha"] == alpha].groupby("temperature").agg(
-            mean=("mean", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean")).sort_index()
-        dodge = 2 ** (0.06 * (k - (len(alphas) - 1) / 2))  # side by side on the log axis: bars do not hide each other
-        ax.errorbar(stats.index * dodge, 100 * stats["mean"], yerr=_error(stats), marker="o", markersize=5,
-                    capsize=3, linewidth=1.5, color=color, label=f"KD, alpha = {alpha:g}")
+    colors = dict(zip(alphas, plt.cm.viridis(np.linspace(0.05, 0.85, len(alphas)))))
+    lines = [(m, a) for m in DISTILLED for a in alphas if ((kd["method"] == m) & (kd["alpha"] == a)).any()]
+    for k, (method, alpha) in enumerate(lines):
+        # one line per point of the grid's other settings is drawn by slices (plot_all): here one per alpha
+        stats = kd[(kd["method"] == method) & (kd["alpha"] == alpha)].set_index("temperature").sort_index()
+        dodge = 2 ** (0.06 * (k - (len(lines) - 1) / 2))  # side by side on the log axis: bars do not hide each other
+        word, style, marker = DISTILLED[method]
+        ax.errorbar(stats.index * dodge, 100 * stats["mean"], yerr=_error(stats), marker=marker, markersize=5,
+                    capsize=3, linewidth=1.5, linestyle=style, color=colors[alpha], label=f"{word}, alpha = {alpha:g}")
     seeds = int(kd["n_seeds"].max())
     detail = (f"mean of {seeds} seeds; bars and grey band: {CI_WORDS} of the mean" if seeds > 1
               else "1 seed: no interval (run more seeds for error bars)")
@@ -140,7 +196,7 @@ def _temperature_axes(ax, results: pd.DataFrame, ylabel: str, title: str) -> Non
     """Teacher and scratch lines, a log2 temperature axis with the grid's values, labels, legend outside."""
     _reference_lines(ax, results)
     ax.set_xscale("log", base=2)
-    temps = sorted(results.loc[results["method"] == "kd", "temperature"].unique())
+    temps = sorted(results.loc[results["method"].isin(DISTILLED), "temperature"].dropna().unique())
     ax.set_xticks(temps, [f"{t:g}" for t in temps])
     ax.minorticks_off()
     ax.set_xlabel("temperature T (log scale)")
@@ -253,10 +309,12 @@ def _per_epoch(epochs: pd.DataFrame, path: Path, title: str) -> Path:
         stats = g.groupby("epoch")["test_accuracy"].agg(["mean", "min", "max"])
         jobs = g["job_id"].nunique()
         ax.plot(stats.index, 100 * stats["mean"], color=color, linestyle=style, linewidth=1.8,
+                marker="o" if len(stats) < 3 else None,  # a line of one epoch is a point
                 label=label + (f" (mean of {jobs} jobs)" if jobs > 1 else ""))
         if jobs > 1:
             ax.fill_between(stats.index, 100 * stats["min"], 100 * stats["max"], color=color, alpha=0.12, linewidth=0)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
     several = epochs.groupby(["method", "alpha"], dropna=False)["job_id"].nunique().max() > 1
     ax.set_title(f"Test accuracy per epoch: {title}" + ("\nbands: lowest to highest job of the group" if several else ""))

@@ -316,14 +316,19 @@ def _figure_order(path: Path) -> int:
 
 
 def _caption(path: Path, seeds: int) -> str:
-    name = path.stem
+    name, _, tag = path.stem.partition("-")  # accuracy_vs_temperature-lr0.001: the jobs with lr 0.001
+    only = f" Jobs with {', '.join(tag.split('-'))} only." if tag else ""
+    return _caption_of(name, seeds) + only
+
+
+def _caption_of(name: str, seeds: int) -> str:
     if name.startswith("difference_"):
         method, base = name[len("difference_"):].split("_vs_")
         return (f"{method} minus {base}, paired seed by seed, in percentage points; "
                 + ("starred, outlined cells: the 95% interval excludes 0." if seeds > 1 else "1 seed: no interval."))
     bars = ("error bars and the grey band (student from scratch): 95% intervals of the mean over seeds." if seeds > 1
             else "1 seed: no error bars.")
-    return {"accuracy_vs_temperature": f"Student accuracy against temperature, one line per alpha; {bars}",
+    return {"accuracy_vs_temperature": f"Student accuracy against temperature, one line per method and alpha; {bars}",
             "heatmap_alpha_temperature": "Mean student accuracy over alpha and T (alpha 0: the student from scratch).",
             "accuracy_per_epoch": "Test accuracy after each epoch, mean of each group of jobs.",
             "accuracy_f1_vs_temperature": "Accuracy and F1 per class against temperature."}.get(name, name)

@@ -7,9 +7,9 @@ import subprocess
 import pandas as pd
 import pytest
 
-from sweep import api, collect, state
+from sweep import api, collect, plots, state
 from sweep.cli import main
-from sweep_tables import finished_sweep
+from sweep_tables import SWEEP, accuracy, finish, finished_sweep
 
 
 @pytest.mark.parametrize("damage", [b"\x00\xff garbage \x8f", b'{"metrics": {"test_accuracy": 0.9', b"{}",
@@ -206,3 +206,65 @@ def test_plot_removes_its_figures_that_the_current_table_no_longer_supports(tmp_
     now = {p.name for p in api.plot(sweep_file, results_root=root)}
     assert "accuracy_vs_temperature.png" not in now
     assert {p.name for p in (folder / "plots").iterdir()} == now | {"mine.png"}
+
+
+def test_an_axis_besides_alpha_and_t_is_a_column_everywhere_and_each_figure_is_of_one_value(tmp_path, capsys):
+    """An lr axis: epochs.parquet has the column; collect's table shows it; every figure is of one
+    lr (named and titled so), never a mean over both: here lr 0.003 is 2 points better throughout."""
+    path = tmp_path / "lrs.toml"
+    path.write_text(SWEEP.format(name="lrs", seeds=[0, 1]).replace("[grid]", "[grid]\nlr = [0.001, 0.003]"))
+    plan = api.plan(path)
+    root = tmp_path / "results"
+    finish(api.folder(plan, root), plan, acc=lambda j: accuracy(j) + (0.02 if j.config["lr"] == 0.003 else 0))
+    assert main(["collect", str(path), "--results", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "method   alpha  T  lr     seeds  mean test accuracy" in out and "kd       0.5    4  0.003  2" in out, out
+    folder = root / "lrs"
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert sorted(epochs["lr"].unique()) == [0.001, 0.003]
+    files = {p.name for p in plots.plot_all(folder)}
+    assert files == {f"{kind}-lr{lr}.png" for lr in ("0.001", "0.003") for kind in (
+        "accuracy_vs_temperature", "heatmap_alpha_temperature", "difference_kd_vs_scratch", "accuracy_per_epoch")}
+    results = pd.read_parquet(folder / "results.parquet")
+    for lr in (0.001, 0.003):  # each slice's rows: its students, and the teachers (lr is not theirs)
+        rows = next(r for v, r in plots._slices(results) if v == {"lr": lr})
+        students = rows[rows["method"] != "teacher"]
+        assert set(students["lr"]) == {lr} and (rows["method"] == "teacher").sum() == 2
+
+
+def test_a_subclass_students_teacher_settings_tell_its_points_apart(tmp_path):
+    """beta is the subclass teacher's, not its student's: students of teachers of two betas are two
+    grid points (the beta column says whose), not one point of two seeds."""
+    path = tmp_path / "sub.toml"
+    path.write_text('name = "sub"\ndataset = "mnist-5k-binary"\nmethods = ["scratch", "kd", "subclass"]\n'
+                    "[train]\nepochs = 3\n[grid]\nalpha = [0.5]\ntemperature = [4]\nbeta = [0.5, 1.0]\nseed = [0]\n")
+    plan = api.plan(path)
+    names = [j.name for j in plan.jobs]
+    assert "subclass-a0.5-T4-beta0.5-s0" in names and "subclass-a0.5-T4-beta1-s0" in names, names
+    root = tmp_path / "results"
+    finish(api.folder(plan, root), plan, acc=lambda j: 0.9)
+    collect.collect(plan, root / "sub")
+    results = pd.read_parquet(root / "sub" / "results.parquet")
+    subclass = results[results["method"] == "subclass"]
+    assert sorted(subclass["beta"]) == [0.5, 1.0]
+    comparisons = pd.read_parquet(root / "sub" / "comparisons.parquet")
+    mine = comparisons[comparisons["method"] == "subclass"]
+    assert len(mine) == 4 and set(mine["n_seeds"]) == {1}, mine  # 2 betas x 2 baselines, 1 seed each
+
+
+def test_a_sweep_run_with_max_jobs_is_collected_plotted_and_reported_with_it(tmp_path, capsys):
+    """--max-jobs raised the sweep file's limit for the run: the commands after it take it too, and
+    each next-step hint carries it (collect refused it, so the run's own hint led nowhere)."""
+    path = tmp_path / "big.toml"
+    path.write_text("max_jobs = 2\n" + SWEEP.format(name="big", seeds=[0]))
+    assert main(["plan", str(path)]) == 2  # 10 points: over the file's limit
+    capsys.readouterr()
+    plan = api.plan(path, max_jobs=20)
+    root = tmp_path / "results"
+    finish(api.folder(plan, root), plan)
+    args = ["--results", str(root), "--max-jobs", "20"]
+    assert main(["status", str(path), *args]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"6/6 done  ->  kdsweep collect {path} {' '.join(args)}"
+    for command in ("collect", "plot", "report"):
+        assert main([command, str(path), *args]) == 0, command
+    assert (root / "big" / "report.html").is_file()

@@ -89,3 +89,13 @@ def test_dry_run_prints_the_plan(capsys):
     assert "26 jobs from 32 grid points (1 teacher, 1 scratch, 24 kd)" in out
     assert "merged: 6 kd points with alpha = 0" in out
     assert "kd-a0.8-T64-s0" in out and "teacher-s0" in out
+
+
+def test_every_merge_is_said_and_numbers_are_shown_apart():
+    p = _plan('name = "t"\ndataset = "mnist-5k"\nmethods = ["scratch", "kd"]\n'
+              '[grid]\nmodel = ["", "mnist-mlp"]\nalpha = [0, 0.5]\n')
+    why = [w for _, w in p.merged()]
+    assert why[0].startswith("2 kd points with alpha = 0 into 1 job") and "temperature ()" not in why[0]
+    assert why[1].startswith("2 kd points (model '' / 'mnist-mlp') into 1 job, kd-a0.5-T4-")
+    close = _plan(BASE + "[grid]\nalpha = [0.5]\ntemperature = [4]\nlr = [0.001, 0.0010000001]\n")
+    assert {j.name for j in close.jobs if j.method == "kd"} == {"kd-a0.5-T4-lr0.001-s0", "kd-a0.5-T4-lr0.0010000001-s0"}
