@@ -173,6 +173,18 @@ def resolve(settings: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def teacher_problem(student: dict[str, Any], teacher: dict[str, Any]) -> tuple[str, str] | None:
+    """What keeps a student (resolved settings) from distilling from a teacher (its settings), as
+    kd.teacher.load would find once the teacher is trained: (the setting, why), else None."""
+    if student["dataset"] != teacher["dataset"]:
+        return "dataset", (f"the teacher trains on '{teacher['dataset']}', its student on '{student['dataset']}': "
+                           "a teacher's logits are for its own dataset's images")
+    if student["method"] == "subclass" and student["subclasses"] != teacher["subclasses"]:
+        return "subclasses", (f"the teacher has {teacher['subclasses']} per class, its subclass student "
+                              f"{student['subclasses']}: a student matches its teacher's outputs")
+    return None
+
+
 def check_value(key: str, value: Any, where: str = "", at: str | None = None) -> Any:
     """Check one setting's type and range; returns it normalised (ints to floats where a float is due).
 

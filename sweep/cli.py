@@ -214,6 +214,9 @@ def _add_plan(sub) -> None:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from collections import Counter
 
+    from kd.config import APPLIES, TEACHER_METHODS
+    from sweep.spec import TEACHER_AXES
+
     from sweep import api, local
     from sweep.plan import units
 
@@ -242,6 +245,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"kept: {why}")
     if short and len(kept) > TAIL:
         print(f"kept: ... and {len(kept) - TAIL:,} more like these")
+    teachers = [j for j in plan.jobs if j.method in TEACHER_METHODS]
+    unfollowed = [k for k in sw.axes if k not in TEACHER_AXES and k not in APPLIES and k not in dict(sw.teacher)]
+    if teachers and unfollowed:  # the grid's epochs do not make a teacher per value: say what they train with
+        own = ", ".join(f"{k} {' / '.join(dict.fromkeys(_fmt(t.config[k]) for t in teachers))}" for k in unfollowed)
+        print(f"note: teachers do not follow the grid's {', '.join(unfollowed)} (one teacher serves every value): "
+              f"they train with {own}; [teacher] sets theirs")
+    for j in plan.jobs:
+        weights = j.config.get("pretrained")
+        if weights not in (None, "imagenet", "none") and not Path(weights).is_file():
+            print(f"warning: {sw.path or sw.name}: pretrained: {weights}: no such weights file here (job {j.name}); "
+                  "a run here refuses it", file=sys.stderr)
+            break
     axes = [k for k in sw.axes if k not in ("alpha", "temperature", "seed", "epochs")]
     header = ["id", "name", "method", "alpha", "T", "seed", *axes, "epochs", "depends on"]
     names = {j.id: j.name for j in plan.jobs}

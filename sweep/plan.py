@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kd.config import (APPLIES, DEFAULTS, TEACHER_METHODS, TEACHER_OF, auto_pack, combination_problem, pack_key,
-                       packable, resolve, shown)
+                       packable, resolve, shown, teacher_problem)
 from kd.errors import UserError
 from sweep.spec import TEACHER_AXES, Sweep
 
@@ -195,6 +195,16 @@ def _check_combination(sweep: Sweep, config: dict[str, Any]) -> None:
         raise UserError(f"{sweep.path or sweep.name}: {table}.{key}: {why}")
 
 
+def _check_teacher(sweep: Sweep, student: dict[str, Any], teacher: dict[str, Any]) -> None:
+    """A student that could not read its teacher's outputs is refused here, not after the teacher trained."""
+    problem = teacher_problem(student, teacher)
+    if problem:
+        key, why = problem
+        table = "teacher" if key in dict(sweep.teacher) else "grid" if key in sweep.axes else "train"
+        raise UserError(f"{sweep.path or sweep.name}: {table}.{key}: {why}",
+                        hint="set it in [train] or the grid, which teachers and students both follow")
+
+
 def plan(sweep: Sweep) -> Plan:
     """Expand the grid into jobs: teachers first, students after, in grid order."""
     check_size(sweep)
@@ -254,6 +264,7 @@ def plan(sweep: Sweep) -> Plan:
             if not no_teacher:
                 deps = (teacher_of(point, TEACHER_OF[method]),)
                 settings["teacher"] = deps[0]
+                _check_teacher(sweep, resolve(settings), jobs[deps[0]]["config"])
             add(resolve(settings), point, deps)
 
     where = sweep.path or sweep.name

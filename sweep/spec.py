@@ -169,6 +169,15 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
         if key in axes:
             raise UserError(f"{f}train.{key}: also a grid axis; keep one")
     teachers = [t for t in TEACHER_METHODS if t in methods or any(TEACHER_OF.get(m) == t for m in methods)]
+    if teacher and not teachers:
+        raise UserError(f"{f}teacher.{teacher[0][0]}: this sweep has no teacher (methods: {', '.join(methods)}): "
+                        "[teacher] would change nothing")
+    every = set(methods) | set(teachers)
+    for table, keys in (("grid", list(axes)), ("train", [k for k, _ in train])):  # would be cleared for every job
+        for key in keys:
+            if key in APPLIES and not set(APPLIES[key]) & every:
+                raise UserError(f"{f}{table}.{key}: none of this sweep's methods has it (it is for "
+                                f"{', '.join(APPLIES[key])}): it would change nothing")
     for key, _ in teacher:  # a teacher's setting that would be cleared or overruled: say so, not ignore it
         if key in APPLIES and not set(APPLIES[key]) & set(teachers or TEACHER_METHODS):
             raise UserError(f"{f}teacher.{key}: no teacher of this sweep has it (it is for {', '.join(APPLIES[key])})")

@@ -220,6 +220,17 @@ SWEEPS = [
     (GOOD + '[teacher]\npretrained = "imagenet"\n',
      "teacher.pretrained: 'imagenet': only the ImageNet models (resnet50, mobilenet_v2) load weights; mnist-cnn"),
     (_train('pretrained = "w.pt"'), "train.pretrained: 'w.pt': only the ImageNet models"),
+    (_grid("beta = [0.5, 2.0]"), "grid.beta: none of this sweep's methods has it (it is for subclass-teacher): "
+     "it would change nothing"),
+    (_train("subclasses = 7"), "train.subclasses: none of this sweep's methods has it (it is for subclass-teacher, subclass)"),
+    (_edit('methods = ["teacher", "kd"]', 'methods = ["teacher", "scratch"]'),
+     "grid.alpha: none of this sweep's methods has it (it is for kd, subclass)"),
+    (_edit('methods = ["teacher", "kd"]', 'methods = ["scratch"]').replace("alpha = [0.5]\ntemperature = [4]\n", "")
+     + "[teacher]\nepochs = 3\n", "teacher.epochs: this sweep has no teacher (methods: scratch): [teacher] would change nothing"),
+    (GOOD + '[teacher]\ndataset = "mnist-5k-binary"\n', "teacher.dataset: the teacher trains on 'mnist-5k-binary', its "
+     "student on 'mnist-5k': a teacher's logits are for its own dataset's images"),
+    (_edit('dataset = "mnist-5k"', 'dataset = "mnist-5k-binary"').replace('methods = ["teacher", "kd"]', 'methods = ["subclass"]')
+     + "[teacher]\nsubclasses = 3\n", "teacher.subclasses: the teacher has 3 per class, its subclass student 5"),
     # names
     (_edit('name = "bad"', 'name = "../../etc"'), "name: '../../etc' is not a plain folder name"),
     (_edit('name = "bad"', 'name = "a/b"'), "name: 'a/b' is not a plain folder name"),
