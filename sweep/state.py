@@ -80,10 +80,10 @@ def write_plan(sweep_folder: Path, plan: Plan) -> None:
     for j in plan.jobs:
         folder = job_dir(sweep_folder, j)
         config = folder / "config.json"
-        saved = read_json(config)
-        if saved is None:
+        saved = (read_json(config) or {}).get("config")
+        if not isinstance(saved, dict):  # none, or damaged: it says nothing of the folder, so it is written
             atomic.write_json(config, {"id": j.id, "name": j.name, "config": j.config})
-        elif differ := settings_differ(saved.get("config") or {}, j.config):  # never reuse a folder of other settings
+        elif differ := settings_differ(saved, j.config):  # never reuse a folder of other settings
             raise UserError(f"{config}: this job folder holds other settings than job {j.name} "
                             f"({', '.join(differ) or 'unreadable'})", hint=f"move {folder} away and run again")
 
@@ -96,10 +96,13 @@ def settings_differ(saved: Any, config: dict[str, Any]) -> list[str]:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """A job's JSON file (config, attempt, error, result) as a dict; None where it is missing, not
+    JSON, or JSON of another shape (a list, a number: damaged, as a file cut short is)."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -118,9 +121,9 @@ def _process_start(pid: int) -> str | None:
 
 def alive(attempt: dict[str, Any]) -> bool:
     """Whether the process recorded in an attempt.json still runs (on this host)."""
-    if attempt.get("host") != socket.gethostname() or "pid" not in attempt:
+    pid = attempt.get("pid")
+    if attempt.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
-    pid = attempt["pid"]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -167,7 +170,8 @@ def own_result(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
         if differ:
             return None, "result.json holds another job's result (" + ", ".join(
                 f"{k} {result['config'].get(k)!r}, not {job[k]!r}" for k in differ[:3]) + ")"
-        if job.get("method") in TEACHER_METHODS:  # its students read model.pt
+        # a teacher's students read its model.pt, a user every job's: one that records it is checked
+        if job.get("method") in TEACHER_METHODS or isinstance(result.get("model_file"), dict):
             problem = results.model_problem(folder, result)
             if problem:
                 return None, problem
@@ -207,18 +211,42 @@ def stopped(folder: Path, attempt: dict | None = None) -> str | None:
     attempt = read_json(folder / "attempt.json") if attempt is None else attempt
     if not attempt or not attempt.get("stopped"):
         return None
-    return f"stopped by {attempt['stopped']}, " + ("checkpointed: resume continues it" if has_checkpoint(folder)
-                                                   else "before it trained a step: resume starts it")
+    whole = checkpoint_state(folder)
+    return f"stopped by {attempt['stopped']}, " + ("checkpointed: resume continues it" if whole == WHOLE
+                                                   else f"{NO_CHECKPOINT[whole]}: resume starts it over")
+
+
+WHOLE, CUT = "whole", "cut short"
+NO_CHECKPOINT = {None: "no checkpoint", CUT: "its checkpoint is cut short"}
+ZIP_END = b"PK\x05\x06"  # a zip file's last record (torch.save writes zip files; a sealed one wraps one)
+
+
+def checkpoint_state(folder: Path) -> str | None:
+    """None where the job has no checkpoint; WHOLE where it ends as torch's zip files do; CUT where
+    it does not (a full disk, a copy cut short: resume starts over). A read of its last 22 bytes, for
+    status; loading it checks every byte (kd.sealed)."""
+    try:
+        with open(folder / results.CHECKPOINT, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 22:
+                return CUT
+            f.seek(-22, os.SEEK_END)
+            return WHOLE if f.read(4) == ZIP_END else CUT
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return CUT
 
 
 def has_checkpoint(folder: Path) -> bool:
-    return (folder / results.CHECKPOINT).exists()
+    return checkpoint_state(folder) == WHOLE
 
 
 def resume_from(folder: Path) -> str:
     """What resume does with an unfinished job: continue from its checkpoint, or start it over (a
     hard kill before the first checkpoint, which comes every KDSWEEP_CHECKPOINT_MINUTES)."""
-    return "resume continues from its checkpoint" if has_checkpoint(folder) else "no checkpoint: resume starts it over"
+    whole = checkpoint_state(folder)
+    return "resume continues from its checkpoint" if whole == WHOLE else f"{NO_CHECKPOINT[whole]}: resume starts it over"
 
 
 @contextmanager

@@ -89,7 +89,7 @@ def _folder_state(folder: Path, job: Job) -> state.JobState:
     """The job's folder's word, unless the folder holds another job's settings (a moved or edited
     folder): then nothing in it is this job's, and run and resume refuse it until it is moved away."""
     saved = (state.read_json(folder / "config.json") or {}).get("config")
-    differ = state.settings_differ(saved, job.config) if saved is not None else []
+    differ = state.settings_differ(saved, job.config) if isinstance(saved, dict) else []  # damaged: resume rewrites it
     if differ:
         return state.JobState(state.FAILED, f"{folder} holds other settings than the job ({', '.join(differ[:4])}): "
                                             "move it away, then resume")

@@ -6,7 +6,10 @@ import subprocess
 import sys
 import time
 
+from kd import sealed
 from sweep import state
+
+WHOLE_CHECKPOINT = sealed.dumps({"epoch": 1, "step": 0})  # as kd.train writes one: a sealed torch zip
 
 
 def _folder(tmp_path):
@@ -43,7 +46,9 @@ def test_a_silent_attempt_on_another_host_becomes_interrupted(tmp_path):
     s = state.job_state(folder)
     assert s.state == state.INTERRUPTED and s.detail.startswith("no heartbeat from pid 4242 on node7 for 3 min")
     assert s.detail.endswith("taken for dead; no checkpoint: resume starts it over")
-    (folder / "checkpoint.pt").write_bytes(b"a checkpoint")
+    (folder / "checkpoint.pt").write_bytes(b"a checkpoint, cut short")
+    assert state.job_state(folder).detail.endswith("taken for dead; its checkpoint is cut short: resume starts it over")
+    (folder / "checkpoint.pt").write_bytes(WHOLE_CHECKPOINT)
     assert state.job_state(folder).detail.endswith("taken for dead; resume continues from its checkpoint")
 
 
@@ -52,9 +57,11 @@ def test_a_job_stopped_before_its_first_step_says_resume_starts_it(tmp_path):
     folder = _folder(tmp_path)
     (folder / "attempt.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "slurm_job_id": "7",
                                                      "stopped": "SIGTERM"}))
-    assert state.job_state(folder).detail == "stopped by SIGTERM, before it trained a step: resume starts it"
-    (folder / "checkpoint.pt").write_bytes(b"a checkpoint")
+    assert state.job_state(folder).detail == "stopped by SIGTERM, no checkpoint: resume starts it over"
+    (folder / "checkpoint.pt").write_bytes(WHOLE_CHECKPOINT)
     assert state.job_state(folder).detail == "stopped by SIGTERM, checkpointed: resume continues it"
+    (folder / "checkpoint.pt").write_bytes(WHOLE_CHECKPOINT[:-30])  # a copy cut short: not what resume continues
+    assert state.job_state(folder).detail == "stopped by SIGTERM, its checkpoint is cut short: resume starts it over"
 
 
 def test_heartbeat_touches_the_attempt(tmp_path, monkeypatch):
@@ -185,3 +192,52 @@ def test_a_long_lived_worker_loads_its_dataset_once_for_the_units_that_use_it(mo
     other = worker._dataset("mnist-5k", None)  # another dataset replaces it: one kept at a time
     assert len(other.train_y) == 4000 and worker._dataset("mnist-5k", None) is other
     assert worker._dataset("mnist", mini_mnist) is not first and loads == ["mnist", "mnist-5k", "mnist"]
+
+
+def test_job_files_of_another_shape_are_damaged_not_a_traceback(tmp_path):
+    """JSON that is not an object (a list, a number) or a pid that is not one: what a file cut or
+    overwritten leaves, read as missing, as a file that is not JSON is."""
+    import socket
+
+    folder = _folder(tmp_path)
+    for attempt in ("[]", "1", '"x"', json.dumps({"host": socket.gethostname(), "pid": "abc"}),
+                    json.dumps({"host": socket.gethostname(), "pid": True})):
+        (folder / "attempt.json").write_text(attempt)
+        assert state.job_state(folder).state in (state.PENDING, state.INTERRUPTED), attempt
+    (folder / "error.json").write_text("[]")
+    assert state.job_state(folder).state != state.FAILED
+
+
+def test_a_finished_students_model_file_cut_short_or_gone_is_damaged(tmp_path):
+    """Its result records model.pt's size: a student whose model is gone is not 'done' (a user
+    reads every job's model, not only a teacher's students)."""
+    folder = _folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())["config"]
+    (folder / "model.pt").write_bytes(b"w" * 100)
+    (folder / "result.json").write_text(json.dumps({"config": config, "metrics": {"test_accuracy": 0.9},
+                                                    "history": [{"epoch": 1}],
+                                                    "model_file": {"name": "model.pt", "bytes": 100}}))
+    assert state.job_state(folder).state == state.DONE
+    (folder / "model.pt").write_bytes(b"w" * 60)
+    s = state.job_state(folder)
+    assert s.state == state.DAMAGED and s.detail.startswith("model.pt has 60 bytes where 100 were written")
+    (folder / "model.pt").unlink()
+    assert state.job_state(folder).detail.startswith("model.pt missing")
+
+
+def test_a_config_json_that_says_nothing_is_rewritten_by_the_next_run(tmp_path):
+    """config.json emptied ({}) or of another shape: status and run agree that it holds no other
+    job's settings; the run writes it again (it refused the whole sweep, while status said pending)."""
+    from sweep import api, status
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('name = "s"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n[train]\nepochs = 1\n')
+    plan = api.plan(sweep)
+    folder = tmp_path / "results" / "s"
+    state.write_plan(folder, plan)
+    config = state.job_dir(folder, plan.jobs[0]) / "config.json"
+    for damage in ("{}", "[]", '{"config": 3}'):
+        config.write_text(damage)
+        assert [s.state for _, s in status.job_states(plan, folder)] == [state.PENDING]
+        state.write_plan(folder, plan)
+        assert json.loads(config.read_text())["config"] == plan.jobs[0].config
