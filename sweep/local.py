@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,6 +109,8 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
         for unit in units(plan, pack, device_kind(device)):
             todo = [j for j in unit if j.id not in done]
             for job in [j for j in todo if status.active(states[j.id])]:
+                if _orphan(state.job_dir(folder, job), states[job.id]):  # its worker waits for the job's lock
+                    continue
                 todo.remove(job)
                 finish(job, "skipped", f"already running ({states[job.id].detail})")
             if todo:
@@ -179,6 +182,16 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                 unit.proc.wait()
             pool.close()
     return summary
+
+
+def _orphan(jdir: Path, s: state.JobState) -> bool:
+    """A job running here, not on Slurm, while this run holds the sweep's lock: the worker of a run
+    that was killed (kill -9), still checkpointing on its way out. Its unit is started all the same:
+    the worker waits for the job's lock (a minute), then resumes from the checkpoint, where skipping
+    it took a second resume."""
+    attempt = state.read_json(jdir / "attempt.json") or {}
+    return (s.state == state.RUNNING and s.slurm_id is None and not attempt.get("slurm_job_id")
+            and attempt.get("host") == socket.gethostname())
 
 
 def _signal_name(number: int) -> str:

@@ -537,3 +537,35 @@ def test_a_worker_stopped_by_a_signal_takes_no_other_unit(tmp_path):
         assert state.job_state(long).state == state.INTERRUPTED
     finally:
         pool.close()
+
+
+def test_resume_waits_for_the_worker_of_a_killed_run_instead_of_skipping_its_job(tmp_path):
+    """kill -9 of a run leaves its worker checkpointing on its way out: a resume at once must not
+    skip that job as 'already running' (a second resume was needed) but wait for the job's lock."""
+    import fcntl
+    import socket
+    import threading
+
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=1, seeds="0"))
+    plan = api.plan(sweep_file)
+    folder = tmp_path / "seeds"
+    state.write_plan(folder, plan)
+    jdir = state.job_dir(folder, plan.jobs[0])
+    dying = subprocess.Popen(["sleep", "30"])  # the orphaned worker: alive, on this host, holding the lock
+    try:
+        (jdir / "attempt.json").write_text(json.dumps({"host": socket.gethostname(), "pid": dying.pid}))
+        lock = open(jdir / ".lock", "a+")
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+        def exits() -> None:  # it checkpoints and exits 3 s later
+            time.sleep(3)
+            dying.kill()
+            dying.wait()
+            lock.close()
+        threading.Thread(target=exits, daemon=True).start()
+        rc, out, err = _run_main(["resume", str(sweep_file), "--results", str(tmp_path)])
+    finally:
+        dying.kill()
+    assert rc == 0 and "already running" not in out, (out, err)
+    assert state.job_state(jdir).state == state.DONE
