@@ -347,6 +347,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         nonlocal bar
         print(f"{verb} {len(todo)} of {len(plan.jobs)} jobs of {plan.sweep.name} "
               f"({len(plan.jobs) - len(todo)} already done) in {folder}, {args.jobs} at a time")
+        _foreign_note(folder, plan)
         bar = tqdm(total=len(todo), unit="job", disable=None)
 
     def on_event(e: local.Event) -> None:
@@ -450,7 +451,7 @@ def _add_status(sub) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sweep import api, status
+    from sweep import api, state, status
 
     plan = _load_plan(args)
     folder = api.folder(plan, args.results)
@@ -461,8 +462,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         print(f"{status.totals(states)} (no folder {folder}: not run here; --results DIR where it ran)")
         return 0
-    print(status.totals(states) + _next_step(states, args, profile=_last_profile(folder)))
+    _foreign_note(folder, plan)
+    running = state.sweep_run(folder)
+    if running:
+        print(f"note: a 'kdsweep run' of {plan.sweep.name} (pid {running}) works in {folder} now: "
+              "its pending jobs are its to start")
+    print(status.totals(states) + _next_step(states, args, "status" if running else None, _last_profile(folder)))
     return 0
+
+
+def _foreign_note(folder: Path, plan) -> None:
+    """Say so where the sweep's folder holds finished jobs that this sweep file does not plan."""
+    from sweep import state
+
+    n = state.foreign_done(folder, plan)
+    if n:
+        print(f"note: {folder / 'jobs'} holds {_count(n, 'finished job')} of other settings than "
+              f"{plan.sweep.path or plan.sweep.name} plans (the file changed since they ran, or another sweep "
+              "file of this name ran here): kept, not in this status or collect")
 
 
 def _next_step(states: list, args: argparse.Namespace, step: str | None = None, profile: str | None = None) -> str:
@@ -547,6 +564,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         print(f"{' ' * len(str(c.rows))} comparisons     -> {c.comparisons}")
     if c.code_diff:
         print(f"{' ' * len(str(c.rows))} code changes    -> {c.code_diff}")
+    if c.foreign:
+        print(f"note: {c.results.parent / 'jobs'} holds {_count(c.foreign, 'finished job')} of other settings than "
+              "the sweep file plans (it changed since they ran?): not in these tables")
     if c.missing:
         print(f"not finished ({len(c.missing)}), not in the table:")
         for name, st, detail in c.missing:

@@ -29,6 +29,7 @@ class Collected:
     missing: list[tuple[str, str, str]] = field(default_factory=list)  # (job name, state, detail)
     comparisons: Path | None = None
     code_diff: Path | None = None  # the uncommitted changes the rows ran with, when still in the tree
+    foreign: int = 0  # finished jobs in the folder that the sweep does not plan (other settings): left out
 
 
 def job_row(plan: Plan, job, result: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +96,8 @@ def collect(plan: Plan, folder: Path) -> Collected:
     atomic.write_with(out_r, lambda f: results.to_parquet(f, index=False))
     atomic.write_with(out_e, lambda f: history.to_parquet(f, index=False))
     atomic.write_with(out_c, lambda f: comparisons.to_parquet(f, index=False))
-    return Collected(out_r, out_e, len(rows), missing, out_c, save_code_diff(results, folder))
+    return Collected(out_r, out_e, len(rows), missing, out_c, save_code_diff(results, folder),
+                     state.foreign_done(folder, plan))
 
 
 def save_code_diff(results, folder: Path) -> Path | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import time
 from pathlib import Path
 
 import matplotlib
@@ -125,6 +126,12 @@ def _drop_stale(out: Path, drawn: list[Path]) -> None:
             if old not in drawn:
                 old.unlink()
                 log.info("removed %s: not drawn from the current table", old)
+        for stray in out.glob(f".tmp-{pattern}.*"):  # a write cut short by a kill: an hour old, nobody's
+            try:
+                if time.time() - stray.stat().st_mtime > 3600:
+                    stray.unlink()
+            except OSError:
+                pass
 
 
 def _save(fig, path: Path) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from kd import atomic
+from kd.errors import UserError
 from sweep import collect, compare, plots, state
 from sweep.plan import Plan, units
 
@@ -78,6 +79,11 @@ class Written:
 def write(plan: Plan, folder: Path) -> Written:
     """Draw the figures, then write ``report.html`` and ``report.md`` into ``folder`` (atomically)."""
     (results,) = collect.read_tables(folder, (collect.RESULTS,))
+    other = sorted(set(results["job_id"]) - {j.id for j in plan.jobs}) if "job_id" in results else []
+    if other:  # collected for another version of the sweep file: its rows, plan and file would not agree
+        raise UserError(f"{folder / collect.RESULTS}: holds {len(other)} job(s) that {plan.sweep.path or plan.sweep.name} "
+                        f"does not plan (e.g. {results.loc[results['job_id'] == other[0], 'name'].iloc[0]}): "
+                        "the sweep file changed since collect", hint="run 'kdsweep collect' first")
     figures = plots.plot_all(folder) if len(results) else []  # nothing finished: a report that says so
     title = f"kd-sweep report: {plan.sweep.name}"
     sections = build(plan, folder, results, figures)

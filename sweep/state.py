@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -67,9 +68,36 @@ def sweep_lock(folder: Path) -> Iterator[None]:
             raise UserError(f"{folder}: another 'kdsweep run' is running this sweep ({f.read().strip()})") from None
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()}")
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
         f.flush()
         yield
+
+
+def sweep_run(folder: Path) -> int | None:
+    """The pid of the 'kdsweep run' that holds the sweep's lock now, on this host; else None. Read
+    from what the run wrote there (testing the lock would make a run starting this instant refuse)."""
+    try:
+        m = re.fullmatch(r"pid (\d+)(?: on (\S+))?", (folder / ".lock").read_text().strip())
+    except OSError:
+        return None
+    if not m or (m.group(2) or socket.gethostname()) != socket.gethostname():
+        return None
+    pid = int(m.group(1))
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"sweep.cli" in command or b"kdsweep" in command else None  # not a pid used again since
+
+
+def foreign_done(folder: Path, plan: Plan) -> int:
+    """Finished jobs in the sweep's folder that are not in ``plan``: of other settings (the sweep
+    file changed since they ran, or another file of the sweep's name ran here). Kept; not counted."""
+    ids = {j.id for j in plan.jobs}
+    try:
+        return sum(1 for d in (folder / "jobs").iterdir() if d.name not in ids and (d / "result.json").is_file())
+    except OSError:
+        return 0
 
 
 def write_plan(sweep_folder: Path, plan: Plan) -> None:

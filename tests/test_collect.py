@@ -268,3 +268,25 @@ def test_a_sweep_run_with_max_jobs_is_collected_plotted_and_reported_with_it(tmp
     for command in ("collect", "plot", "report"):
         assert main([command, str(path), *args]) == 0, command
     assert (root / "big" / "report.html").is_file()
+
+
+def test_after_an_edit_that_changes_every_job_the_old_jobs_are_named_and_the_report_refuses_the_old_table(
+        tmp_path, capsys):
+    """epochs 3 -> 2: every job is another. status and collect say the folder holds finished jobs
+    of other settings (kept), and report refuses a table collected for the old file ('4 of 3 jobs')."""
+    path, root, plan = finished_sweep(tmp_path, seeds=(0,))
+    assert main(["collect", str(path), "--results", str(root)]) == 0
+    path.write_text(path.read_text().replace("epochs = 3", "epochs = 2"))
+    capsys.readouterr()
+    assert main(["report", str(path), "--results", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "results.parquet: holds 6 job(s) that" in err and "hint: run 'kdsweep collect' first" in err, err
+    assert main(["status", str(path), "--results", str(root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith(f"note: {root / 'hand' / 'jobs'} holds 6 finished jobs of other settings than "), out
+    assert out[-1] == f"0/6 done, 6 pending  ->  kdsweep resume {path} --results {root}"
+    assert main(["collect", str(path), "--results", str(root)]) == 0
+    assert "holds 6 finished jobs of other settings than the sweep file plans" in capsys.readouterr().out
+    path.write_text(path.read_text().replace("epochs = 2", "epochs = 3"))  # back: every job is done again
+    assert main(["status", str(path), "--results", str(root)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("6/6 done  ->  kdsweep collect")

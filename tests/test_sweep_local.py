@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -235,7 +236,8 @@ def test_a_second_run_of_the_same_sweep_is_refused(killed_and_resumed, tmp_path,
     with state.sweep_lock(results / "tiny"):
         assert main(["run", str(k["sweep_file"]), "--results", str(results)]) == 2
     out, err = capsys.readouterr()
-    assert f"error: {results / 'tiny'}: another 'kdsweep run' is running this sweep (pid {os.getpid()})" in err
+    assert f"error: {results / 'tiny'}: another 'kdsweep run' is running this sweep (pid {os.getpid()} on " \
+           f"{socket.gethostname()})" in err
     assert "running" not in out  # no 'running 1 of 4 jobs' before the refusal
     assert _attempts(student) == attempts and not (student / "result.json").exists()  # nothing started
 
@@ -569,3 +571,18 @@ def test_resume_waits_for_the_worker_of_a_killed_run_instead_of_skipping_its_job
         dying.kill()
     assert rc == 0 and "already running" not in out, (out, err)
     assert state.job_state(jdir).state == state.DONE
+
+
+def test_status_during_a_run_says_the_run_works_there_and_points_to_status(tmp_path, started):
+    """Its pending jobs are the run's to start: status says a run works in the folder and its next
+    step is status again, not a resume that would be refused (another run holds the sweep)."""
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=4, seeds="0, 1"))
+    plan = api.plan(sweep_file)
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1")
+    _until_training(proc, state.job_dir(tmp_path / "seeds", plan.jobs[0]))
+    rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
+    lines = out.splitlines()
+    assert lines[-2] == f"note: a 'kdsweep run' of seeds (pid {proc.pid}) works in {tmp_path / 'seeds'} now: " \
+                        "its pending jobs are its to start", out
+    assert lines[-1].endswith(f"  ->  kdsweep status {sweep_file} --results {tmp_path}"), out
