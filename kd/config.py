@@ -77,11 +77,11 @@ FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)
 # What the members of one pack share: the data, the architecture and its outputs, the optimiser's
 # settings and the number of steps. Seeds, teachers, alpha and temperature are per member.
 PACK_SHARED = ("dataset", "model", "epochs", "batch_size", "lr", "drop_last", "subclasses")
-PACKED_METHODS = ("kd", "scratch", "subclass")
+PACKED_METHODS = ("kd", "scratch", "subclass")  # students; teachers train alone (see AUTO_PACK)
 # ... and what each member has of its own (every setting is in one of the three: tests/test_pack.py)
-PER_MEMBER = ("method", "alpha", "temperature", "seed", "teacher", "beta", "aux_temperature", "pretrained")  # students; teachers train alone (see AUTO_PACK)
+PER_MEMBER = ("method", "alpha", "temperature", "seed", "teacher", "beta", "aux_temperature", "pretrained")
 NOT_PACKABLE = ("augment", "head_epochs", "finetune_lr", "unfreeze_from", "class_weights", "precision", "channels_last")
-# Values that mean what leaving the setting out means
+# Values that mean what leaving the setting out means (a job that writes them out packs as one that does not)
 OFF_VALUES = {"augment": False, "class_weights": False, "channels_last": False, "precision": "fp32"}
 # Students per pack when pack = "auto", by the kind of device that trains them and the model (others:
 # alone), from bench/pack_scaling.py. On a CPU the rate per student-sample shows no trend from 1 to
@@ -138,7 +138,13 @@ def auto_pack(model: str, device_kind: str) -> int:
 def packable(settings: dict[str, Any]) -> bool:
     """Whether a job may train in a pack: students whose teacher's logits can be cached (no
     augmentation) and that train with the plain schedule, loss and float32 arithmetic."""
-    return settings["method"] in PACKED_METHODS and not any(settings.get(k) for k in NOT_PACKABLE)
+    return settings["method"] in PACKED_METHODS and not any(_on(k, settings.get(k)) for k in NOT_PACKABLE)
+
+
+def _on(key: str, value: Any) -> bool:
+    """Whether a setting asks for more than the default does ("fp32" written out, augment = false: not)."""
+    off = OFF_VALUES.get(key)
+    return bool(value) and not (type(value) is type(off) and value == off)
 
 
 def pack_key(settings: dict[str, Any]) -> tuple:
@@ -159,13 +165,6 @@ def resolve(settings: dict[str, Any]) -> dict[str, Any]:
             cfg[key] = None
     if cfg["method"] in TEACHER_OF and cfg["alpha"] == 0:  # no distillation term: no teacher, no temperature
         cfg["temperature"] = cfg["teacher"] = None
-    # a setting written out at its default's meaning is the default: the same computation, the same job
-    # (and the same pack: "fp32" is no reason to train alone)
-    for key, off in OFF_VALUES.items():
-        if type(cfg[key]) is type(off) and cfg[key] == off:
-            cfg[key] = None
-    if cfg["pretrained"] == ("imagenet" if cfg["model"] in IMAGENET_MODELS else "none"):
-        cfg["pretrained"] = None  # torchvision's ImageNet weights; a model without any starts from its own
     for key in FLOAT_SETTINGS:
         value = cfg[key]
         if isinstance(value, int) and not isinstance(value, bool):
@@ -269,9 +268,9 @@ def combination_problem(settings: dict[str, Any]) -> tuple[str, str] | None:
                               f"load weights; {settings['model']} starts from its own initialisation")
     if head and head >= epochs:
         return "head_epochs", f"{head} must be less than epochs ({epochs}), which counts both phases"
-    if settings.get("finetune_lr") is not None and not head and settings.get("unfreeze_from") is None:
+    if settings.get("finetune_lr") is not None and head is None and settings.get("unfreeze_from") is None:
         return "finetune_lr", ("is the learning rate after head_epochs (or of the layers from unfreeze_from); "
-                               "without either every parameter trains at one rate: set lr instead")
+                               "with neither set every parameter trains at one rate: set lr instead")
     n = TRAIN_SIZES.get(settings["dataset"])
     if n is not None and settings["drop_last"] and settings["batch_size"] > n:
         return "batch_size", (f"{settings['batch_size']} is larger than the training set of '{settings['dataset']}' "

@@ -69,9 +69,10 @@ def setup(model: nn.Module, params: dict[str, torch.Tensor], config: TrainConfig
     """Set which of ``params`` (the model's, by name, in its order) train in this phase; returns the
     phase's optimiser and the batch-norm layers to keep frozen (in eval mode).
 
-    Without a schedule (no head_epochs, no unfreeze_from) everything trains at ``lr``. In the head
-    phase only the head trains, at ``lr``; after it, the head and the parameters from index
-    ``unfreeze_from`` on (all when unset) train at ``finetune_lr`` (default ``lr``).
+    In the head phase only the head trains, at ``lr``; after it (from the start where head_epochs
+    is 0 or unset), the head and the parameters from index ``unfreeze_from`` on (all when unset)
+    train at ``finetune_lr`` (default ``lr``). A sweep refuses finetune_lr with neither head_epochs
+    nor unfreeze_from (kd.config.combination_problem): then it would simply be the rate.
     """
     names = list(params)
     head = head_names(model)

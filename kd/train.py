@@ -102,7 +102,7 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
                 results[o] = r
                 if r is not None and not keep_checkpoint:
                     (o / CHECKPOINT).unlink(missing_ok=True)
-        if lost:  # the others are done: their results are written
+        if lost and not (stop is not None and stop()):  # the others are done (stopped: resume meets it again)
             raise Diverged([f for d in lost for f in d.folders], [e for d in lost for e in d.epochs])
     return [results[o] for o in outs]
 

@@ -132,6 +132,9 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                             finish(job, "done", seconds=seconds)
                         elif unit.stopped:
                             finish(job, "skipped", TEACHER_LOST if set(job.depends_on) & lost else PACK_LOST, seconds)
+                        elif s.state == state.RUNNING and _trainer(folder, job) != _worker_pid(unit.proc):
+                            # another process still trains it (a killed run's worker, past the lock's wait)
+                            finish(job, "skipped", f"already running ({s.detail})", seconds)
                         elif unit.proc.returncode > 128:  # its worker was asked to stop, and did
                             finish(job, "interrupted", state.stopped(state.job_dir(folder, job)) or
                                    f"stopped by {_signal_name(unit.proc.returncode - 128)} before it started: "
@@ -192,6 +195,15 @@ def _orphan(jdir: Path, s: state.JobState) -> bool:
     attempt = state.read_json(jdir / "attempt.json") or {}
     return (s.state == state.RUNNING and s.slurm_id is None and not attempt.get("slurm_job_id")
             and attempt.get("host") == socket.gethostname())
+
+
+def _trainer(folder: Path, job: Job) -> object:
+    return (state.read_json(state.job_dir(folder, job) / "attempt.json") or {}).get("pid")
+
+
+def _worker_pid(task: object) -> int | None:
+    """The pid of the pool worker that ran a unit (it lives on after the unit: not 'another process')."""
+    return getattr(getattr(getattr(task, "worker", None), "proc", None), "pid", None)
 
 
 def _signal_name(number: int) -> str:

@@ -46,7 +46,8 @@ def point_settings(config: dict[str, Any], points: tuple[dict[str, Any], ...] | 
     apart. All points of a student with a teacher share that teacher, so the first says them."""
     if not config.get("teacher") or not points:
         return config
-    return {**config, **{k: v for k, v in points[0].items() if k != "method" and config.get(k) is None}}
+    return {**config, **{k: v for k, v in points[0].items()  # its teacher's own: beta, aux_temperature
+                         if k in APPLIES and config["method"] not in APPLIES[k] and config.get(k) is None}}
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,8 @@ def _check_combination(sweep: Sweep, config: dict[str, Any]) -> None:
         key, why = problem
         table = "teacher" if config["method"] in TEACHER_METHODS and key in dict(sweep.teacher) else \
             "grid" if key in sweep.axes else "train"
-        raise UserError(f"{sweep.path or sweep.name}: {table}.{key}: {why}")
+        whose = f" (for the {config['method']} jobs)" if config["method"] in TEACHER_METHODS and table != "teacher" else ""
+        raise UserError(f"{sweep.path or sweep.name}: {table}.{key}: {why}{whose}")
 
 
 def _check_teacher(sweep: Sweep, student: dict[str, Any], teacher: dict[str, Any]) -> None:

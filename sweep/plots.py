@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from kd import atomic  # noqa: E402
-from kd.config import TEACHER_METHODS as TEACHERS, shown  # noqa: E402
+from kd.config import APPLIES, TEACHER_METHODS as TEACHERS, shown  # noqa: E402
 from kd.errors import UserError  # noqa: E402
 from sweep import collect, compare  # noqa: E402
 
@@ -32,8 +33,9 @@ DPI = 150
 CI_WORDS = "95% CI"
 
 
-def plot_all(folder: Path) -> list[Path]:
-    """Draw every figure that the sweep's data supports into ``folder/plots``; returns the files."""
+def plot_all(folder: Path, slices_of: dict[Path, dict] | None = None) -> list[Path]:
+    """Draw every figure that the sweep's data supports into ``folder/plots``; returns the files
+    (``slices_of``, where given, gets each file's slice: the settings its jobs share, {} for all)."""
     results, epochs = collect.read_tables(folder)
     if results.empty:
         _drop_stale(folder / "plots", [])
@@ -51,60 +53,80 @@ def plot_all(folder: Path) -> list[Path]:
     slices = list(_slices(results))
     if len(slices) > MAX_SLICES:
         log.warning("figures for the first %d of %d combinations of %s only", MAX_SLICES, len(slices),
-                    ", ".join(slices[0][0]))
+                    ", ".join(dict.fromkeys(k for v, _ in slices for k in v)))
     drawn: set[Path] = set()
 
-    def draw(kind: str, draw_fn, rows: pd.DataFrame, used: pd.DataFrame, values: dict, *data) -> None:
+    def draw(kind: str, draw_fn, used: pd.DataFrame, values: dict, *data) -> None:
         """One figure of ``kind`` for the slice ``values``, named and titled by the values its ``used``
         rows have (kd's rows have no subclasses: one figure of them, not one per subclasses value)."""
         own = {k: v for k, v in values.items() if k in used and used[k].notna().any()}
-        path = out / f"{kind}{''.join(f'-{k}{_word(v)}' for k, v in own.items())}.png"  # ...-lr0.001.png
+        path = out / f"{kind}{''.join(f'-{k}{_file_word(v)}' for k, v in own.items())}.png"  # ...-lr0.001.png
         if path not in drawn:
             drawn.add(path)
-            files.append(draw_fn(*data, path, name + "".join(f", {k} {_word(v)}" for k, v in own.items())))
+            files.append(draw_fn(*data, path, name + "".join(f", {k} {shown(v)}" for k, v in own.items())))
+            if slices_of is not None:
+                slices_of[path] = own
 
     with plt.rc_context(STYLE):
         for values, rows in slices[:MAX_SLICES]:
             students = rows[rows["method"].isin(DISTILLED) | (rows["method"] == "scratch")]
             if rows["method"].isin(DISTILLED).any() and rows["temperature"].notna().any():
-                draw("accuracy_vs_temperature", _accuracy_vs_temperature, rows, students, values, rows)
+                draw("accuracy_vs_temperature", _accuracy_vs_temperature, students, values, rows)
             kd = rows[rows["method"].isin(("kd", "scratch"))]
             if (rows["method"] == "kd").any():
-                draw("heatmap_alpha_temperature", _heatmap, rows, kd, values, rows)
+                draw("heatmap_alpha_temperature", _heatmap, kd, values, rows)
                 if any(c.startswith("f1_") for c in rows.columns):  # two classes (MHIST): the study's second figure
-                    draw("accuracy_f1_vs_temperature", _f1_vs_temperature, rows, kd, values, rows)
+                    draw("accuracy_f1_vs_temperature", _f1_vs_temperature, kd, values, rows)
             for (method, base), group in _in_slice(comparisons, values).groupby(["method", "baseline"], sort=False):
                 if group[["alpha", "temperature"]].duplicated().any():  # settings of the teacher vary: no map
                     log.info("no difference heatmap for %s vs %s: settings besides alpha and T vary", method, base)
                     continue
-                draw(f"difference_{method}_vs_{base}", _difference_heatmap, rows, group, values, group)
-            draw("accuracy_per_epoch", _per_epoch, rows, rows[~rows["method"].isin(TEACHERS)], values,
+                draw(f"difference_{method}_vs_{base}", _difference_heatmap, group, values, group)
+            draw("accuracy_per_epoch", _per_epoch, rows[~rows["method"].isin(TEACHERS)], values,
                  epochs[epochs["job_id"].isin(rows["job_id"])])
     _drop_stale(out, files)
     return files
 
 
-OURS = ("accuracy_vs_temperature*.png", "heatmap_alpha_temperature*.png", "accuracy_f1_vs_temperature*.png",
-        "difference_*_vs_*.png", "accuracy_per_epoch*.png")  # what plot_all draws (other files are left alone)
+# what plot_all draws: KIND.png, or KIND-<setting><value>... .png of a slice (other files are left alone)
+OURS = ("accuracy_vs_temperature", "heatmap_alpha_temperature", "accuracy_f1_vs_temperature",
+        "difference_*_vs_*", "accuracy_per_epoch")
 MAX_SLICES = 24  # figures of each kind, one per combination of the settings besides alpha, T and seed
 
 
-def _word(value) -> str:
-    return shown(value)
+def _file_word(value) -> str:
+    """A setting's value as part of a file name: no path separators (a weights file's path), short."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", shown(value)).strip("_")[:40] or "_"
 
 
 def _slices(results: pd.DataFrame):
     """(settings, rows) for each combination of the students' settings that vary besides alpha, T
     and the seed (lr, epochs, subclasses ...): each figure is of one, never a mean over several.
     ({}, every row) where none vary. A slice holds the rows that have its values, those the setting
-    does not apply to (scratch has no subclasses), and the teachers unless they follow the setting."""
+    does not apply to (scratch has no subclasses), and the teachers unless they follow the setting.
+    A combination of students that lack a setting (kd rows at an lr where no subclass job finished)
+    is a slice of the settings they have: no student is left out of every figure."""
     other = [c for c in compare.varying_settings(results) if c not in ("alpha", "temperature")]
     if not other:
         yield {}, results
         return
     students = results[~results["method"].isin(TEACHERS)]
-    for values in students[other].dropna().drop_duplicates().sort_values(other).itertuples(index=False):
-        yield dict(zip(other, values)), _in_slice(results, dict(zip(other, values)))
+    combos = [{k: v for k, v in zip(other, row) if not pd.isna(v)}
+              for row in students[other].drop_duplicates().itertuples(index=False)]
+    full = [c for c in combos if len(c) == len(other)]
+    covered = lambda c: any(all(f[k] == v for k, v in c.items()) for f in full)  # noqa: E731
+    keep = full + [c for c in combos if len(c) < len(other) and c and not covered(c)]
+    keep = list({tuple(sorted(c.items(), key=lambda kv: other.index(kv[0]))): c for c in keep}.values())
+    keep.sort(key=lambda c: tuple((k not in c, str(type(c.get(k))), c.get(k, 0)) for k in other))
+    for values in keep:
+        yield values, _in_slice(results, values)
+
+
+def _teachers_follow(key: str) -> bool:
+    """Whether teachers train one per value of a grid axis (dataset, seed, their own settings)."""
+    from sweep.spec import TEACHER_AXES
+
+    return key in TEACHER_AXES or (key in APPLIES and bool(set(APPLIES[key]) & set(TEACHERS)))
 
 
 def _in_slice(table: pd.DataFrame, values: dict) -> pd.DataFrame:
@@ -113,25 +135,25 @@ def _in_slice(table: pd.DataFrame, values: dict) -> pd.DataFrame:
     for c, v in values.items():
         if c not in table:
             continue
-        teachers_follow = table.loc[teacher, c].nunique(dropna=True) > 1
-        keep &= table[c].isna() | (table[c] == v) | (teacher & (not teachers_follow))
+        keep &= table[c].isna() | (table[c] == v) | (teacher & (not _teachers_follow(c)))
     return table[keep]
 
 
 def _drop_stale(out: Path, drawn: list[Path]) -> None:
     """Remove the figures of an earlier plot that this one did not draw (their points are gone from
     the table): a figure in plots/ is always of the table beside it."""
-    for pattern in OURS:
-        for old in out.glob(pattern):
-            if old not in drawn:
-                old.unlink()
-                log.info("removed %s: not drawn from the current table", old)
-        for stray in out.glob(f".tmp-{pattern}.*"):  # a write cut short by a kill: an hour old, nobody's
-            try:
-                if time.time() - stray.stat().st_mtime > 3600:
-                    stray.unlink()
-            except OSError:
-                pass
+    for kind in OURS:
+        for pattern in (f"{kind}.png", f"{kind}-*.png"):
+            for old in out.glob(pattern):
+                if old not in drawn:
+                    old.unlink()
+                    log.info("removed %s: not drawn from the current table", old)
+            for stray in out.glob(f".tmp-{pattern}.*"):  # a write cut short by a kill: an hour old, nobody's
+                try:
+                    if time.time() - stray.stat().st_mtime > 3600:
+                        stray.unlink()
+                except OSError:
+                    pass
 
 
 def _save(fig, path: Path) -> Path:

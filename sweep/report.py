@@ -84,9 +84,10 @@ def write(plan: Plan, folder: Path) -> Written:
         raise UserError(f"{folder / collect.RESULTS}: holds {len(other)} job(s) that {plan.sweep.path or plan.sweep.name} "
                         f"does not plan (e.g. {results.loc[results['job_id'] == other[0], 'name'].iloc[0]}): "
                         "the sweep file changed since collect", hint="run 'kdsweep collect' first")
-    figures = plots.plot_all(folder) if len(results) else []  # nothing finished: a report that says so
+    slices: dict[Path, dict] = {}
+    figures = plots.plot_all(folder, slices) if len(results) else []  # nothing finished: a report that says so
     title = f"kd-sweep report: {plan.sweep.name}"
-    sections = build(plan, folder, results, figures)
+    sections = build(plan, folder, results, figures, slices)
     out_html, out_md = folder / HTML, folder / MARKDOWN
     atomic.write_text(out_html, to_html(title, sections))
     atomic.write_text(out_md, to_markdown(title, sections, folder))
@@ -94,7 +95,8 @@ def write(plan: Plan, folder: Path) -> Written:
     return Written(out_html, out_md, headline)
 
 
-def build(plan: Plan, folder: Path, results: pd.DataFrame, figures: list[Path]) -> list[Section]:
+def build(plan: Plan, folder: Path, results: pd.DataFrame, figures: list[Path],
+          slices: dict[Path, dict] | None = None) -> list[Section]:
     """The report's sections, from the plan, the results table, the figures and the job folders."""
     comparisons = compare.paired(results)
     unfinished = unfinished_jobs(plan, folder, results)
@@ -112,7 +114,8 @@ def build(plan: Plan, folder: Path, results: pd.DataFrame, figures: list[Path]) 
                              "would exclude 0 by chance), on this sweep's fixed test set.", "note"))
     return [Section("Summary", tuple(headline)),
             Section("Comparisons", comparison_blocks(comparisons)),
-            Section("Figures", tuple(Figure(f, _caption(f, seeds)) for f in sorted(figures, key=_figure_order))),
+            Section("Figures", tuple(Figure(f, _caption(f, seeds, (slices or {}).get(f, {})))
+                                     for f in sorted(figures, key=_figure_order))),
             Section("Results", results_blocks(results)),
             Section("Failures and unfinished jobs", unfinished_blocks(plan, unfinished)),
             Section("Plan", plan_blocks(plan, _device_kind(results))),
@@ -321,10 +324,12 @@ def _figure_order(path: Path) -> int:
     return next((i for i, prefix in enumerate(order) if path.stem.startswith(prefix)), len(order))
 
 
-def _caption(path: Path, seeds: int) -> str:
-    name, _, tag = path.stem.partition("-")  # accuracy_vs_temperature-lr0.001: the jobs with lr 0.001
-    only = f" Jobs with {', '.join(tag.split('-'))} only." if tag else ""
-    return _caption_of(name, seeds) + only
+def _caption(path: Path, seeds: int, values: dict | None = None) -> str:
+    """The figure's caption; ``values``: the settings its jobs share (a slice: lr 0.001)."""
+    from kd.config import shown
+
+    only = f" Jobs with {', '.join(f'{k} {shown(v)}' for k, v in values.items())} only." if values else ""
+    return _caption_of(path.stem.partition("-")[0], seeds) + only
 
 
 def _caption_of(name: str, seeds: int) -> str:

@@ -68,7 +68,7 @@ def sweep_lock(folder: Path) -> Iterator[None]:
             raise UserError(f"{folder}: another 'kdsweep run' is running this sweep ({f.read().strip()})") from None
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {_process_start(os.getpid())}")
         f.flush()
         yield
 
@@ -77,17 +77,15 @@ def sweep_run(folder: Path) -> int | None:
     """The pid of the 'kdsweep run' that holds the sweep's lock now, on this host; else None. Read
     from what the run wrote there (testing the lock would make a run starting this instant refuse)."""
     try:
-        m = re.fullmatch(r"pid (\d+)(?: on (\S+))?", (folder / ".lock").read_text().strip())
+        m = re.fullmatch(r"pid (\d+) on (\S+) since (\S+)", (folder / ".lock").read_text().strip())
     except OSError:
         return None
-    if not m or (m.group(2) or socket.gethostname()) != socket.gethostname():
+    if not m or m.group(2) != socket.gethostname():  # a run elsewhere, or one from before hosts were written
         return None
     pid = int(m.group(1))
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return pid if b"sweep.cli" in command or b"kdsweep" in command else None  # not a pid used again since
+    fields = _proc_stat(pid)
+    alive = fields is not None and len(fields) > 19 and fields[0] not in ("Z", "X")
+    return pid if alive and fields[19] == m.group(3) else None  # running, and not its pid used again
 
 
 def foreign_done(folder: Path, plan: Plan) -> int:

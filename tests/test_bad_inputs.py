@@ -194,7 +194,7 @@ SWEEPS = [
     (_train("drop_last = true\nbatch_size = 4096"), "train.batch_size: 4096 is larger"),
     (_train("head_epochs = 2"), "train.head_epochs: 2 must be less than epochs (2), which counts both phases"),
     (_grid("finetune_lr = [0.0001, 0.1]"), "grid.finetune_lr: is the learning rate after head_epochs (or of the "
-     "layers from unfreeze_from); without either every parameter trains at one rate: set lr instead"),
+     "layers from unfreeze_from); with neither set every parameter trains at one rate: set lr instead"),
     (_grid("head_epochs = [1, 2]"), "grid.head_epochs: 2 must be less than epochs (2)"),
     (GOOD + "[teacher]\nepochs = 1\nhead_epochs = 1\n", "teacher.head_epochs: 1 must be less than epochs (1)"),
     # excludes

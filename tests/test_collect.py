@@ -230,6 +230,9 @@ def test_an_axis_besides_alpha_and_t_is_a_column_everywhere_and_each_figure_is_o
         rows = next(r for v, r in plots._slices(results) if v == {"lr": lr})
         students = rows[rows["method"] != "teacher"]
         assert set(students["lr"]) == {lr} and (rows["method"] == "teacher").sum() == 2
+    assert main(["report", str(path), "--results", str(root)]) == 0
+    md = (folder / "report.md").read_text()
+    assert "Jobs with lr 0.003 only." in md and "Jobs with lr 0.001 only." in md
 
 
 def test_a_subclass_students_teacher_settings_tell_its_points_apart(tmp_path):
@@ -290,3 +293,25 @@ def test_after_an_edit_that_changes_every_job_the_old_jobs_are_named_and_the_rep
     path.write_text(path.read_text().replace("epochs = 2", "epochs = 3"))  # back: every job is done again
     assert main(["status", str(path), "--results", str(root)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("6/6 done  ->  kdsweep collect")
+
+
+def test_slices_leave_no_student_out_and_teachers_follow_their_own_axes():
+    """lr x subclasses with no subclass job at lr 0.003 yet: kd and scratch at 0.003 get a slice of
+    their own (they were in none, their figures deleted); a dataset slice holds that dataset's teacher
+    only, even where the other's teacher is missing; a weights file's path names no folders."""
+    nan = float("nan")
+    rows = pd.DataFrame.from_records([
+        {"job_id": "t", "method": "teacher", "lr": 0.001, "subclasses": nan},
+        *[{"job_id": f"{m}{lr}", "method": m, "lr": lr, "subclasses": nan} for m in ("kd", "scratch")
+          for lr in (0.001, 0.003)],
+        *[{"job_id": f"s{n}", "method": "subclass", "lr": 0.001, "subclasses": n} for n in (5.0, 10.0)]])
+    slices = {tuple(sorted(v.items())): set(r["job_id"]) for v, r in plots._slices(rows)}
+    assert slices == {(("lr", 0.001), ("subclasses", 5.0)): {"t", "kd0.001", "scratch0.001", "s5.0"},
+                      (("lr", 0.001), ("subclasses", 10.0)): {"t", "kd0.001", "scratch0.001", "s10.0"},
+                      (("lr", 0.003),): {"t", "kd0.003", "scratch0.003"}}  # lr is not a teacher's axis
+    datasets = pd.DataFrame.from_records([
+        {"job_id": "ta", "method": "teacher", "dataset": "mnist-5k"},
+        {"job_id": "sa", "method": "scratch", "dataset": "mnist-5k"},
+        {"job_id": "sb", "method": "scratch", "dataset": "fashion-mnist"}])  # its teacher failed
+    assert set(plots._in_slice(datasets, {"dataset": "fashion-mnist"})["job_id"]) == {"sb"}
+    assert plots._file_word("/tmp/w/student.pt") == "tmp_w_student.pt" and plots._file_word(1e-05) == "1e-05"

@@ -308,11 +308,33 @@ def test_every_setting_is_shared_by_a_pack_keeps_jobs_apart_or_is_each_members()
     assert sorted(k for g in groups for k in g) == sorted(SETTINGS)  # each once
 
 
-def test_a_setting_written_out_at_its_default_is_the_default_job_and_packs():
+def test_a_setting_written_out_at_its_default_packs_as_the_default():
+    """precision = "fp32" written out made every student train alone (its id stays its own: a
+    sweep that wrote it keeps its finished jobs)."""
     plain = GRID.replace("seed = [0, 1]", "seed = [0, 1, 2, 3]")
     written = plain.replace("[grid]", '[train]\nprecision = "fp32"\naugment = false\nclass_weights = false\n'
-                            'pretrained = "none"\n[grid]')
-    assert [[j.id for j in u] for u in _units(written, "auto")] == [[j.id for j in u] for u in _units(plain, "auto")]
+                            "channels_last = false\n[grid]")
+    assert [len(u) for u in _units(written, "auto")] == [len(u) for u in _units(plain, "auto")] == [1, 1, 1, 1, 4, 16]
+
+
+@pytest.mark.parametrize("key, values", [
+    ("model", '["mnist-mlp", "mnist-cnn"]'), ("epochs", "[2, 3]"), ("batch_size", "[100, 200]"),
+    ("lr", "[0.001, 0.002]"), ("drop_last", "[true, false]"), ("augment", "[false, true]"),
+    ("head_epochs", "[0, 1]"), ("unfreeze_from", "[0, 1]"), ("class_weights", "[false, true]"),
+    ("precision", '["fp32", "bf16"]'), ("channels_last", "[false, true]"), ("finetune_lr", "[0.001, 0.002]")])
+def test_jobs_that_differ_in_a_shared_or_unpackable_setting_never_share_a_pack(key, values):
+    """What the trainer takes from a pack's first member (the data, the model, the optimiser, the
+    schedule): two jobs that differ in it are in two units, whatever pack size is asked for."""
+    from kd.config import NOT_PACKABLE, PACK_SHARED
+
+    assert key in PACK_SHARED + NOT_PACKABLE
+    text = GRID.replace("[grid]", f"[train]\nepochs = 3\n{'head_epochs = 1' if key == 'finetune_lr' else ''}\n[grid]\n"
+                        f"{key} = {values}")
+    if key == "epochs":
+        text = text.replace("[train]\nepochs = 3\n", "[train]\n")
+    for unit in _units(text, 64):
+        assert len({repr(j.config[key]) for j in unit}) == 1, (key, [j.name for j in unit])
+    assert any(len(u) > 1 for u in _units(text, 64)) or key in NOT_PACKABLE  # packs do form where they may
 
 
 def test_auto_packs_are_sized_for_the_device_kind():

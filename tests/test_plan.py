@@ -2,7 +2,9 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
 
+from kd.errors import UserError
 from sweep import plan as planner, spec
 
 
@@ -99,3 +101,13 @@ def test_every_merge_is_said_and_numbers_are_shown_apart():
     assert why[1].startswith("2 kd points (model '' / 'mnist-mlp') into 1 job, kd-a0.5-T4-")
     close = _plan(BASE + "[grid]\nalpha = [0.5]\ntemperature = [4]\nlr = [0.001, 0.0010000001]\n")
     assert {j.name for j in close.jobs if j.method == "kd"} == {"kd-a0.5-T4-lr0.001-s0", "kd-a0.5-T4-lr0.0010000001-s0"}
+
+
+def test_finetune_lr_with_a_head_phase_of_zero_epochs_plans():
+    """An ablation over head_epochs = [0, 1] with one finetune_lr: at 0 it is the rate from the start."""
+    p = _plan('name = "t"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n'
+              "[train]\nepochs = 3\nfinetune_lr = 0.0001\n[grid]\nhead_epochs = [0, 1]\n")
+    assert [j.config["head_epochs"] for j in p.jobs] == [0, 1]
+    with pytest.raises(UserError, match=r"train.finetune_lr: .* set lr instead \(for the teacher jobs\)"):
+        _plan(BASE + "[train]\nepochs = 3\nfinetune_lr = 0.0001\n[grid]\nhead_epochs = [0, 1]\n"
+              "alpha = [0.5]\ntemperature = [4]\n")  # the teacher does not follow head_epochs: it has no schedule

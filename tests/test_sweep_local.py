@@ -409,7 +409,8 @@ def test_ctrl_c_stops_the_run_and_says_where_it_stands(tmp_path, started, presse
     assert proc.returncode == 130, out
     rc, status_out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
     totals = status_out.splitlines()[-1]
-    assert out.splitlines()[-1] == f"interrupted: {totals}", (out, status_out)  # status gives the same next step
+    assert totals.endswith(f"  ->  kdsweep resume {sweep_file} --results {tmp_path}"), status_out
+    assert out.splitlines()[-1] == f"interrupted: {totals}", (out, status_out)  # the run and status agree
     assert state.job_state(first).state == state.INTERRUPTED
     assert state.job_state(first).detail == "stopped by SIGINT, checkpointed: resume continues it"
     assert (first / "checkpoint.pt").exists()  # the second Ctrl-C did not cut the worker's checkpoint short
@@ -586,3 +587,29 @@ def test_status_during_a_run_says_the_run_works_there_and_points_to_status(tmp_p
     assert lines[-2] == f"note: a 'kdsweep run' of seeds (pid {proc.pid}) works in {tmp_path / 'seeds'} now: " \
                         "its pending jobs are its to start", out
     assert lines[-1].endswith(f"  ->  kdsweep status {sweep_file} --results {tmp_path}"), out
+
+
+def test_a_killed_runs_worker_that_outlasts_the_wait_leaves_its_job_running_not_failed(tmp_path):
+    """Past the job lock's wait the worker of a killed run still trains: the resume says the job is
+    already running and writes no error into the folder that worker trains in."""
+    import fcntl
+    import socket
+
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=1, seeds="0"))
+    plan = api.plan(sweep_file)
+    folder = tmp_path / "seeds"
+    state.write_plan(folder, plan)
+    jdir = state.job_dir(folder, plan.jobs[0])
+    busy = subprocess.Popen(["sleep", "60"])
+    try:
+        (jdir / "attempt.json").write_text(json.dumps({"host": socket.gethostname(), "pid": busy.pid}))
+        with open(jdir / ".lock", "a+") as lock:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            r = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(sweep_file), "--results",
+                                str(tmp_path)], capture_output=True, text=True,
+                               env={**os.environ, "KDSWEEP_LOCK_WAIT": "1"})
+        assert r.returncode == 1 and f"already running (pid {busy.pid} on " in r.stdout, (r.stdout, r.stderr)
+        assert not (jdir / "error.json").exists() and state.job_state(jdir).state == state.RUNNING
+    finally:
+        busy.kill()

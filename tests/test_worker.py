@@ -200,12 +200,15 @@ def test_job_files_of_another_shape_are_damaged_not_a_traceback(tmp_path):
     import socket
 
     folder = _folder(tmp_path)
-    for attempt in ("[]", "1", '"x"', json.dumps({"host": socket.gethostname(), "pid": "abc"}),
-                    json.dumps({"host": socket.gethostname(), "pid": True})):
+    for attempt in ("[]", "1", '"x"'):  # no attempt to read: as if none was made
         (folder / "attempt.json").write_text(attempt)
-        assert state.job_state(folder).state in (state.PENDING, state.INTERRUPTED), attempt
+        assert state.job_state(folder) == state.JobState(state.PENDING), attempt
+    for pid in ("abc", True, -1):  # an attempt here whose process cannot be running: it ended unfinished
+        (folder / "attempt.json").write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+        s = state.job_state(folder)
+        assert s.state == state.INTERRUPTED and s.detail.startswith("the process ended without a result"), pid
     (folder / "error.json").write_text("[]")
-    assert state.job_state(folder).state != state.FAILED
+    assert state.job_state(folder).state == state.INTERRUPTED
 
 
 def test_a_finished_students_model_file_cut_short_or_gone_is_damaged(tmp_path):
