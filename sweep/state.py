@@ -65,7 +65,8 @@ def sweep_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise UserError(f"{folder}: another 'kdsweep run' is running this sweep ({f.read().strip()})") from None
+            holder = f.read().strip().split(" since ")[0]  # "pid N on HOST" (its start time is for sweep_run)
+            raise UserError(f"{folder}: another 'kdsweep run' is running this sweep ({holder})") from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {_process_start(os.getpid())}")
