@@ -339,7 +339,7 @@ def _caption_of(name: str, seeds: int) -> str:
                 + ("starred, outlined cells: the 95% interval excludes 0." if seeds > 1 else "1 seed: no interval."))
     bars = ("error bars and the grey band (student from scratch): 95% intervals of the mean over seeds." if seeds > 1
             else "1 seed: no error bars.")
-    return {"accuracy_vs_temperature": f"Student accuracy against temperature, one line per method and alpha; {bars}",
+    return {"accuracy_vs_temperature": f"Student accuracy against temperature, one line per alpha; {bars}",
             "heatmap_alpha_temperature": "Mean student accuracy over alpha and T (alpha 0: the student from scratch).",
             "accuracy_per_epoch": "Test accuracy after each epoch, mean of each group of jobs.",
             "accuracy_f1_vs_temperature": "Accuracy and F1 per class against temperature."}.get(name, name)
