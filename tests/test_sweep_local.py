@@ -542,6 +542,15 @@ def test_a_worker_stopped_by_a_signal_takes_no_other_unit(tmp_path):
         pool.close()
 
 
+def _planned_job(tmp_path):
+    """A one-job sweep whose folders are written, as a run leaves them before it trains: (its file, the job's folder)."""
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=1, seeds="0"))
+    plan = api.plan(sweep_file)
+    state.write_plan(tmp_path / "seeds", plan)
+    return sweep_file, state.job_dir(tmp_path / "seeds", plan.jobs[0])
+
+
 def test_resume_waits_for_the_worker_of_a_killed_run_instead_of_skipping_its_job(tmp_path):
     """kill -9 of a run leaves its worker checkpointing on its way out: a resume at once must not
     skip that job as 'already running' (a second resume was needed) but wait for the job's lock."""
@@ -549,12 +558,7 @@ def test_resume_waits_for_the_worker_of_a_killed_run_instead_of_skipping_its_job
     import socket
     import threading
 
-    sweep_file = tmp_path / "seeds.toml"
-    sweep_file.write_text(SEEDS.format(epochs=1, seeds="0"))
-    plan = api.plan(sweep_file)
-    folder = tmp_path / "seeds"
-    state.write_plan(folder, plan)
-    jdir = state.job_dir(folder, plan.jobs[0])
+    sweep_file, jdir = _planned_job(tmp_path)
     dying = subprocess.Popen(["sleep", "30"])  # the orphaned worker: alive, on this host, holding the lock
     try:
         (jdir / "attempt.json").write_text(json.dumps({"host": socket.gethostname(), "pid": dying.pid}))
@@ -595,12 +599,7 @@ def test_a_killed_runs_worker_that_outlasts_the_wait_leaves_its_job_running_not_
     import fcntl
     import socket
 
-    sweep_file = tmp_path / "seeds.toml"
-    sweep_file.write_text(SEEDS.format(epochs=1, seeds="0"))
-    plan = api.plan(sweep_file)
-    folder = tmp_path / "seeds"
-    state.write_plan(folder, plan)
-    jdir = state.job_dir(folder, plan.jobs[0])
+    sweep_file, jdir = _planned_job(tmp_path)
     busy = subprocess.Popen(["sleep", "60"])
     try:
         (jdir / "attempt.json").write_text(json.dumps({"host": socket.gethostname(), "pid": busy.pid}))
