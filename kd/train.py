@@ -292,10 +292,9 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
             seconds = time.perf_counter() - t0
             for i, c in enumerate(configs):
                 train_loss = (loss_sum[i] / max(seen, 1)).item()
-                was = diverged_at(histories[i])
                 histories[i].append(epoch_record(epoch, c, train_loss, test_loss[i], test_acc[i], seconds,
                                                  who=outs[i].name if n > 1 else ""))
-                if not was and diverged_at(histories[i]):
+                if diverged_at(histories[i]) == epoch + 1:  # this epoch is its first not a number
                     log.warning("%sthe loss is not a number: diverged at epoch %d; it ends failed%s",
                                 f"{outs[i].name}: " if n > 1 else "", epoch + 1,
                                 ", its pack-mates go on" if n > 1 else "")

@@ -215,10 +215,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from kd.config import APPLIES, TEACHER_METHODS
-    from sweep.spec import TEACHER_AXES
-
     from sweep import api, local
-    from sweep.plan import units
+    from sweep.plan import followed_by_teachers, units
 
     plan = _load_plan(args)
     out = api.folder(plan, args.results)
@@ -246,17 +244,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if short and len(kept) > TAIL:
         print(f"kept: ... and {len(kept) - TAIL:,} more like these")
     teachers = [j for j in plan.jobs if j.method in TEACHER_METHODS]
-    unfollowed = [k for k in sw.axes if k not in TEACHER_AXES and k not in APPLIES and k not in dict(sw.teacher)]
+    # a teacher's setting (not alpha, T) on the grid that makes no teacher per value, and [teacher] does not set
+    unfollowed = [k for k in sw.axes if k not in APPLIES and not followed_by_teachers(k) and k not in dict(sw.teacher)]
     if teachers and unfollowed:  # the grid's epochs do not make a teacher per value: say what they train with
         own = ", ".join(f"{k} {' / '.join(dict.fromkeys(_fmt(t.config[k]) for t in teachers))}" for k in unfollowed)
         print(f"note: teachers do not follow the grid's {', '.join(unfollowed)} (one teacher serves every value): "
               f"they train with {own}; [teacher] sets theirs")
-    for j in plan.jobs:
-        weights = j.config.get("pretrained")
-        if weights not in (None, "imagenet", "none") and not Path(weights).is_file():
-            print(f"warning: {sw.path or sw.name}: pretrained: {weights}: no such weights file here (job {j.name}); "
-                  "a run here refuses it", file=sys.stderr)
-            break
+    missing = _missing_weights(plan.jobs)
+    if missing:
+        print(f"warning: {sw.path or sw.name}: pretrained: {missing[1]}: no such weights file here (job "
+              f"{missing[0].name}); a run here refuses it", file=sys.stderr)
     axes = [k for k in sw.axes if k not in ("alpha", "temperature", "seed", "epochs")]
     header = ["id", "name", "method", "alpha", "T", "seed", *axes, "epochs", "depends on"]
     names = {j.id: j.name for j in plan.jobs}
@@ -388,11 +385,19 @@ def _check_inputs(plan, jobs: list, data_root: Path | None) -> None:
 
     for name in dict.fromkeys(j.config["dataset"] for j in jobs):
         data.check_present(name, data_root)
+    missing = _missing_weights(jobs)
+    if missing:
+        raise UserError(f"{plan.sweep.path or plan.sweep.name}: pretrained: {missing[1]}: no such weights file "
+                        f"(job {missing[0].name})")
+
+
+def _missing_weights(jobs: list) -> tuple | None:
+    """(the first job, its weights file) whose pretrained weights file is not here, else None."""
     for j in jobs:
         weights = j.config.get("pretrained")
         if weights not in (None, "imagenet", "none") and not Path(weights).is_file():
-            raise UserError(f"{plan.sweep.path or plan.sweep.name}: pretrained: {weights}: no such weights file "
-                            f"(job {j.name})")
+            return j, weights
+    return None
 
 
 @contextmanager
@@ -531,20 +536,19 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     c = api.collect(args.sweep, results_root=args.results, max_jobs=args.max_jobs)
     df = pd.read_parquet(c.results) if c.rows else None
     pct = lambda v: "-" if pd.isna(v) else f"{100 * v:.2f}%"  # noqa: E731
-    num = lambda v: None if v is None or pd.isna(v) else float(v)  # noqa: E731
     # the settings that tell rows apart besides alpha and T (lr, epochs, subclasses ...): a column each
     other = [] if df is None else [k for k in compare.varying_settings(df) if k not in ("alpha", "temperature")]
     value = lambda v: "-" if v is None or (not isinstance(v, str) and pd.isna(v)) else _fmt(v)  # noqa: E731
     if df is not None and df["seed"].nunique() == 1 and c.rows <= 60:
         df = df.sort_values(["method", "alpha", "temperature", *other, "seed"], na_position="first")
-        rows = [[r["name"], r["method"], _fmt(num(r["alpha"])), _fmt(num(r["temperature"])),
+        rows = [[r["name"], r["method"], value(r["alpha"]), value(r["temperature"]),
                  *[value(r[k]) for k in other], pct(r["test_accuracy"])] for _, r in df.iterrows()]
         print(_table(["name", "method", "alpha", "T", *other, "test accuracy"], rows))
         print()
     elif df is not None:
         means = compare.point_means(df)
         if len(means) <= 60:
-            rows = [[r["method"], _fmt(num(r.get("alpha"))), _fmt(num(r.get("temperature"))),
+            rows = [[r["method"], value(r.get("alpha")), value(r.get("temperature")),
                      *[value(r[k]) if k in r else "-" for k in other], str(r["n_seeds"]), pct(r["mean"]),
                      "1 seed: no interval" if pd.isna(r["ci_low"]) else f"{pct(r['ci_low'])} to {pct(r['ci_high'])}"]
                     for _, r in means.iterrows()]

@@ -131,8 +131,6 @@ def job_id(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-
-
 def _applies(key: str, method: str) -> bool:
     return key not in APPLIES or method in APPLIES[key]
 
@@ -146,6 +144,12 @@ def axes_for(method: str, axes: list[str]) -> list[str]:
     teacher = TEACHER_OF.get(method)
     teacher_axes = axes_for(teacher, axes) if teacher else []
     return [k for k in axes if _applies(k, method) or k in teacher_axes]
+
+
+def followed_by_teachers(key: str) -> bool:
+    """Whether a grid axis makes a teacher per value (dataset, seed, a teacher's own setting), as
+    ``axes_for`` counts it; one teacher serves every value of the others (lr, epochs)."""
+    return any(axes_for(t, [key]) for t in TEACHER_METHODS)
 
 
 def _name(config: dict[str, Any], varying: list[str]) -> str:
@@ -191,8 +195,7 @@ def _check_combination(sweep: Sweep, config: dict[str, Any]) -> None:
     problem = combination_problem(config)
     if problem:
         key, why = problem
-        table = "teacher" if config["method"] in TEACHER_METHODS and key in dict(sweep.teacher) else \
-            "grid" if key in sweep.axes else "train"
+        table = _table_of(sweep, key, config["method"] in TEACHER_METHODS)
         whose = f" (for the {config['method']} jobs)" if config["method"] in TEACHER_METHODS and table != "teacher" else ""
         raise UserError(f"{sweep.path or sweep.name}: {table}.{key}: {why}{whose}")
 
@@ -202,10 +205,13 @@ def _check_teacher(sweep: Sweep, student: dict[str, Any], teacher: dict[str, Any
     problem = teacher_problem(student, teacher)
     if problem:
         key, why = problem
-        table = "teacher" if key in dict(sweep.teacher) else "grid" if key in sweep.axes else "train"
-        raise UserError(f"{sweep.path or sweep.name}: {table}.{key}: {why}",
+        raise UserError(f"{sweep.path or sweep.name}: {_table_of(sweep, key)}.{key}: {why}",
                         hint="set it in [train] or the grid, which teachers and students both follow")
 
+
+def _table_of(sweep: Sweep, key: str, teacher: bool = True) -> str:
+    """Where the sweep file sets ``key`` (for a teacher's setting, when ``teacher``): teacher, grid or train."""
+    return "teacher" if teacher and key in dict(sweep.teacher) else "grid" if key in sweep.axes else "train"
 
 def plan(sweep: Sweep) -> Plan:
     """Expand the grid into jobs: teachers first, students after, in grid order."""

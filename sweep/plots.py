@@ -21,9 +21,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from kd import atomic  # noqa: E402
-from kd.config import APPLIES, TEACHER_METHODS as TEACHERS, shown  # noqa: E402
+from kd.config import TEACHER_METHODS as TEACHERS, shown  # noqa: E402
 from kd.errors import UserError  # noqa: E402
 from sweep import collect, compare  # noqa: E402
+from sweep.plan import followed_by_teachers  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +123,13 @@ def _slices(results: pd.DataFrame):
         yield values, _in_slice(results, values)
 
 
-def _teachers_follow(key: str) -> bool:
-    """Whether teachers train one per value of a grid axis (dataset, seed, their own settings)."""
-    from sweep.spec import TEACHER_AXES
-
-    return key in TEACHER_AXES or (key in APPLIES and bool(set(APPLIES[key]) & set(TEACHERS)))
-
-
 def _in_slice(table: pd.DataFrame, values: dict) -> pd.DataFrame:
     keep = pd.Series(True, index=table.index)
     teacher = table["method"].isin(TEACHERS) if "method" in table else pd.Series(False, index=table.index)
     for c, v in values.items():
         if c not in table:
             continue
-        keep &= table[c].isna() | (table[c] == v) | (teacher & (not _teachers_follow(c)))
+        keep &= table[c].isna() | (table[c] == v) | (teacher & (not followed_by_teachers(c)))
     return table[keep]
 
 

@@ -81,12 +81,10 @@ def sweep_run(folder: Path) -> int | None:
         m = re.fullmatch(r"pid (\d+) on (\S+) since (\S+)", (folder / ".lock").read_text().strip())
     except OSError:
         return None
-    if not m or m.group(2) != socket.gethostname():  # a run elsewhere, or one from before hosts were written
+    if not m:  # a lock from before hosts and start times were written
         return None
-    pid = int(m.group(1))
-    fields = _proc_stat(pid)
-    alive = fields is not None and len(fields) > 19 and fields[0] not in ("Z", "X")
-    return pid if alive and fields[19] == m.group(3) else None  # running, and not its pid used again
+    pid = int(m.group(1))  # running here, and not its pid used again since
+    return pid if alive({"host": m.group(2), "pid": pid, "proc_start": m.group(3)}) else None
 
 
 def foreign_done(folder: Path, plan: Plan) -> int:
