@@ -79,8 +79,61 @@ def threshold(p: float) -> int:
 
 def at_least(keys: torch.Tensor, shape: tuple[int, ...], p: float) -> torch.Tensor:
     """``uniform(keys, shape) >= p`` (bool), exactly, from the words alone: a dropout mask without
-    the floats (three fewer kernels a mask)."""
+    the floats (three fewer kernels a mask). On CUDA one fused kernel computes the same mask
+    (as int32 0/1, which multiplies as the bool does); elsewhere, or where it cannot be compiled,
+    the tensor operations above."""
+    if keys.is_cuda and FUSED["ok"] is not False:
+        mask = _fused_at_least(keys, shape, threshold(p))
+        if mask is not None:
+            return mask
     return bits(keys, shape) >= threshold(p)
+
+
+# The word and the comparison of ``at_least`` in one elementwise kernel (torch's jiterator: NVRTC,
+# compiled once per process and threshold): on a GPU the tensor operations above are some twenty
+# kernels over int64 words, a quarter of the reference teacher's step. The same arithmetic on
+# 32-bit words, wrapping where the int64 version masks. tests/test_rng.py compares the two.
+_FUSED_SOURCE = """
+template <typename T> T kd_keep_THRESHOLD(T index, T key) {
+    unsigned int k = static_cast<unsigned int>(key);
+    unsigned int x = k + GOLDENu * static_cast<unsigned int>(index);
+    x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; x ^= x >> 16;
+    x ^= k;
+    x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; x ^= x >> 16;
+    return x >= THRESHOLDu ? T(1) : T(0);
+}
+"""
+FUSED: dict = {"ok": None, "error": ""}  # None: not tried yet; False: it failed here once (then the ops)
+_KERNELS: dict[int, object] = {}
+_INDICES: dict[tuple, torch.Tensor] = {}
+
+
+def _fused_at_least(keys: torch.Tensor, shape: tuple[int, ...], thr: int) -> torch.Tensor | None:
+    n = math.prod(shape)
+    if thr > M32 or n >= 1 << 31:
+        return None
+    capturing = torch.cuda.is_current_stream_capturing()
+    index = _INDICES.get((n, keys.device))
+    if index is None:  # made outside a capture (a captured one would hold nothing until replayed)
+        index = torch.arange(n, dtype=torch.int32, device=keys.device)
+        if not capturing:
+            _INDICES[(n, keys.device)] = index
+    try:
+        kernel = _KERNELS.get(thr)
+        if kernel is None:
+            from torch.cuda import jiterator
+
+            kernel = _KERNELS[thr] = jiterator._create_jit_fn(
+                _FUSED_SOURCE.replace("THRESHOLD", str(thr)).replace("GOLDEN", hex(GOLDEN)))
+        k = keys.reshape(keys.shape + (1,) * len(shape)).to(torch.int32)  # the 32-bit word, wrapped
+        mask = kernel(index.reshape(shape), k)
+    except Exception as e:  # no NVRTC, a compiler error: the tensor operations, from now on
+        if capturing:
+            raise
+        FUSED.update(ok=False, error=f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+        return None
+    FUSED["ok"] = True
+    return mask
 
 
 def normal(keys: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

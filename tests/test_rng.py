@@ -1,6 +1,7 @@
 """kd.rng: the counter-based random numbers every member draws (dropout masks, augmentation). The
 stream is part of every result: these pin it to its definition on Python ints, and the fast
 tensor forms (in place, masks without floats) to the plain ones, bit for bit."""
+import pytest
 import torch
 from torch.func import vmap
 
@@ -38,3 +39,20 @@ def test_a_members_words_do_not_depend_on_its_pack_or_vmap():
     alone = torch.stack([rng.bits(k, (6, 7)) for k in keys])  # 0-d keys, as vmap hands a module
     mapped = vmap(lambda k: rng.bits(k, (6, 7)))(keys)
     assert torch.equal(together, alone) and torch.equal(together, mapped)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: run it where one is")
+def test_the_fused_cuda_mask_is_the_words_mask():
+    """On CUDA a dropout mask is one fused kernel (kd.rng._FUSED_SOURCE, 32-bit words): the same
+    mask as the tensor operations on the CPU, keys of all 32 bits, any pack shape, any threshold."""
+    keys = rng.keys_tensor([0, 1, 2**40 + 7, 12345], 3, 5)
+    keys[0] = 2**32 - 1  # the largest word, and one above 2^31: the cast to int32 wraps them
+    keys[1] = 2**31 + 3
+    for shape in ((256, 10816), (7, 5, 3), (1,)):
+        for p in (0.5, 0.2, 1 / 3, 0.999999, 1e-7):
+            cpu = rng.at_least(keys, shape, p)
+            cuda = rng.at_least(keys.cuda(), shape, p)
+            assert rng.FUSED["ok"] is True, rng.FUSED["error"]
+            assert torch.equal(cuda.cpu().bool(), cpu), (shape, p)
+            alone = rng.at_least(keys[2].cuda(), shape, p)  # a 0-d key, as a looped member's module has
+            assert torch.equal(alone.cpu().bool(), cpu[2]), (shape, p)
