@@ -77,24 +77,30 @@ FLOAT_SETTINGS = tuple(k for k, t in FIELD_TYPES.items() if t is float)
 # What the members of one pack share: the data, the architecture and its outputs, the optimiser's
 # settings and the number of steps. Seeds, teachers, alpha and temperature are per member.
 PACK_SHARED = ("dataset", "model", "epochs", "batch_size", "lr", "drop_last", "subclasses")
-PACKED_METHODS = ("kd", "scratch", "subclass")  # students; teachers train alone (see AUTO_PACK)
+PACKED_METHODS = ("kd", "scratch", "subclass", *TEACHER_METHODS)  # teachers pack with teachers of their method
 # ... and what each member has of its own (every setting is in one of the three: tests/test_pack.py)
 PER_MEMBER = ("method", "alpha", "temperature", "seed", "teacher", "beta", "aux_temperature", "pretrained")
 NOT_PACKABLE = ("augment", "head_epochs", "finetune_lr", "unfreeze_from", "class_weights", "precision", "channels_last")
 # Values that mean what leaving the setting out means (a job that writes them out packs as one that does not)
 OFF_VALUES = {"augment": False, "class_weights": False, "channels_last": False, "precision": "fp32"}
-# Students per pack when pack = "auto", by the kind of device that trains them and the model (others:
+# Jobs per pack when pack = "auto", by the kind of device that trains them and the model (others:
 # alone), from bench/pack_scaling.py. On a CPU the rate per student-sample shows no trend from 1 to
 # 120, so 128 reference MLPs is a memory bound (16 bytes a parameter: weights, gradients and Adam's
 # two moments; 2.5 GB). On an H200 the rate grows with the pack: 3.3 M student-samples/s at 24,
 # 8.1 M at 120 (2.7 GiB), 9.6 M at 480 (10.7 GiB); 120 gets 84% of the best rate in a quarter of
-# the memory, so that a pack fits a small GPU too (a large one may take pack = 480). CNNs alone:
+# the memory, so that a pack fits a small GPU too (a large one may take pack = 480). CNNs on a CPU alone:
 # vmapped (grouped convolutions), five reference CNNs took 1.8x their time alone on this project's
 # CPU and 1.2x on an H200; a call per member (kd.stack._looped) takes 0.75-0.89x on this CPU, too
 # little to give up the parallelism of units (-j N, array tasks) and to let one failure take five
-# jobs with it; on CUDA, with each member on a stream of its own, not measured yet
-# (bench/gpu_session.sh's streams stage). Teachers train alone: a pack holds students.
-AUTO_PACK = {"cpu": {"mnist-mlp": 128}, "cuda": {"mnist-mlp": 120}}
+# jobs with it. On CUDA each member runs on a stream of its own: five teachers in one pack took
+# 0.75x their time alone on an H100 (1.34 s an epoch against 5 x 0.356, bench/epoch_ways.py), and
+# units side by side gain nothing there (-j 5 took as long as -j 1 on an H200: processes on one GPU take
+# turns), so CNNs pack on a GPU that a run's units share: the 5-seed grid's teachers train as one
+# unit. Array tasks have a GPU each and run side by side: there CNNs train alone (5 teachers on 5
+# GPUs take a fifth of the time, where a pack of 5 on one GPU takes 3.75 times one teacher's).
+# A pack of teachers holds teachers of one method, no students.
+AUTO_PACK = {"cpu": {"mnist-mlp": 128}, "cuda": {"mnist-mlp": 120, "mnist-cnn": 8}}
+TAKING_TURNS = ("mnist-cnn",)  # packed by "auto" only where units would take turns on one device
 
 
 CUDA_GRAPHS_ENV = "KDSWEEP_CUDA_GRAPHS"
@@ -130,8 +136,11 @@ def shown(value: Any) -> str:
     return str(value)
 
 
-def auto_pack(model: str, device_kind: str) -> int:
-    """Jobs per pack of ``model`` under pack = "auto" on a device of kind "cpu" or "cuda"."""
+def auto_pack(model: str, device_kind: str, side_by_side: bool = False) -> int:
+    """Jobs per pack of ``model`` under pack = "auto" on a device of kind "cpu" or "cuda";
+    ``side_by_side``: each unit has a device of its own (array tasks), not one they take turns on."""
+    if side_by_side and model in TAKING_TURNS:
+        return 1
     return AUTO_PACK.get(device_kind, AUTO_PACK["cpu"]).get(model, 1)
 
 
@@ -149,8 +158,11 @@ def _on(key: str, value: Any) -> bool:
 
 def pack_key(settings: dict[str, Any]) -> tuple:
     """Jobs with the same key may train in one pack (a student without a teacher packs apart from
-    those that have one: it need not wait for a teacher)."""
-    return (*(settings.get(k) for k in PACK_SHARED), settings.get("teacher") is None)
+    those that have one: it need not wait for a teacher; a teacher packs with teachers of its own
+    method: other jobs wait for it, and a subclass teacher's loss is its own)."""
+    method = settings["method"]
+    return (*(settings.get(k) for k in PACK_SHARED), settings.get("teacher") is None,
+            method if method in TEACHER_METHODS else None)
 
 
 def resolve(settings: dict[str, Any]) -> dict[str, Any]:

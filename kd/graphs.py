@@ -35,6 +35,7 @@ from kd.errors import UserError
 
 WARMUP = 3  # eager steps before capture, as in torch's recipe (DDP needs 11; nothing here does)
 REPLAYS = {"count": 0}  # steps run by replaying a recording, in this process (tests read it)
+FAILED_CAPTURES = {"count": 0}  # CUDA captures that failed in this process (its CUDA state is suspect)
 
 
 def mode(device: torch.device) -> str | None:
@@ -110,6 +111,9 @@ def _capture(fn: Callable[[int], None], b: int) -> Callable[[], None]:
     except BaseException as e:
         # Ending a capture that the step broke fails too, and torch.cuda.graph then leaves its
         # capture stream current: back to this one, and the step's own error, which says why.
+        # CUDA's own generator stays in its capture state ("Offset increment outside graph
+        # capture"): the process should train nothing more (sweep.worker replaces its worker).
+        FAILED_CAPTURES["count"] += 1
         torch.cuda.set_stream(stream)
         raise (in_step[0] if in_step else e) from None
     return graph.replay  # the bound method keeps the graph (and its memory pool) alive

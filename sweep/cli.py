@@ -194,7 +194,7 @@ SHORT_PLAN, HEAD, TAIL = 200, 10, 5  # a longer plan lists its first HEAD and la
 
 
 def _pack_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pack", help="students trained together in one process: 'auto' (default) or a number; "
+    p.add_argument("--pack", help="jobs trained together in one process (students; teachers with teachers): 'auto' (default) or a number; "
                    "1 runs each job in its own process")
 
 
@@ -272,7 +272,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     packs = units(plan, pack, kind)
     sized = f", sized for this machine's {'GPU' if kind == 'cuda' else 'CPU'}" if pack == "auto" else ""
     print(f"local run: {_count(len(packs), 'unit')} (pack {pack}{sized}: "
-          f"students that share a model and its settings train together); "
+          f"jobs that share a model and its settings train together); "
           f"largest pack {_count(max(len(u) for u in packs), 'job')}")
     print("order: " + "; then ".join(f"{_count(len(lvl), 'job')} " + (
         ("that needs nothing" if len(lvl) == 1 else "that need nothing") if not lvl[0].depends_on

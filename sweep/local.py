@@ -1,7 +1,7 @@
 """Run a plan's unfinished jobs as local processes, teachers before their students.
 
-A small scheduler. Its units are those of the plan (a teacher, or a pack of students trained
-together); a unit needs its students' teachers. One loop reaps the units that ended, skips
+A small scheduler. Its units are those of the plan (a job, or a pack of jobs trained
+together: students, or teachers); a unit needs its students' teachers. One loop reaps the units that ended, skips
 the students whose teacher did not finish, and starts what may start, at most ``jobs`` at
 once. A unit may start when its teachers are done, or early when each one is done or
 training here: it loads its data meanwhile, then waits for their results. An early unit holds
@@ -84,7 +84,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
         on_start: Callable[[], None] | None = None, poll: float = 0.2) -> Summary:
     """Run every job of ``plan`` that is not done, at most ``jobs`` processes at once; returns what happened.
 
-    A unit is a teacher, or a pack of students trained together in one process (``pack``).
+    A unit is a job, or a pack of jobs trained together in one process (``pack``).
     ``on_start``: called once the sweep is this run's (locked, its plan and job folders written).
     """
     worker.check_settings()  # before any folder is made

@@ -100,15 +100,16 @@ class Plan:
         return sum(len(j.points) for j in self.jobs)
 
 
-def units(plan: Plan, pack: int | str = "auto", device_kind: str = "cpu") -> list[tuple[Job, ...]]:
-    """Units of work, in plan order: each teacher alone; students that share dataset, model and
-    optimiser settings packed together, whatever their seeds and teachers, at most ``pack`` per
+def units(plan: Plan, pack: int | str = "auto", device_kind: str = "cpu",
+          side_by_side: bool = False) -> list[tuple[Job, ...]]:
+    """Units of work, in plan order: jobs that share dataset, model and optimiser settings packed
+    together, whatever their seeds and teachers (teachers with teachers of their method), at most ``pack`` per
     unit (1: no packing; "auto": kd.config.auto_pack for the model on a ``device_kind`` device,
-    "cpu" or "cuda")."""
+    "cpu" or "cuda", shared by the units or, ``side_by_side``, one each as array tasks have)."""
     groups: dict[tuple, list[Job]] = {}
     out: list[list[Job]] = []
     for job in plan.jobs:
-        size = auto_pack(job.config["model"], device_kind) if pack == "auto" else int(pack)
+        size = auto_pack(job.config["model"], device_kind, side_by_side) if pack == "auto" else int(pack)
         if size == 1 or not packable(job.config):
             out.append([job])
             continue

@@ -8,7 +8,7 @@
     cpus = 8
     mem_gb = 32
     array_parallelism = 16         # array tasks running at once
-    pack = "auto"                  # students per array task (one GPU), unless the sweep file says
+    pack = "auto"                  # jobs per array task (one GPU), unless the sweep file says
     signal_delay_s = 120           # warning signal (USR2) this long before the time limit
     max_requeue = 3                # requeues after time limits (preemptions requeue always)
     sbatch = { mail-type = "FAIL" }  # any other sbatch option
@@ -71,7 +71,7 @@ class Profile:
     setup: tuple[str, ...] = ()
     python: str | None = None  # host python (runtime none); default: the submitting interpreter
     container: Container = field(default_factory=Container)
-    pack: int | str | None = None  # students per array task, unless the sweep file says
+    pack: int | str | None = None  # jobs per array task, unless the sweep file says
     description: str = ""
     path: Path | None = None
 

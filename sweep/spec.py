@@ -3,7 +3,7 @@
     name = "demo"
     dataset = "mnist-5k"
     methods = ["teacher", "scratch", "kd"]
-    pack = "auto"      # students trained together in one process: "auto", or a number (1: off)
+    pack = "auto"      # jobs trained together in one process: "auto", or a number (1: off)
     [train]            # fixed settings for every job
     epochs = 12
     [teacher]          # settings for the teacher jobs only (override [train])
@@ -46,7 +46,7 @@ class Sweep:
     exclude: tuple[tuple[tuple[str, Any], ...], ...]
     path: Path | None = None
     description: str = ""
-    pack: int | str | None = None  # students per process: an int, "auto", or None (the profile's, else auto)
+    pack: int | str | None = None  # jobs per process: an int, "auto", or None (the profile's, else auto)
     max_jobs: int = MAX_JOBS  # the largest grid planned (grid points over all methods)
 
     @property

@@ -73,8 +73,8 @@ def _mounts(folder: Path, data_root: Path | None) -> list[str]:
 
 def _level_units(plan: Plan, pack: int | str, p: prof.Profile) -> list[list[tuple[Job, ...]]]:
     """Array tasks per level: the units (a job, or a pack) in each level of the plan, packs sized
-    for the profile's device (a GPU where it asks for one)."""
-    all_units = units(plan, pack, "cuda" if p.gpus else "cpu")
+    for the profile's device (a GPU where it asks for one), one device for each task."""
+    all_units = units(plan, pack, "cuda" if p.gpus else "cpu", side_by_side=True)
     return [[u for u in all_units if u[0] in level] for level in plan.levels()]
 
 

@@ -1,8 +1,8 @@
 """What runs inside one unit's process (a local child process or a SLURM array task).
 
-A unit is one job, or a pack of students trained together. Reads each job's ``config.json``,
-records the attempt, calls ``kd.train.run_pack``, and on an exception writes ``error.json``
-with its last line into every unfinished job of the unit before failing.
+A unit is one job, or a pack of jobs trained together (students; or teachers). Reads each job's
+``config.json``, records the attempt, calls ``kd.train.run_pack``, and on an exception writes
+``error.json`` with its last line into every unfinished job of the unit before failing.
 
 Stopping: on SIGTERM or SIGINT (a local run stopped) and on Slurm's warning signal (time limit,
 preemption) the training loop finishes its current step, checkpoints where it is, mid-epoch,
@@ -66,11 +66,12 @@ def checkpoint_every() -> float | None:
 
 def check_settings() -> None:
     """The workers' settings from the environment (KDSWEEP_CHECKPOINT_MINUTES, KDSWEEP_CUDA_GRAPHS,
-    KDSWEEP_TF32, KDSWEEP_KEEP_CHECKPOINTS), checked before a run starts anything: a mistyped one is
-    one error line, not a failure in every job."""
+    KDSWEEP_TF32, KDSWEEP_CUDNN_BENCHMARK, KDSWEEP_KEEP_CHECKPOINTS), checked before a run starts
+    anything: a mistyped one is one error line, not a failure in every job."""
     checkpoint_every()
     cuda_graphs()
     switch("KDSWEEP_TF32", True)
+    switch("KDSWEEP_CUDNN_BENCHMARK", False)
     switch("KDSWEEP_KEEP_CHECKPOINTS", False)
 
 
@@ -103,7 +104,7 @@ class StopFlag:
 
 def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str | None = None,
              stop: Callable[[], bool] | None = None, after: list[Path] = (), **attempt: object) -> list[dict | None]:
-    """Run job folders (one job, or a pack of students) to their results; errors are recorded
+    """Run job folders (one job, or a pack) to their results; errors are recorded
     in each unfinished folder, then raised.
 
     ``after``: folders of jobs still running (the students' teacher). The unit starts up
@@ -246,7 +247,7 @@ def serve(channel: int, data_root: Path | None, device: str | None) -> int:
     stop = StopFlag(patient=True)
     stop.catch(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # a hangup: the terminal closed
     _stop_with_parent()
-    from kd import train
+    from kd import graphs, train
 
     train.pick_device(device)  # torch and CUDA: once per worker, not once per unit
     with os.fdopen(channel, "w") as answers:
@@ -255,12 +256,16 @@ def serve(channel: int, data_root: Path | None, device: str | None) -> int:
             with _output_into(Path(request["log"])):
                 status = run_one([Path(f) for f in request["folders"]], [Path(a) for a in request["after"]],
                                  data_root, device, stop)
-            # a signal stops the worker too: it says so with the answer, so that no unit is sent its way
-            answers.write(json.dumps({"status": status, "exiting": bool(stop.signal)}) + "\n")
+            # a signal stops the worker too: it says so with the answer, so that no unit is sent its way;
+            # so does a failed CUDA capture, which leaves CUDA's generator unusable in this process
+            spent = graphs.FAILED_CAPTURES["count"] > 0
+            answers.write(json.dumps({"status": status, "exiting": bool(stop.signal) or spent}) + "\n")
             answers.flush()
             if stop.signal:
                 return status
-    # the end of its input: exit at once. The interpreter's own teardown with torch loaded takes
+            if spent:
+                break
+    # the end of its input, or a failed capture: exit at once. The interpreter's own teardown with torch loaded takes
     # 0.6 s of a CPU (module finalisers), which the sweep's end would wait for; every unit's files
     # are closed and flushed already.
     logging.shutdown()

@@ -801,11 +801,11 @@ def test_a_cuda_index_beyond_the_machines_devices(work, capsys, monkeypatch):
              ("--device: 'cuda:2', but this machine has 2 CUDA device(s): cuda:0 .. cuda:1",), work)
 
 
-@pytest.mark.parametrize("name", ["KDSWEEP_TF32", "KDSWEEP_KEEP_CHECKPOINTS"])
+@pytest.mark.parametrize("name", ["KDSWEEP_TF32", "KDSWEEP_CUDNN_BENCHMARK", "KDSWEEP_KEEP_CHECKPOINTS"])
 @pytest.mark.parametrize("value", ["yes", "maybe", "true"])
 def test_a_mistyped_switch_is_refused_before_any_job(work, capsys, monkeypatch, name, value):
     """On/off settings are 1 or 0: any other word meant on (or off) without a word said."""
     monkeypatch.setenv(name, value)
-    train = ["train", "--method", "scratch", "--epochs", "1", "--out", str(work / "out")]  # reads TF32 only
-    for argv in (["run", "demo"], ["run", "demo", "--profile", "local-slurm"], *([train] if "TF32" in name else [])):
+    train = ["train", "--method", "scratch", "--epochs", "1", "--out", str(work / "out")]  # reads TF32 and CUDNN_BENCHMARK only
+    for argv in (["run", "demo"], ["run", "demo", "--profile", "local-slurm"], *([train] if "KEEP" not in name else [])):
         _refused(capsys, argv, (f"{name}: '{value}' must be 1 (on) or 0 (off)",), work)

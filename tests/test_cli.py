@@ -38,7 +38,7 @@ def test_train_then_distil_from_the_command_line(tmp_path, mini_mnist):
 
 def test_plan_shows_the_packs_that_run_will_make(capsys, monkeypatch):
     assert main(["plan", "demo", "--pack", "1"]) == 0
-    assert "local run: 8 units (pack 1: students that share" in capsys.readouterr().out
+    assert "local run: 8 units (pack 1: jobs that share" in capsys.readouterr().out
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU for this run: packs sized for the CPU
     assert main(["plan", "demo"]) == 0
     assert "local run: 3 units (pack auto, sized for this machine's CPU: " in capsys.readouterr().out

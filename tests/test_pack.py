@@ -76,8 +76,10 @@ def test_written_out_mlp_backward_equals_autograd(device):
     alpha = torch.tensor([0.2, 0.5, 1.0], device=device)
     temperature = torch.tensor([1.0, 4.0, 16.0], device=device)
     for step, batch in enumerate((7, 7, 4)):
-        x, teacher = torch.randn(3, batch, 3, 4, device=device), torch.randn(3, batch, 5, device=device)
-        labels = torch.randint(0, 5, (3, batch), device=device)
+        # drawn on the CPU: a failed capture earlier in the process (tests/test_graphs.py) leaves
+        # CUDA's own generator unusable, which is why a worker whose capture failed is replaced
+        x, teacher = torch.randn(3, batch, 3, 4).to(device), torch.randn(3, batch, 5).to(device)
+        labels = torch.randint(0, 5, (3, batch)).to(device)
         stack.set_dropout_keys([rng.derive(rng.keys_tensor([0, 1, 2], 0, device=device), step)])
         losses_of = lambda z: kd_loss(z, teacher, labels, alpha, temperature)  # noqa: E731
         written = stack.backward(x, losses_of)
@@ -118,6 +120,34 @@ def test_packed_cnn_students_with_dropout_equal_students_alone(tmp_path, tiny, t
     from kd import rng
 
     assert not torch.equal(rng.uniform(rng.keys_tensor([0], 0), (64,)), rng.uniform(rng.keys_tensor([3], 0), (64,)))
+
+
+def test_packed_teachers_equal_teachers_alone_and_teach_the_same(tmp_path, tiny):
+    """Teachers of two seeds in one pack (the 5-seed grid's teachers on a GPU): each the teacher it
+    would be alone, model.pt included, so its students learn the same from either."""
+    configs = [make_config(method="teacher", seed=s, epochs=1, batch_size=100) for s in (0, 2)]
+    for i, c in enumerate(configs):
+        train.run(c, tmp_path / f"solo{i}", dataset=tiny, device="cpu")
+    train.run_pack(configs, [tmp_path / "p0", tmp_path / "p1"], dataset=tiny, device="cpu")
+    for i in range(2):
+        assert_same(tmp_path / f"solo{i}", tmp_path / f"p{i}", atol=1e-4)
+    students = [_kd(tmp_path / t, seed=3, epochs=1) for t in ("solo1", "p1")]
+    for c, out in zip(students, ("from-solo", "from-pack")):
+        train.run(c, tmp_path / out, dataset=tiny, device="cpu")
+    a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("from-solo", "from-pack"))
+    assert abs(a["metrics"]["test_accuracy"] - b["metrics"]["test_accuracy"]) <= 0.01
+
+
+def test_a_teacher_packs_with_teachers_of_its_method_alone(tmp_path, tiny):
+    from kd.errors import UserError
+
+    text = GRID.replace('methods = ["teacher", "scratch", "kd"]', 'methods = ["teacher", "scratch", "kd"]\npack = 8')
+    assert [[j.method for j in u] for u in _units(text, 8)] == [
+        ["teacher", "teacher"], ["scratch", "scratch"], ["kd"] * 8]
+    mixed = [make_config(method="teacher", model="mnist-mlp", epochs=1), make_config(method="scratch", epochs=1)]
+    with pytest.raises(UserError, match="a teacher packs with teachers of its method alone: not a scratch job"):
+        train.run_pack(mixed, [tmp_path / "a", tmp_path / "b"], dataset=tiny, device="cpu")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_members_of_different_seeds_and_teachers_share_a_pack(tmp_path, small, teacher_dir, second_teacher_dir):
@@ -295,7 +325,7 @@ def test_units_pack_students_across_seeds_and_teachers():
         ["teacher-s0"], ["teacher-s1"], ["scratch-s0", "scratch-s1"],
         ["kd-a0.5-T1-s0", "kd-a0.5-T1-s1", "kd-a0.5-T4-s0", "kd-a0.5-T4-s1",
          "kd-a1-T1-s0", "kd-a1-T1-s1", "kd-a1-T4-s0", "kd-a1-T4-s1"]]
-    assert [len(u) for u in _units(GRID, 3)] == [1, 1, 2, 3, 3, 2]
+    assert [len(u) for u in _units(GRID, 3)] == [2, 2, 3, 3, 2]  # a number asked for packs teachers too
     assert all(len(u) == 1 for u in _units(GRID, 1))
 
 
@@ -339,12 +369,13 @@ def test_jobs_that_differ_in_a_shared_or_unpackable_setting_never_share_a_pack(k
 
 def test_auto_packs_are_sized_for_the_device_kind():
     """pack = "auto" as measured (kd.config.AUTO_PACK): reference MLP students in packs of 128 on a
-    CPU, 120 on a GPU; CNNs and teachers alone on both."""
-    assert [len(u) for u in _units(GRID, "auto", "cpu")] == [len(u) for u in _units(GRID, "auto", "cuda")] == [1, 1, 2, 8]
+    CPU, 120 on a GPU; CNNs (the teachers) alone on a CPU, packed on a GPU (their streams overlap)."""
+    assert [len(u) for u in _units(GRID, "auto", "cpu")] == [1, 1, 2, 8]
+    assert [len(u) for u in _units(GRID, "auto", "cuda")] == [2, 2, 8]
     big = GRID.replace("seed = [0, 1]", "seed = " + str(list(range(60))))  # 60 seeds: 240 kd students
     assert [len(u) for u in _units(big, "auto", "cpu") if u[0].method == "kd"] == [128, 112]
     assert [len(u) for u in _units(big, "auto", "cuda") if u[0].method == "kd"] == [120, 120]
-    assert auto_pack("mnist-cnn", "cpu") == auto_pack("mnist-cnn", "cuda") == auto_pack("resnet50", "cuda") == 1
+    assert auto_pack("mnist-cnn", "cpu") == auto_pack("resnet50", "cuda") == 1 and auto_pack("mnist-cnn", "cuda") == 8
 
 
 def test_a_local_run_sizes_its_packs_for_the_device_it_will_train_on(monkeypatch, tmp_path):
@@ -371,6 +402,10 @@ def test_a_slurm_submission_sizes_its_packs_for_the_profiles_device():
     cpu = dataclasses.replace(gpu, gpus=0)
     sizes = lambda p: [len(u) for level in submit._level_units(plan, "auto", p) for u in level if u[0].method == "kd"]  # noqa: E731
     assert gpu.gpus == 1 and sizes(gpu) == [120, 120] and sizes(cpu) == [128, 112]
+    # array tasks have a GPU each and run side by side: the 60 teachers are 60 tasks, not 8 packs
+    teachers = [len(u) for level in submit._level_units(plan, "auto", gpu) for u in level if u[0].method == "teacher"]
+    assert teachers == [1] * 60
+    assert [len(u) for u in planner.units(plan, "auto", "cuda") if u[0].method == "teacher"] == [8] * 7 + [4]
 
 
 def test_five_seed_reference_grid_is_two_student_packs():

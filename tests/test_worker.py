@@ -244,3 +244,35 @@ def test_a_config_json_that_says_nothing_is_rewritten_by_the_next_run(tmp_path):
         assert [s.state for _, s in status.job_states(plan, folder)] == [state.PENDING]
         state.write_plan(folder, plan)
         assert json.loads(config.read_text())["config"] == plan.jobs[0].config
+
+
+SPENT_WORKER = """
+import os, sys
+from kd import graphs
+from sweep import worker
+
+def run_one(folders, after, data_root, device, stop):  # a unit whose CUDA capture failed
+    graphs.FAILED_CAPTURES["count"] += 1
+    print("unit", folders[0])
+    return 2
+
+worker.run_one = run_one
+worker.serve(int(sys.argv[1]), None, "cpu")
+"""
+
+
+def test_a_worker_whose_cuda_capture_failed_takes_no_other_unit(tmp_path):
+    """A failed capture leaves CUDA's generator unusable in that process ("Offset increment outside
+    graph capture", seen on an H100): the worker answers for its unit, says it is exiting, and
+    exits, so that the pool starts a fresh worker for the next unit instead of failing it too."""
+    read, write = os.pipe()
+    units = "".join(json.dumps({"folders": [str(tmp_path / n)], "after": [], "log": str(tmp_path / f"{n}.log")}) + "\n"
+                    for n in ("first", "second"))
+    p = subprocess.run([sys.executable, "-c", SPENT_WORKER, str(write)], input=units, text=True, capture_output=True,
+                       pass_fds=(write,), timeout=120)
+    os.close(write)
+    with os.fdopen(read) as answers:
+        assert [json.loads(line) for line in answers] == [{"status": 2, "exiting": True}]
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "first.log").read_text().strip() == f"unit {tmp_path / 'first'}"
+    assert not (tmp_path / "second.log").exists()
