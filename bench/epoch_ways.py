@@ -9,6 +9,8 @@ members on streams of their own gain on a GPU:
   compile               torch.compile(mode="reduce-overhead") of the same step instead
   channels-last         graphs, the model channels-last (a setting: packs of one)
   bf16-channels-last    graphs, bf16 autocast and channels-last (settings: packs of one)
+  graphs-ops-rng        graphs, dropout masks from kd.rng's tensor operations, not its fused CUDA kernel
+  graphs-timed-conv     graphs, cuDNN's convolution algorithms timed, not guessed (KDSWEEP_CUDNN_BENCHMARK=1)
 
     python bench/epoch_ways.py --dataset fashion-mnist --data-root DIR --device cuda
     python bench/epoch_ways.py --units teacher --ways graphs channels-last bf16-channels-last --profile ...
@@ -32,12 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from kd import data as kd_data, graphs, phases, train  # noqa: E402
+from kd import data as kd_data, graphs, phases, rng, train  # noqa: E402
 from kd.config import make_config, packable  # noqa: E402
 
 STEP_CLASS = graphs.Step
 WAYS = {"eager": {}, "graphs": {}, "compile": {}, "channels-last": {"channels_last": True},
-        "bf16-channels-last": {"precision": "bf16", "channels_last": True}}  # way -> the settings it adds
+        "bf16-channels-last": {"precision": "bf16", "channels_last": True},
+        "graphs-ops-rng": {}, "graphs-timed-conv": {}}  # way -> the settings it adds
 
 
 class CompiledStep:
@@ -55,18 +58,23 @@ class CompiledStep:
 def timed(unit: str, way: str, configs, out: Path, data, device: str) -> None:
     """Train ``configs`` one way into ``out`` and print its epochs' seconds and accuracy."""
     os.environ[graphs.ENV] = "0" if way in ("eager", "compile") else "1" if device.startswith("cuda") else "trace"
+    os.environ["KDSWEEP_CUDNN_BENCHMARK"] = "1" if way == "graphs-timed-conv" else "0"
+    fused = rng.FUSED["ok"]
+    if way == "graphs-ops-rng":
+        rng.FUSED["ok"] = False
     graphs.Step = CompiledStep if way == "compile" else STEP_CLASS
     t0 = time.perf_counter()
     try:
         results = train.run_pack(configs, [out / f"{i}" for i in range(len(configs))], dataset=data, device=device)
     except Exception as e:  # a way that cannot run this step: say how
-        print(f"{unit:>10s}, {way:>18s}: failed after {time.perf_counter() - t0:.1f} s: "
+        print(f"{unit:>10s}, {way:>19s}: failed after {time.perf_counter() - t0:.1f} s: "
               f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:160]}", flush=True)
         return
     finally:
         graphs.Step = STEP_CLASS
+        rng.FUSED["ok"] = fused
     seconds = [h["seconds"] for h in results[0]["history"]]
-    print(f"{unit:>10s}, {way:>18s}: first epoch {seconds[0]:.3f} s, then {statistics.median(seconds[1:] or seconds):.3f} s "
+    print(f"{unit:>10s}, {way:>19s}: first epoch {seconds[0]:.3f} s, then {statistics.median(seconds[1:] or seconds):.3f} s "
           f"(median), test accuracy {results[0]['metrics']['test_accuracy']:.4f}; {time.perf_counter() - t0:.1f} s in all",
           flush=True)
 
@@ -93,7 +101,7 @@ def main() -> None:
                 configs = [make_config(dataset=args.dataset, epochs=args.epochs, **member, **WAYS[way])
                            for member in units[unit]]
                 if len(configs) > 1 and not packable(configs[0].to_dict()):
-                    print(f"{unit:>10s}, {way:>18s}: not run (its settings train a job alone, not in a pack)")
+                    print(f"{unit:>10s}, {way:>19s}: not run (its settings train a job alone, not in a pack)")
                     continue
                 timed(unit, way, configs, Path(tmp) / f"{unit}-{way}", data, args.device)
         if args.profile and args.device.startswith("cuda"):

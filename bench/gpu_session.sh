@@ -4,27 +4,29 @@
 #
 #   here:    make gpu-carry      # gpu-carry/: the pure-Python wheels the device's image lacks
 #                                # (mlxtend, submitit) and Fashion-MNIST (Debian's package), 31 MB
-#   device:  bash bench/gpu_session.sh tests grid seeds scaling   (carry: ["gpu-carry"], timeout_s: 450)
-#            bash bench/gpu_session.sh baselines                  (the same carry, what time is left)
-#   A 15-minute session (2026-11-26, an H200) spent 160 s on the first call and 150 s on the second,
-#   plus about 60 s per machine start; `streams` (under 1 min), `compile` (about 2 min) and
-#   `teacher` (50 s) are the open ones. Still open after it: the issue's H100 number (the run
-#   tool's kind nvidia-h100-x1), CNN packs on streams (`tests`: the cnn-pack cases, then `streams`)
-#   and the 5-seed grid's 30 s line (46.8 s on the H200, its teachers most of it). Next: `tests streams grid seeds` in one call (about 6 min), then `compile`.
+#   device:  bash bench/gpu_session.sh grid seeds streams tests startup baselines   (carry: ["gpu-carry"])
+#   A 15-minute session (2026-11-26, an H200) spent 160 s on the first call and 150 s on the second
+#   (baselines), plus about 60 s per machine start; `compile` (about 2 min) and `teacher` (50 s)
+#   were left open there. The one after it packs the 5-seed grid's teachers on a GPU (streams).
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
 #   tests      graph against eager on CUDA (tests/test_graphs.py), the written-out backward on CUDA
 #   grid       `kdsweep run` of the whole reference grid on full Fashion-MNIST (teacher, scratch, 24
-#              students, 12 epochs, process start included), CUDA graphs off then on; the two
-#              results tables compared, and where the time went
-#   seeds      the same grid with 5 seeds (packs across seeds), CUDA graphs on, -j 5 (SEED_JOBS);
+#              students, 12 epochs, process start included), CUDA graphs on then off; the two
+#              results tables compared, and where the time went; then graphs with -j 2
+#   seeds      the same grid with 5 seeds (packs across seeds, the teachers' too), CUDA graphs on
+#              (SEED_GRAPHS; eagerly again where they fail), -j 2 (SEED_JOBS);
 #              TEACHER_SETTINGS='precision = "bf16"; channels_last = true' adds a [teacher] table
+#   gridj      the grid with graphs alone, -j 1 then -j 2 (no eager run, no comparison)
+#   ways       bench/epoch_ways.py: the teacher and five CNNs packed, with graphs: dropout masks from the
+#              fused CUDA kernel or the tensor operations, cuDNN's guessed or timed algorithms; kernels
 #   teacher    bench/epoch_ways.py: the teacher's epoch in float32, channels-last, bf16; its kernels
 #   compile    bench/epoch_ways.py: eager, kd's graphs, torch.compile(mode="reduce-overhead")
 #   streams    bench/epoch_ways.py: the teacher alone against five CNNs packed (seeds 0-4, each
 #              member on a CUDA stream of its own), eager and graphs: whether packing the 5-seed
 #              grid's teachers pays (it does if the pack's epoch is well under 5x the teacher's)
+#   jit        the fused dropout mask's compile time, torch's kernel cache empty, then filled
 #   startup    what a process pays before its first step: kdsweep's CLI, torch's import, CUDA, data
 #   baselines  bench/kd_grid.py: kd-sweep, the reference loop and one process per point, side by
 #              side (the two naive sides sampled: 1 student each, scaled, as the output says)
@@ -51,13 +53,37 @@ stage() {  # stage NAME SECONDS COMMAND...: run it bounded, its output in $OUT/N
     echo "$name: exit $rc after $((SECONDS - t0)) s: $(tail -n 1 "$OUT/$name.txt")"
 }
 
-grid() {  # the end-to-end number: kdsweep run on the example sweep, CUDA graphs $1 (0 or 1)
-    local graphs=$1 results=/tmp/kd-gpu-results-$1
+grid() {  # the end-to-end number: kdsweep run on the example sweep, CUDA graphs $1 (0 or 1), -j ${2:-1}
+    local graphs=$1 jobs=${2:-1} results=/tmp/kd-gpu-results-$1
+    [ "$jobs" = 1 ] || results=$results-j$jobs
     rm -rf "$results"
     local t0=$EPOCHREALTIME
-    KDSWEEP_CUDA_GRAPHS=$graphs $PY -m sweep.cli -q run "$SWEEP" --results "$results" --data-root "$DATA" || return
-    echo "kdsweep run $SWEEP, CUDA graphs $graphs: $(awk "BEGIN {print $EPOCHREALTIME - $t0}") s end to end"
+    KDSWEEP_CUDA_GRAPHS=$graphs $PY -m sweep.cli -q run "$SWEEP" -j "$jobs" --results "$results" --data-root "$DATA" || return
+    echo "kdsweep run $SWEEP, CUDA graphs $graphs, -j $jobs: $(awk "BEGIN {print $EPOCHREALTIME - $t0}") s end to end"
     $PY -m sweep.cli -q collect "$SWEEP" --results "$results" > /dev/null
+    $PY -c "
+import glob, pandas as pd
+r = pd.read_parquet(glob.glob('$results/*/results.parquet')[0])
+e = pd.read_parquet(glob.glob('$results/*/epochs.parquet')[0])
+print('wall_seconds by method (median):', r.groupby('method')['wall_seconds'].median().round(2).to_dict(),
+      '; first epoch:', e[e.epoch == 1].groupby('method')['seconds'].median().round(3).to_dict(),
+      '; later epochs (median):', e[e.epoch > 1].groupby('method')['seconds'].median().round(3).to_dict())
+"
+}
+
+jit() {  # the fused dropout mask's compile (NVRTC), with torch's kernel cache empty, then filled
+    local cache=/tmp/kd-jit-cache
+    rm -rf "$cache"
+    for when in cold warm; do
+        PYTORCH_KERNEL_CACHE_PATH=$cache $PY -c "
+import time, torch
+from kd import rng
+k = rng.keys_tensor([0, 1], 0, device='cuda'); torch.cuda.synchronize()
+t0 = time.perf_counter(); rng.at_least(k, (256, 10816), 0.5); torch.cuda.synchronize(); t1 = time.perf_counter()
+rng.at_least(k, (256, 10816), 0.5); torch.cuda.synchronize(); t2 = time.perf_counter()
+print('$when kernel cache: first fused mask %.3f s, the next %.3f ms; %s' % (t1 - t0, (t2 - t1) * 1e3, rng.FUSED))
+"
+    done
 }
 
 compare() {  # the two runs' results: the same accuracies (float tolerance); where the time went
@@ -77,7 +103,7 @@ print(f"{len(a)} jobs; largest accuracy difference graphs vs eager: {diff.max():
 EOF
 }
 
-seeds() {  # the 5-seed grid (packs across seeds: 5 teachers, a pack of 5 scratch and one of 120 KD students)
+seeds() {  # the 5-seed grid (packs across seeds: on a GPU a pack of 5 teachers, one of 5 scratch and one of 120 KD students)
     local file=/tmp/kd-gpu-5seeds.toml results=/tmp/kd-gpu-results-5seeds
     sed -e 's/^seed = \[0\]/seed = [0, 1, 2, 3, 4]/' -e 's/^name = "\(.*\)"/name = "\1-5seeds"/' "$SWEEP" > "$file"
     if [ -n "${TEACHER_SETTINGS:-}" ]; then  # e.g. 'precision = "bf16"; channels_last = true'
@@ -87,8 +113,8 @@ seeds() {  # the 5-seed grid (packs across seeds: 5 teachers, a pack of 5 scratc
     rm -rf "$results"
     $PY -m sweep.cli plan "$file" | tail -n 3
     local t0=$EPOCHREALTIME
-    KDSWEEP_CUDA_GRAPHS=1 $PY -m sweep.cli -q run "$file" -j "${SEED_JOBS:-5}" --results "$results" --data-root "$DATA" || return
-    echo "kdsweep run, 5 seeds, -j ${SEED_JOBS:-5}, CUDA graphs 1: $(awk "BEGIN {print $EPOCHREALTIME - $t0}") s end to end"
+    KDSWEEP_CUDA_GRAPHS=${SEED_GRAPHS:-1} $PY -m sweep.cli -q run "$file" -j "${SEED_JOBS:-2}" --results "$results" --data-root "$DATA" || return
+    echo "kdsweep run, 5 seeds, -j ${SEED_JOBS:-2}, CUDA graphs ${SEED_GRAPHS:-1}: $(awk "BEGIN {print $EPOCHREALTIME - $t0}") s end to end"
     $PY -m sweep.cli -q collect "$file" --results "$results" > /dev/null
     $PY -c "
 import glob, pandas as pd
@@ -113,28 +139,35 @@ print(f'import torch {t1 - t:.2f} s, CUDA init {t2 - t1:.2f} s, Fashion-MNIST lo
 "
 }
 
-export -f grid compare seeds startup
-export PY DATA SWEEP
+export -f grid compare seeds startup jit
+export PY DATA SWEEP OUT
 [ $# -gt 0 ] || set -- tests streams grid seeds
 nvidia-smi >> "$OUT/versions.txt" 2>&1
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" >> "$OUT/versions.txt" 2>&1
 tail -n 1 "$OUT/versions.txt"
 for s in "$@"; do
     case $s in
-        tests) stage tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pack.py \
+        tests) stage tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pack.py tests/test_rng.py \
                    -k "cuda or written or replayed" ;;
-        grid) stage grid-eager 120 bash -c "grid 0"; stage grid-graphs 120 bash -c "grid 1"
-              stage grid-compare 30 bash -c compare ;;
-        seeds) stage seeds 150 bash -c seeds ;;
+        grid) stage grid-graphs 120 bash -c "grid 1"; stage grid-eager 120 bash -c "grid 0"
+              stage grid-compare 30 bash -c compare; stage grid-graphs-j2 120 bash -c "grid 1 2" ;;
+        gridj) stage grid-graphs 120 bash -c "grid 1"; stage grid-graphs-j2 120 bash -c "grid 1 2" ;;
+        ways) stage ways 150 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
+                  --units teacher cnn-pack --ways graphs graphs-ops-rng graphs-timed-conv --profile ;;
+        seeds) stage seeds 150 bash -c seeds
+               if ! grep -q "s end to end" "$OUT/seeds.txt"; then  # graphs failed: the eager number, at least
+                   SEED_GRAPHS=0 stage seeds-eager 150 bash -c seeds
+               fi ;;
         startup) stage startup 60 bash -c startup ;;
+        jit) stage jit 60 bash -c jit ;;
         compile) stage compile 300 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda ;;
         streams) stage streams 150 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
                      --units teacher cnn-pack --ways eager graphs ;;
         teacher) stage teacher 120 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
                      --units teacher --ways graphs channels-last bf16-channels-last --profile ;;
-        baselines) stage baselines 560 env KDSWEEP_CUDA_GRAPHS=1 $PY bench/kd_grid.py --dataset fashion-mnist \
+        baselines) stage baselines 240 env KDSWEEP_CUDA_GRAPHS=1 $PY bench/kd_grid.py --dataset fashion-mnist \
                        --data-root "$DATA" --epochs 12 --full-grid --device cuda --naive-sample 1 --reference-sample 1 ;;
         scaling) stage scaling 120 $PY bench/pack_scaling.py --device cuda --sizes 1 8 24 120 480 ;;
-        *) echo "unknown stage '$s' (tests, grid, seeds, startup, streams, teacher, compile, baselines, scaling)"; exit 2 ;;
+        *) echo "unknown stage '$s' (tests, grid, gridj, ways, seeds, jit, startup, streams, teacher, compile, baselines, scaling)"; exit 2 ;;
     esac
 done
