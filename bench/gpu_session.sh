@@ -6,8 +6,10 @@
 #                                # (mlxtend, submitit) and Fashion-MNIST (Debian's package), 31 MB
 #   device:  bash bench/gpu_session.sh grid seeds streams tests startup baselines   (carry: ["gpu-carry"])
 #   A 15-minute session (2026-11-26, an H200) spent 160 s on the first call and 150 s on the second
-#   (baselines), plus about 60 s per machine start; `compile` (about 2 min) and `teacher` (50 s)
-#   were left open there. The one after it packs the 5-seed grid's teachers on a GPU (streams).
+#   (baselines), plus about 60 s per machine start. The next (an H100, kind nvidia-h100-x1 named)
+#   ran `grid seeds streams tests startup baselines` in 330 s, `tests ways gridj seeds` in 185 s
+#   and `jit gridj seeds` in 85 s, about 30 s per start: 700 s of its 900. Still open: `compile`
+#   (about 2 min) and the 5-seed grid's 30 s (37.0 s, the teachers' convolutions and max-pools).
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):

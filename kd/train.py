@@ -77,6 +77,11 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
             raise UserError(f"{o}: exists and is not a folder")
     results: dict[Path, dict | None] = {o: r for c, o in zip(configs, outs) if (r := finished(o, c)) is not None}
     todo = [(c, o) for c, o in zip(configs, outs) if o not in results]
+    damaged = _damaged_teachers([c for c, _ in todo])
+    if damaged:  # a teacher's model.pt damaged since it finished: its students fail, their pack-mates train
+        todo = [(c, o) for c, o in todo if not (c.teacher and kd_teacher.model_file(c.teacher) in damaged)]
+        if not todo:
+            raise next(iter(damaged.values()))
     if todo:
         dev = pick_device(device)
         seen_by_teacher = kd_teacher.FORWARD_IMAGES["count"]
@@ -105,7 +110,9 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
                     (o / CHECKPOINT).unlink(missing_ok=True)
         if lost and not (stop is not None and stop()):  # the others are done (stopped: resume meets it again)
             raise Diverged([f for d in lost for f in d.folders], [e for d in lost for e in d.epochs])
-    return [results[o] for o in outs]
+    if damaged and not (stop is not None and stop()):
+        raise next(iter(damaged.values()))
+    return [results.get(o) for o in outs]
 
 
 def finished(out: Path, config: TrainConfig) -> dict[str, Any] | None:
@@ -149,6 +156,18 @@ def _check_pack(configs: list[TrainConfig]) -> None:
         if (c.method in TEACHER_METHODS or configs[0].method in TEACHER_METHODS) and c.method != configs[0].method:
             raise UserError(f"a teacher packs with teachers of its method alone: not a {c.method} job with a "
                             f"{configs[0].method} job")
+
+
+def _damaged_teachers(configs: list[TrainConfig]) -> dict[Path, kd_teacher.DamagedTeacher]:
+    """The members' teachers whose model.pt is not the file their job wrote (overwritten since)."""
+    out = {}
+    for f in dict.fromkeys(kd_teacher.model_file(c.teacher) for c in configs if c.teacher):
+        try:
+            if f.is_file():  # a missing one: _teachers says so, as before
+                kd_teacher.verified(f)
+        except kd_teacher.DamagedTeacher as e:
+            out[f] = e
+    return out
 
 
 def _teachers(configs: list[TrainConfig], data: kd_data.Dataset, dev: torch.device, online: bool):

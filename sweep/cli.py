@@ -268,11 +268,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     print()
     levels = plan.levels()
-    kind = local.device_kind(None)
-    packs = units(plan, pack, kind)
-    sized = f", sized for this machine's {'GPU' if kind == 'cuda' else 'CPU'}" if pack == "auto" else ""
-    print(f"local run: {_count(len(packs), 'unit')} (pack {pack}{sized}: "
-          f"jobs that share a model and its settings train together); "
+    if args.profile:  # as the submission will pack: array tasks, a device each
+        packs = [u for level in submit._level_units(plan, pack, prof) for u in level]
+        sized = f", sized for the profile's {'GPU' if prof.gpus else 'CPU'}s" if pack == "auto" else ""
+        where = f"SLURM submission (profile {prof.name}): {_count(len(packs), 'array task')}"
+    else:
+        kind = local.device_kind(None)
+        packs = units(plan, pack, kind)
+        sized = f", sized for this machine's {'GPU' if kind == 'cuda' else 'CPU'}" if pack == "auto" else ""
+        where = f"local run: {_count(len(packs), 'unit')}"
+    print(f"{where} (pack {pack}{sized}: jobs that share a model and its settings train together); "
           f"largest pack {_count(max(len(u) for u in packs), 'job')}")
     print("order: " + "; then ".join(f"{_count(len(lvl), 'job')} " + (
         ("that needs nothing" if len(lvl) == 1 else "that need nothing") if not lvl[0].depends_on
@@ -282,7 +287,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.profile:
         for level, tasks, text in submit.preview(plan, prof, out.resolve(), args.data_root, pack=pack):
             jobs = sum(len(t) for t in tasks)
-            print(f"\n# ---- array '{level}': {len(tasks):,} tasks ({jobs:,} jobs, pack {pack}), "
+            print(f"\n# ---- array '{level}': {_count(len(tasks), 'task')} ({_count(jobs, 'job')}, pack {pack}), "
                   f"profile {prof.name} ({prof.path}) ----")
             print(text.rstrip())
     if args.verbose:

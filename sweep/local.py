@@ -227,7 +227,7 @@ def _start(members: list[Job], after: list[Path], *, folder: Path, pool: Pool) -
               + (f" --after {' '.join(map(str, after))}" if after else "") + "\n")
     for d in dirs[1:]:  # a pack logs into its first job's log; the others say where
         with open(d / "log", "a") as other:
-            other.write(header + f"(packed with {len(dirs)} students: see {dirs[0] / 'log'})\n")
+            other.write(header + f"(packed with {len(dirs)} jobs: see {dirs[0] / 'log'})\n")
     with open(dirs[0] / "log", "a") as log:
         log.write(header)
     return pool.run(dirs, after, dirs[0] / "log")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from kd import atomic
+from kd.config import TEACHER_METHODS
 from kd.errors import UserError
 from sweep import collect, compare, plots, state
 from sweep.plan import Plan, units
@@ -271,16 +272,18 @@ def _version(commit: str, diff: str) -> str:
 
 
 def compute_time(results: pd.DataFrame) -> list[tuple[str, float, float, float]]:
-    """Per device: (device, training hours of the processes, of which in packs, hours that one process
-    per grid point would have taken by bench/kd_grid.py's measured ratio). A pack's members each record
-    the pack's time: each counts 1/pack_size of it."""
+    """Per device: (device, training hours of the processes, of which in packs of students, hours that
+    one process per grid point would have taken by bench/kd_grid.py's measured ratio, which is the
+    students'; a pack of teachers counts as its own time). A pack's members each record the pack's
+    time: each counts 1/pack_size of it."""
     if results.empty or "wall_seconds" not in results:
         return []
     df = results.assign(pack_size=results.get("pack_size", 1)).fillna({"pack_size": 1, "device": "unknown"})
     df = df.assign(hours=df["wall_seconds"] / df["pack_size"] / 3600)
     out = []
     for device, g in df.groupby("device"):
-        packed = g.loc[g["pack_size"] > 1, "hours"].sum()
+        students = ~g["method"].isin(TEACHER_METHODS) if "method" in g else True
+        packed = g.loc[(g["pack_size"] > 1) & students, "hours"].sum()
         ratio = NAIVE_RATIO["cpu" if str(device).startswith("cpu") else "gpu"][0]
         out.append((str(device), g["hours"].sum(), packed, g["hours"].sum() - packed + ratio * packed))
     return out
@@ -312,8 +315,8 @@ def provenance_blocks(results: pd.DataFrame, folder: Path) -> tuple:
         blocks.append(Text(
             f"{device}: {60 * hours:.1f} min of training ({hours:.2f} {kind} hours: each process's training time "
             f"from the rows' wall_seconds, a pack counted once; start-up and waiting not included), "
-            f"{60 * packed:.1f} min of it in packs. One process per grid point would have taken about "
-            f"{naive:.2f} {kind} hours: the packed part times {ratio:g}, the ratio bench/kd_grid.py measured "
+            f"{60 * packed:.1f} min of it in packs of students. One process per grid point would have taken about "
+            f"{naive:.2f} {kind} hours: the packed students' part times {ratio:g}, the ratio bench/kd_grid.py measured "
             f"({what}; README, Speed)."))
     return tuple(blocks)
 

@@ -214,7 +214,7 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
 def check_pack(value: Any, where: str) -> int | str | None:
     if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value
-    raise UserError(f"{where}: {value!r} must be \"auto\" or a number of students >= 1 (1: no packing)")
+    raise UserError(f"{where}: {value!r} must be \"auto\" or a number of jobs >= 1 (1: no packing)")
 
 
 def check_max_jobs(value: Any, where: str) -> int:

@@ -46,6 +46,10 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
                    known[-1])
         ids[jid] = sid
         st, reason = seen[sid]
+        if states[jid].state == state.DAMAGED and st not in (state.RUNNING, state.QUEUED):
+            # its task ended with a result that was damaged since: the folder's word says what, and resume
+            states[jid] = state.JobState(state.DAMAGED, states[jid].detail, slurm_id=sid)
+            continue
         trainer = (state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id") \
             if st in (state.FAILED, state.CANCELLED) and states[jid].state == state.RUNNING else None
         if trainer and trainer != sid:

@@ -122,7 +122,7 @@ SWEEPS = [
     (_train("augment = 1"), "train.augment: expected bool, got 1"),
     (_grid("seed = [0, 1.5]"), "grid.seed[1]: expected int, got 1.5"),
     (_edit("alpha = [0.5]", 'alpha = [0.5, "x"]'), "grid.alpha[1]: expected float, got 'x'"),
-    ('pack = "big"\n' + GOOD, "pack: 'big' must be \"auto\" or a number of students >= 1"),
+    ('pack = "big"\n' + GOOD, "pack: 'big' must be \"auto\" or a number of jobs >= 1"),
     ("pack = 0\n" + GOOD, "pack: 0 must be \"auto\" or a number"),
     ("pack = true\n" + GOOD, "pack: True must be \"auto\""),
     ("max_jobs = 0\n" + GOOD, "max_jobs: 0 must be a number of jobs >= 1"),
@@ -368,7 +368,7 @@ PROFILES = [
     (_p('runtime = "none"', 'runtime = "apptainer"'), "container.image: runtime 'apptainer' needs an image"),
     (_box('binds = ["/a,/b"]'), "container.binds: expected a list of paths"),
     (_box('binds = [""]'), "container.binds: expected a list of paths"),
-    (_top("pack = 0"), "pack: 0 must be \"auto\" or a number of students >= 1"),
+    (_top("pack = 0"), "pack: 0 must be \"auto\" or a number of jobs >= 1"),
     (PROFILE + "zzz = 1\n", "container.zzz: unknown key (known: runtime, image, binds, nv, python)"),
 ]
 

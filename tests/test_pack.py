@@ -138,6 +138,27 @@ def test_packed_teachers_equal_teachers_alone_and_teach_the_same(tmp_path, tiny)
     assert abs(a["metrics"]["test_accuracy"] - b["metrics"]["test_accuracy"]) <= 0.01
 
 
+def test_a_teacher_damaged_since_it_finished_fails_its_students_alone(tmp_path, small, teacher_dir,
+                                                                      second_teacher_dir):
+    """A teacher's model.pt overwritten in place (its size kept): its students fail with the line
+    that names it, and their pack-mates of another teacher train to their results."""
+    from kd import teacher as kd_teacher
+
+    bad = tmp_path / "bad-teacher"
+    shutil.copytree(second_teacher_dir, bad)
+    model = bad / "model.pt"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 1000] = bytes(1000)
+    model.write_bytes(bytes(data))
+    configs = [_kd(teacher_dir, seed=0, epochs=1), _kd(bad, seed=1, epochs=1)]
+    with pytest.raises(kd_teacher.DamagedTeacher, match="bad-teacher/model.pt"):
+        train.run_pack(configs, [tmp_path / "good", tmp_path / "lost"], dataset=small, device="cpu")
+    assert (tmp_path / "good" / "result.json").exists() and not (tmp_path / "lost" / "result.json").exists()
+    with pytest.raises(kd_teacher.DamagedTeacher):  # alone: nothing trains, nothing is written
+        train.run_pack(configs[1:], [tmp_path / "alone"], dataset=small, device="cpu")
+    assert not (tmp_path / "alone").exists()
+
+
 def test_a_teacher_packs_with_teachers_of_its_method_alone(tmp_path, tiny):
     from kd.errors import UserError
 

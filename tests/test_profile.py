@@ -62,7 +62,7 @@ def test_sbatch_scripts_say_what_matters(capsys, monkeypatch, tmp_path):
     text = _sbatch_text(capsys, monkeypatch, tmp_path)
     first, students = text.split("# ---- array 'students'")
     assert "2 tasks (2 jobs" in first and "#SBATCH --array=0-1%2" in first and "--dependency" not in first
-    assert "1 tasks (24 jobs, pack auto)" in students and "#SBATCH --array=0-0%1" in students  # one packed task
+    assert "1 task (24 jobs, pack auto)" in students and "#SBATCH --array=0-0%1" in students  # one packed task
     assert re.search(r"#SBATCH --dependency='?afterok:", students)
     for script in (first, students):
         assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --time=120" in script
@@ -123,3 +123,11 @@ def test_charliecloud_refuses_a_bind_the_image_has_no_directory_for(tmp_path, ca
     p.write_text(GOOD.replace('runtime = "none"', f'runtime = "charliecloud"\nimage = "{tmp_path}/nope"'))
     assert main(["run", "demo", "--profile", str(p), "--results", str(tmp_path / "r")]) == 2
     assert f"container.image: {tmp_path}/nope does not exist" in capsys.readouterr().err
+
+
+def test_plan_with_a_profile_counts_the_array_tasks_not_a_local_runs_units(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["plan", "reference-mnist", "--profile", "generic-apptainer", "--results", "/shared/results"]) == 0
+    out = capsys.readouterr().out
+    assert "SLURM submission (profile generic-apptainer): 3 array tasks (pack auto, sized for the profile's GPUs" in out
+    assert "local run:" not in out

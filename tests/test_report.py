@@ -146,9 +146,11 @@ def test_committed_results_without_job_folders(tmp_path):
 
 
 def test_compute_time_counts_a_pack_once():
-    rows = pd.DataFrame({"device": ["cpu (x86_64)"] * 3 + ["NVIDIA H100 (tf32 on)"],
-                         "wall_seconds": [3600.0, 1800.0, 1800.0, 360.0], "pack_size": [1, 2, 2, 1]})
-    assert report.compute_time(rows) == [("NVIDIA H100 (tf32 on)", 0.1, 0.0, 0.1),
+    rows = pd.DataFrame({"device": ["cpu (x86_64)"] * 3 + ["NVIDIA H100 (tf32 on)"] * 3,
+                         "method": ["teacher", "kd", "kd", "scratch", "teacher", "teacher"],
+                         "wall_seconds": [3600.0, 1800.0, 1800.0, 360.0, 720.0, 720.0], "pack_size": [1, 2, 2, 1, 2, 2]})
+    # the students' ratio for packed students alone: a pack of teachers (a GPU's) counts as its time
+    assert report.compute_time(rows) == [("NVIDIA H100 (tf32 on)", pytest.approx(0.3), 0.0, pytest.approx(0.3)),
                                          ("cpu (x86_64)", 1.5, 0.5, pytest.approx(1.0 + 20.2 * 0.5))]
 
 

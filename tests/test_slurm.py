@@ -72,6 +72,16 @@ def test_sweep_on_slurm_equals_local_and_teacher_first(slurm_cluster, tmp_path, 
     for sid in students.values():
         assert times[sid][0] >= teacher_end, (times, teacher_end)  # ISO times compare as strings
 
+    # a result damaged after its task ended: status says so (and how to recover), not Slurm's
+    # "ended without a result" for a task that completed
+    student = next(j for j in plan.jobs if j.method == "kd")
+    model = state.job_dir(tmp_path / "slurm" / "tiny", student) / "model.pt"
+    with open(model, "r+b") as f:
+        f.truncate(100)
+    shown = kdsweep("status", sweep_file, "--results", tmp_path / "slurm", check=False).stdout
+    line = next(x for x in shown.splitlines() if student.id in x)
+    assert "damaged" in line and "model.pt has 100 bytes" in line and "without a result" not in line, line
+
 
 def test_preempted_job_requeues_mid_epoch_and_cancelled_job_reruns_alone(slurm_cluster, tmp_path):
     sweep_file = tmp_path / "long.toml"
