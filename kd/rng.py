@@ -9,10 +9,13 @@ SC 2011), with a simpler mixing function, which is plenty for dropout and augmen
 """
 from __future__ import annotations
 
+import logging
 import math
 import struct
 
 import torch
+
+log = logging.getLogger(__name__)
 
 M32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive counters apart
@@ -78,10 +81,10 @@ def threshold(p: float) -> int:
 
 
 def at_least(keys: torch.Tensor, shape: tuple[int, ...], p: float) -> torch.Tensor:
-    """``uniform(keys, shape) >= p`` (bool), exactly, from the words alone: a dropout mask without
-    the floats (three fewer kernels a mask). On CUDA one fused kernel computes the same mask
-    (as int32 0/1, which multiplies as the bool does); elsewhere, or where it cannot be compiled,
-    the tensor operations above."""
+    """``uniform(keys, shape) >= p``, exactly, from the words alone: a dropout mask without the
+    floats (three fewer kernels a mask). A bool tensor; on CUDA an int32 one of 0 and 1 (one fused
+    kernel computes it): the same mask to multiply by, or to convert (``.to(dtype)``, ``.bool()``).
+    Where the kernel cannot be compiled, or under a tracer or vmap, the tensor operations above."""
     if keys.is_cuda and FUSED["ok"] is not False:
         mask = _fused_at_least(keys, shape, threshold(p))
         if mask is not None:
@@ -103,20 +106,22 @@ template <typename T> T kd_keep_THRESHOLD(T index, T key) {
     return x >= THRESHOLDu ? T(1) : T(0);
 }
 """
-FUSED: dict = {"ok": None, "error": ""}  # None: not tried yet; False: it failed here once (then the ops)
+FUSED: dict = {"ok": None, "error": ""}  # None: not tried yet; False: it did not compile here (then the ops)
 _KERNELS: dict[int, object] = {}
 _INDICES: dict[tuple, torch.Tensor] = {}
 
 
 def _fused_at_least(keys: torch.Tensor, shape: tuple[int, ...], thr: int) -> torch.Tensor | None:
     n = math.prod(shape)
-    if thr > M32 or n >= 1 << 31:
+    if thr > M32 or n >= 1 << 31 or _traced(keys):
         return None
     capturing = torch.cuda.is_current_stream_capturing()
     index = _INDICES.get((n, keys.device))
     if index is None:  # made outside a capture (a captured one would hold nothing until replayed)
         index = torch.arange(n, dtype=torch.int32, device=keys.device)
         if not capturing:
+            # finished before it is shared: a pack's members draw on streams of their own (kd.stack)
+            torch.cuda.current_stream(keys.device).synchronize()
             _INDICES[(n, keys.device)] = index
     try:
         kernel = _KERNELS.get(thr)
@@ -127,13 +132,23 @@ def _fused_at_least(keys: torch.Tensor, shape: tuple[int, ...], thr: int) -> tor
                 _FUSED_SOURCE.replace("THRESHOLD", str(thr)).replace("GOLDEN", hex(GOLDEN)))
         k = keys.reshape(keys.shape + (1,) * len(shape)).to(torch.int32)  # the 32-bit word, wrapped
         mask = kernel(index.reshape(shape), k)
-    except Exception as e:  # no NVRTC, a compiler error: the tensor operations, from now on
-        if capturing:
+    except Exception as e:
+        if capturing or FUSED["ok"]:  # it ran before: this is no compiler's error (out of memory, say)
             raise
+        # no NVRTC, a compiler error: the tensor operations, from now on
         FUSED.update(ok=False, error=f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+        log.warning("dropout masks from tensor operations: the fused CUDA kernel did not compile (%s)", FUSED["error"])
         return None
     FUSED["ok"] = True
     return mask
+
+
+def _traced(keys: torch.Tensor) -> bool:
+    """Under a dispatch mode (make_fx's trace, which would not record the fused kernel's launch)
+    or inside vmap (a batched tensor the kernel cannot take)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None or torch._C._functorch.is_batchedtensor(keys)
 
 
 def normal(keys: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -79,7 +79,7 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
     todo = [(c, o) for c, o in zip(configs, outs) if o not in results]
     damaged = _damaged_teachers([c for c, _ in todo])
     if damaged:  # a teacher's model.pt damaged since it finished: its students fail, their pack-mates train
-        todo = [(c, o) for c, o in todo if not (c.teacher and kd_teacher.model_file(c.teacher) in damaged)]
+        todo = [(c, o) for c, o in todo if c.teacher not in damaged]
         if not todo:
             raise next(iter(damaged.values()))
     if todo:
@@ -158,15 +158,19 @@ def _check_pack(configs: list[TrainConfig]) -> None:
                             f"{configs[0].method} job")
 
 
-def _damaged_teachers(configs: list[TrainConfig]) -> dict[Path, kd_teacher.DamagedTeacher]:
-    """The members' teachers whose model.pt is not the file their job wrote (overwritten since)."""
+def _damaged_teachers(configs: list[TrainConfig]) -> dict[str, kd_teacher.DamagedTeacher]:
+    """The members' teachers (as the configs name them) whose model.pt is not the file their job
+    wrote: overwritten or cut since, or their result kept aside as damaged (by another pack's
+    student, meanwhile)."""
     out = {}
-    for f in dict.fromkeys(kd_teacher.model_file(c.teacher) for c in configs if c.teacher):
+    for t in dict.fromkeys(c.teacher for c in configs if c.teacher):
         try:
-            if f.is_file():  # a missing one: _teachers says so, as before
-                kd_teacher.verified(f)
+            f = kd_teacher.model_file(t)
+            kd_teacher.verified(f)
         except kd_teacher.DamagedTeacher as e:
-            out[f] = e
+            out[t] = e
+        except UserError:  # no teacher there (not found, not finished): _teachers says so, as before
+            continue
     return out
 
 

@@ -157,6 +157,12 @@ def test_a_teacher_damaged_since_it_finished_fails_its_students_alone(tmp_path, 
     with pytest.raises(kd_teacher.DamagedTeacher):  # alone: nothing trains, nothing is written
         train.run_pack(configs[1:], [tmp_path / "alone"], dataset=small, device="cpu")
     assert not (tmp_path / "alone").exists()
+    # its result kept aside meanwhile (as a worker does for the first pack that met it): the next
+    # pack of its students and others' is the same story, not a failure of the whole pack
+    (bad / "result.json").rename(bad / "result.json.damaged-20261126")
+    with pytest.raises(kd_teacher.DamagedTeacher, match="kept aside as damaged"):
+        train.run_pack(configs, [tmp_path / "good2", tmp_path / "lost2"], dataset=small, device="cpu")
+    assert (tmp_path / "good2" / "result.json").exists() and not (tmp_path / "lost2" / "result.json").exists()
 
 
 def test_a_teacher_packs_with_teachers_of_its_method_alone(tmp_path, tiny):

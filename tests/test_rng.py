@@ -56,3 +56,16 @@ def test_the_fused_cuda_mask_is_the_words_mask():
             assert torch.equal(cuda.cpu().bool(), cpu), (shape, p)
             alone = rng.at_least(keys[2].cuda(), shape, p)  # a 0-d key, as a looped member's module has
             assert torch.equal(alone.cpu().bool(), cpu[2]), (shape, p)
+
+
+def test_the_fused_mask_stands_aside_under_a_tracer_or_vmap():
+    """make_fx would not record the fused kernel's launch (a replayed trace would draw from memory
+    never written), and vmap hands it a batched key it cannot take: there the tensor operations."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    keys = rng.keys_tensor([0, 1], 3)
+    assert not rng._traced(keys)
+    seen = []
+    make_fx(lambda k: seen.append(rng._traced(k)) or k + 1)(keys)
+    vmap(lambda k: seen.append(rng._traced(k)) or k + 1)(keys)
+    assert seen == [True, True]
