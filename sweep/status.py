@@ -46,8 +46,10 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
                    known[-1])
         ids[jid] = sid
         st, reason = seen[sid]
-        if states[jid].state == state.DAMAGED and st not in (state.RUNNING, state.QUEUED):
-            # its task ended with a result that was damaged since: the folder's word says what, and resume
+        if states[jid].state == state.DAMAGED and (st not in (state.RUNNING, state.QUEUED) or sid == (
+                state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id")):
+            # the task that wrote its result (ended, or ending) wrote one damaged since: the folder's
+            # word says what, and resume; a task submitted again says where the job is instead
             states[jid] = state.JobState(state.DAMAGED, states[jid].detail, slurm_id=sid)
             continue
         trainer = (state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id") \
