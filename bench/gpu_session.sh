@@ -10,6 +10,8 @@
 #   ran `grid seeds streams tests startup baselines` in 330 s, `tests ways gridj seeds` in 185 s
 #   and `jit gridj seeds` in 85 s, about 30 s per start: 700 s of its 900. Still open: `compile`
 #   (about 2 min) and the 5-seed grid's 30 s (37.0 s, the teachers' convolutions and max-pools).
+#   Next: `tests ways gridj seeds` (about 3 min): the fused mask's review fixes (its index synced
+#   across the pack's streams, its fallback) ran on no GPU yet; then `compile`.
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
