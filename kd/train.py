@@ -78,10 +78,11 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
     results: dict[Path, dict | None] = {o: r for c, o in zip(configs, outs) if (r := finished(o, c)) is not None}
     todo = [(c, o) for c, o in zip(configs, outs) if o not in results]
     damaged = _damaged_teachers([c for c, _ in todo])
+    failed = {o: damaged[c.teacher] for c, o in todo if c.teacher in damaged}  # each member's own error
     if damaged:  # a teacher's model.pt damaged since it finished: its students fail, their pack-mates train
-        todo = [(c, o) for c, o in todo if c.teacher not in damaged]
+        todo = [(c, o) for c, o in todo if o not in failed]
         if not todo:
-            raise next(iter(damaged.values()))
+            raise _each_its_own(failed)
     if todo:
         dev = pick_device(device)
         seen_by_teacher = kd_teacher.FORWARD_IMAGES["count"]
@@ -97,22 +98,33 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
         for (c, o), state in zip(todo, states):
             o.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
             groups.setdefault((state["epoch"], state.get("step", 0)) if state else (0, 0), []).append((c, o, state))
-        lost: list[Diverged] = []
+        lost: list[Diverged] = []  # also in ``failed``, each member's
         for members in groups.values():
             for (_, o, _), r in zip(members, _train(members, data, teachers, dev, stop, checkpoint_every,
                                                     seen_by_teacher, keep_checkpoint)):
                 if isinstance(r, Diverged):  # its checkpoint holds what is not numbers: nothing to resume
                     lost.append(r)
+                    failed[o] = r
                     (o / CHECKPOINT).unlink(missing_ok=True)
                     r = None
                 results[o] = r
                 if r is not None and not keep_checkpoint:
                     (o / CHECKPOINT).unlink(missing_ok=True)
-        if lost and not (stop is not None and stop()):  # the others are done (stopped: resume meets it again)
-            raise Diverged([f for d in lost for f in d.folders], [e for d in lost for e in d.epochs])
-    if damaged and not (stop is not None and stop()):
-        raise next(iter(damaged.values()))
+    if failed and not (stop is not None and stop()):  # the others are done (stopped: resume meets it again)
+        raise _each_its_own(failed)
     return [results.get(o) for o in outs]
+
+
+def _each_its_own(failed: dict[Path, Exception]) -> Exception:
+    """One error for a pack whose members failed for reasons of their own (a teacher damaged, the
+    loss not a number): the first, or all the diverged ones together; ``per_member`` maps each
+    member's folder to its own error (sweep.worker writes each member its own line)."""
+    errors = list(failed.values())
+    first = errors[0]
+    if all(isinstance(e, Diverged) for e in errors) and len(errors) > 1:
+        first = Diverged([f for d in errors for f in d.folders], [n for d in errors for n in d.epochs])
+    first.per_member = dict(failed)
+    return first
 
 
 def finished(out: Path, config: TrainConfig) -> dict[str, Any] | None:

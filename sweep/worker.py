@@ -137,16 +137,21 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
                     if not (f / "result.json").exists():
                         state.record_stop(f, signal.Signals(signum).name)
         except Exception as e:  # a kill or Ctrl-C leaves no error.json: the job shows as interrupted
-            line = f"{e.__class__.__name__}: {e}".splitlines()[0] if str(e) else e.__class__.__name__
-            if isinstance(e, DamagedTeacher):
-                _teacher_damaged(e.folder, str(e))
+            own = getattr(e, "per_member", {})  # members that failed for reasons of their own (kd.train)
+            for err in {id(x): x for x in [e, *own.values()]}.values():
+                if isinstance(err, DamagedTeacher):
+                    _teacher_damaged(err.folder, str(err))
             for f in todo:
                 if not (f / "result.json").exists():
-                    state.record_error(f, line, traceback.format_exc())
+                    state.record_error(f, _line(own.get(f, e)), traceback.format_exc())
             raise
         finally:
             stop_heartbeat()
     return [state.read_json(f / "result.json") for f in folders]
+
+
+def _line(e: BaseException) -> str:
+    return f"{e.__class__.__name__}: {e}".splitlines()[0] if str(e) else e.__class__.__name__
 
 
 def _teacher_damaged(folder: Path, line: str) -> None:

@@ -441,3 +441,41 @@ def test_five_seed_reference_grid_is_two_student_packs():
     units = planner.units(planner.plan(spec.parse(raw)), "auto")
     students = [u for u in units if u[0].method != "teacher"]
     assert sorted(len(u) for u in students) == [5, 120]  # was 10 packs (one per seed and kind) before
+
+
+def test_each_member_that_fails_for_a_reason_of_its_own_gets_its_own_line(tmp_path, teacher_dir, second_teacher_dir):
+    """One pack, three students: one of a sound teacher, one of a teacher whose weights are not
+    numbers (it diverges), one of a teacher overwritten since it finished. The first finishes; the
+    other two fail, each with its own reason in its error.json; the damaged teacher is handed back
+    (its result kept aside) so that resume trains it again."""
+    from kd.teacher import DamagedTeacher
+    from sweep import state, worker
+
+    jobs = tmp_path / "jobs"
+    shutil.copytree(teacher_dir, jobs / "sound")
+    shutil.copytree(second_teacher_dir, jobs / "damaged")
+    (jobs / "nan").mkdir()
+    saved = torch.load(teacher_dir / "model.pt", weights_only=True)
+    saved["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                           for k, v in saved["state_dict"].items()}
+    torch.save(saved, jobs / "nan" / "model.pt")
+    model = jobs / "damaged" / "model.pt"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    model.write_bytes(bytes(data))
+    folders = []
+    for name in ("sound", "nan", "damaged"):
+        folder = jobs / f"kd-of-{name}"
+        folder.mkdir()
+        config = make_config(method="kd", alpha=0.5, temperature=4.0, teacher=name, epochs=1, batch_size=500)
+        (folder / "config.json").write_text(json.dumps({"id": folder.name, "name": folder.name,
+                                                        "config": config.to_dict()}))
+        folders.append(folder)
+    with pytest.raises(DamagedTeacher):  # the unit's one error: the first (the worker's exit line)
+        worker.run_unit(folders, device="cpu")
+    assert (folders[0] / "result.json").exists()
+    lines = [json.loads((f / "error.json").read_text())["line"] for f in folders[1:]]
+    assert lines[0].startswith("Diverged: training diverged: the loss is not a number from kd-of-nan (epoch 1)")
+    assert lines[1].startswith(f"DamagedTeacher: teacher: {model} is damaged"), lines[1]
+    assert state.job_state(jobs / "damaged").state == state.FAILED  # handed back: resume trains it again
+    assert list((jobs / "damaged").glob("result.json.damaged-*"))
