@@ -111,9 +111,11 @@ def _check_outputs(file: Path, method: str, has: int, wanted: int | None) -> Non
                              "with the same subclasses")
 
 
-def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int | None = None) -> torch.Tensor:
-    """The teacher's logits on the training set, from the cache beside ``file`` or computed and cached."""
-    model_hash = verified(file)[:16]
+def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int | None = None,
+                  digest: str | None = None) -> torch.Tensor:
+    """The teacher's logits on the training set, from the cache beside ``file`` or computed and cached;
+    ``digest``: the file's SHA-256 where the caller has checked it already (``verified``)."""
+    model_hash = (digest or verified(file))[:16]
     cache = file.parent / f"logits-{data.name}-{data.fingerprint()}.pt"
     if cache.exists():
         try:

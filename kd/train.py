@@ -77,7 +77,7 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
             raise UserError(f"{o}: exists and is not a folder")
     results: dict[Path, dict | None] = {o: r for c, o in zip(configs, outs) if (r := finished(o, c)) is not None}
     todo = [(c, o) for c, o in zip(configs, outs) if o not in results]
-    damaged = _damaged_teachers([c for c, _ in todo])
+    damaged, digests = _checked_teachers([c for c, _ in todo])
     failed = {o: damaged[c.teacher] for c, o in todo if c.teacher in damaged}  # each member's own error
     if damaged:  # a teacher's model.pt damaged since it finished: its students fail, their pack-mates train
         todo = [(c, o) for c, o in todo if o not in failed]
@@ -89,7 +89,7 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
         data = dataset or kd_data.load(todo[0][0].dataset, data_root)
         steps_per_epoch(todo[0][0], len(data.train_y))  # a batch larger than the data: said before any folder
         online = teacher_mode == "online" or bool(todo[0][0].augment)  # augmented inputs: no cache is exact
-        teachers = _teachers([c for c, _ in todo], data, dev, online)
+        teachers = _teachers([c for c, _ in todo], data, dev, online, digests)
         states = [load_checkpoint(o / CHECKPOINT, dev) for _, o in todo]
         for (c, o), state in zip(todo, states):
             if state is not None:
@@ -98,12 +98,10 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
         for (c, o), state in zip(todo, states):
             o.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
             groups.setdefault((state["epoch"], state.get("step", 0)) if state else (0, 0), []).append((c, o, state))
-        lost: list[Diverged] = []  # also in ``failed``, each member's
         for members in groups.values():
             for (_, o, _), r in zip(members, _train(members, data, teachers, dev, stop, checkpoint_every,
                                                     seen_by_teacher, keep_checkpoint)):
                 if isinstance(r, Diverged):  # its checkpoint holds what is not numbers: nothing to resume
-                    lost.append(r)
                     failed[o] = r
                     (o / CHECKPOINT).unlink(missing_ok=True)
                     r = None
@@ -170,34 +168,38 @@ def _check_pack(configs: list[TrainConfig]) -> None:
                             f"{configs[0].method} job")
 
 
-def _damaged_teachers(configs: list[TrainConfig]) -> dict[str, kd_teacher.DamagedTeacher]:
-    """The members' teachers (as the configs name them) whose model.pt is not the file their job
-    wrote: overwritten or cut since, or their result kept aside as damaged (by another pack's
-    student, meanwhile)."""
-    out = {}
+def _checked_teachers(configs: list[TrainConfig]) -> tuple[dict[str, kd_teacher.DamagedTeacher], dict[Path, str]]:
+    """The members' teachers checked once: those (as the configs name them) whose model.pt is not
+    the file their job wrote (overwritten or cut since, or their result kept aside as damaged by
+    another pack's student meanwhile), and the SHA-256 of each sound one's model.pt, by file."""
+    damaged, digests = {}, {}
     for t in dict.fromkeys(c.teacher for c in configs if c.teacher):
         try:
             f = kd_teacher.model_file(t)
-            kd_teacher.verified(f)
+            digests[f] = kd_teacher.verified(f)
         except kd_teacher.DamagedTeacher as e:
-            out[t] = e
+            damaged[t] = e
         except UserError:  # no teacher there (not found, not finished): _teachers says so, as before
             continue
-    return out
+    return damaged, digests
 
 
-def _teachers(configs: list[TrainConfig], data: kd_data.Dataset, dev: torch.device, online: bool):
+def _teachers(configs: list[TrainConfig], data: kd_data.Dataset, dev: torch.device, online: bool,
+              digests: dict[Path, str]):
     """The members' distinct teachers: (their cached logits [T, n_train, K], or T frozen models; their
-    model files, whose order is the teacher index), or None where no member has a teacher."""
+    model files, whose order is the teacher index), or None where no member has a teacher.
+    ``digests``: their model files' SHA-256, checked already (``_checked_teachers``)."""
     files = list(dict.fromkeys(kd_teacher.model_file(c.teacher) for c in configs if c.teacher))
     if not files:
         return None
     k = outputs(configs[0], data)
     if online:
         for f in files:
-            kd_teacher.verified(f)  # the bytes written: torch.load alone takes damaged ones
+            if f not in digests:
+                kd_teacher.verified(f)  # the bytes written: torch.load alone takes damaged ones
         return [kd_teacher.load(f, data, dev, outputs=k) for f in files], files
-    return torch.stack([kd_teacher.cached_logits(f, data, dev, outputs=k).to(dev) for f in files]), files
+    return torch.stack([kd_teacher.cached_logits(f, data, dev, outputs=k, digest=digests.get(f)).to(dev)
+                        for f in files]), files
 
 
 def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.Dataset, teachers,

@@ -270,9 +270,9 @@ def serve(channel: int, data_root: Path | None, device: str | None) -> int:
                 return status
             if spent:
                 break
-    # the end of its input, or a failed capture: exit at once. The interpreter's own teardown with torch loaded takes
-    # 0.6 s of a CPU (module finalisers), which the sweep's end would wait for; every unit's files
-    # are closed and flushed already.
+    # the end of its input, or a failed capture: exit at once. The interpreter's own teardown with
+    # torch loaded takes 0.6 s of a CPU (module finalisers), which the sweep's end would wait for;
+    # every unit's files are closed and flushed already.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
