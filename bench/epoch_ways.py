@@ -11,13 +11,17 @@ members on streams of their own gain on a GPU:
   bf16-channels-last    graphs, bf16 autocast and channels-last (settings: packs of one)
   graphs-ops-rng        graphs, dropout masks from kd.rng's tensor operations, not its fused CUDA kernel
   graphs-timed-conv     graphs, cuDNN's convolution algorithms timed, not guessed (KDSWEEP_CUDNN_BENCHMARK=1)
+  graphs-torch-cnn      graphs, torch's ReLU and max-pool, NCHW inputs (KDSWEEP_FUSED_CNN=0), where by
+                        default on CUDA kd.pool's fused kernels and channels-last inputs
+  graphs-fused-pool     graphs, kd.pool's kernels, NCHW inputs
+  graphs-cl-input       graphs, torch's ReLU and max-pool, channels-last inputs
 
     python bench/epoch_ways.py --dataset fashion-mnist --data-root DIR --device cuda
     python bench/epoch_ways.py --units teacher --ways graphs channels-last bf16-channels-last --profile ...
 
 Prints, for each unit and way, the first epoch's seconds (warm-up, recording or compiling
 included), the median of the others, and the test accuracy; a way that fails says how. --profile
-adds the kernels of the teacher's eager epoch (torch.profiler, CUDA). On a CPU reduce-overhead has no
+adds the kernels of the teacher's eager epoch (torch.profiler, CUDA; --profile-unit another unit's). On a CPU reduce-overhead has no
 CUDA graphs to use: only a GPU answers graphs against compile.
 """
 from __future__ import annotations
@@ -34,13 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from kd import data as kd_data, graphs, phases, rng, train  # noqa: E402
+from kd import data as kd_data, graphs, phases, pool, rng, train  # noqa: E402
 from kd.config import make_config, packable  # noqa: E402
 
 STEP_CLASS = graphs.Step
 WAYS = {"eager": {}, "graphs": {}, "compile": {}, "channels-last": {"channels_last": True},
         "bf16-channels-last": {"precision": "bf16", "channels_last": True},
-        "graphs-ops-rng": {}, "graphs-timed-conv": {}}  # way -> the settings it adds
+        "graphs-ops-rng": {}, "graphs-timed-conv": {}, "graphs-torch-cnn": {}, "graphs-fused-pool": {},
+        "graphs-cl-input": {}}  # way -> the settings it adds
 
 
 class CompiledStep:
@@ -59,9 +64,14 @@ def timed(unit: str, way: str, configs, out: Path, data, device: str) -> None:
     """Train ``configs`` one way into ``out`` and print its epochs' seconds and accuracy."""
     os.environ[graphs.ENV] = "0" if way in ("eager", "compile") else "1" if device.startswith("cuda") else "trace"
     os.environ["KDSWEEP_CUDNN_BENCHMARK"] = "1" if way == "graphs-timed-conv" else "0"
-    fused = rng.FUSED["ok"]
+    os.environ["KDSWEEP_FUSED_CNN"] = "0" if way == "graphs-torch-cnn" else "1"
+    fused, fused_pool, restride = rng.FUSED["ok"], pool.FUSED["ok"], pool.channels_last
     if way == "graphs-ops-rng":
         rng.FUSED["ok"] = False
+    if way == "graphs-cl-input":
+        pool.FUSED["ok"] = False  # torch's ops in the fused modules' place
+    if way == "graphs-fused-pool":
+        pool.channels_last = lambda x: x
     graphs.Step = CompiledStep if way == "compile" else STEP_CLASS
     t0 = time.perf_counter()
     try:
@@ -72,7 +82,7 @@ def timed(unit: str, way: str, configs, out: Path, data, device: str) -> None:
         return
     finally:
         graphs.Step = STEP_CLASS
-        rng.FUSED["ok"] = fused
+        rng.FUSED["ok"], pool.FUSED["ok"], pool.channels_last = fused, fused_pool, restride
     seconds = [h["seconds"] for h in results[0]["history"]]
     print(f"{unit:>10s}, {way:>19s}: first epoch {seconds[0]:.3f} s, then {statistics.median(seconds[1:] or seconds):.3f} s "
           f"(median), test accuracy {results[0]['metrics']['test_accuracy']:.4f}; {time.perf_counter() - t0:.1f} s in all",
@@ -85,16 +95,19 @@ def main() -> None:
     ap.add_argument("--data-root")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--units", nargs="+", choices=["teacher", "students", "cnn-pack"],
+    ap.add_argument("--units", nargs="+", choices=["teacher", "students", "cnn-pack", "students-120"],
                     default=["teacher", "students"])
     ap.add_argument("--ways", nargs="+", choices=list(WAYS), default=["eager", "graphs", "compile"])
     ap.add_argument("--profile", action="store_true", help="also profile the teacher's eager epoch's kernels (CUDA)")
+    ap.add_argument("--profile-unit", choices=["teacher", "students", "cnn-pack", "students-120"], default="teacher",
+                    help="the unit --profile profiles (default: the teacher)")
     args = ap.parse_args()
     if "compile" not in args.ways:
         phases.skip_dynamo_import()  # as kd-sweep's workers do (it would have the compiler trace the optimiser)
     data = kd_data.load(args.dataset, args.data_root)
     units = {"teacher": [{"method": "teacher"}], "students": [{"method": "scratch", "seed": s} for s in range(24)],
-             "cnn-pack": [{"method": "scratch", "model": "mnist-cnn", "seed": s} for s in range(5)]}
+             "cnn-pack": [{"method": "scratch", "model": "mnist-cnn", "seed": s} for s in range(5)],
+             "students-120": [{"method": "scratch", "seed": s} for s in range(120)]}
     with tempfile.TemporaryDirectory() as tmp:
         for unit in args.units:
             for way in args.ways:
@@ -108,9 +121,10 @@ def main() -> None:
             from torch.profiler import ProfilerActivity, profile
 
             os.environ[graphs.ENV] = "0"  # eager: every kernel launched, and seen, on its own
-            config = make_config(dataset=args.dataset, method="teacher", epochs=1)
+            configs = [make_config(dataset=args.dataset, epochs=1, **member) for member in units[args.profile_unit]]
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                train.run(config, Path(tmp) / "profiled", dataset=data, device=args.device)
+                train.run_pack(configs, [Path(tmp) / f"profiled{i}" for i in range(len(configs))], dataset=data,
+                               device=args.device)
                 torch.cuda.synchronize()
             print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=60))
 
