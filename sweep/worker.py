@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device")
     p.add_argument("--serve", type=int, metavar="FD", help="run units read from stdin; answer on file descriptor FD")
     args = p.parse_args(argv)
-    logs.setup()
+    logs.setup(fmt=logs.FILE_FORMAT)  # its stderr: the unit's log (kdsweep run), milliseconds too
     if args.serve is not None:
         return serve(args.serve, args.data_root, args.device)
     if not args.folders:
@@ -376,5 +376,5 @@ def _log_into(folders: list[Path], slurm_id: str | None) -> None:
     with open(folders[0] / "log", "a") as first:
         first.write(header)
     handler = logging.FileHandler(folders[0] / "log")
-    handler.setFormatter(logging.Formatter(logs.FORMAT, logs.DATEFMT))
+    handler.setFormatter(logging.Formatter(logs.FILE_FORMAT, logs.DATEFMT))
     logging.getLogger().addHandler(handler)
