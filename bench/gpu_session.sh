@@ -117,8 +117,31 @@ seeds() {  # the 5-seed grid (packs across seeds: on a GPU a pack of 5 teachers,
     rm -rf "$results"
     $PY -m sweep.cli plan "$file" | tail -n 3
     local t0=$EPOCHREALTIME
+    echo "started at $(date +%H:%M:%S.%N | cut -c1-12)"
     KDSWEEP_CUDA_GRAPHS=${SEED_GRAPHS:-1} $PY -m sweep.cli -q run "$file" -j "${SEED_JOBS:-2}" --results "$results" --data-root "$DATA" || return
     echo "kdsweep run, 5 seeds, -j ${SEED_JOBS:-2}, CUDA graphs ${SEED_GRAPHS:-1}: $(awk "BEGIN {print $EPOCHREALTIME - $t0}") s end to end"
+    $PY - "$results" "$t0" <<'EOF'
+import json, sys
+from pathlib import Path
+# when each job's files were written, in seconds from the run's start (their mtimes): where the time went
+t0 = float(sys.argv[2])
+by = {}
+for d in Path(sys.argv[1]).glob("*/jobs/*"):
+    method = json.loads((d / "config.json").read_text()).get("config", {}).get("method", "?")
+    for f in d.iterdir():
+        if f.name in ("result.json", "model.pt") or f.name.startswith("logits-"):
+            by.setdefault((method, f.name.split("-")[0]), []).append(f.stat().st_mtime - t0)
+for (method, name), ts in sorted(by.items(), key=lambda kv: min(kv[1])):
+    print(f"timeline: {method:8s} {name:12s} {len(ts):4d} files written from {min(ts):6.2f} s to {max(ts):6.2f} s")
+for method in ("teacher", "kd"):  # one job's log of each unit, without its epochs but the first and last
+    d = next(d for d in sorted(Path(sys.argv[1]).glob("*/jobs/*"))
+             if json.loads((d / "config.json").read_text())["config"]["method"] == method)
+    lines = (d / "log").read_text().splitlines()
+    if len(lines) == 2 and lines[1].startswith("(packed with"):  # the pack's log: its first member's
+        lines = Path(lines[1].split("see ", 1)[1].rstrip(")")).read_text().splitlines()
+    epochs = [i for i, l in enumerate(lines) if " epoch " in l]
+    print("\n".join(f"log {method}: {l}" for i, l in enumerate(lines) if i not in epochs[1:-1]))
+EOF
     $PY -m sweep.cli -q collect "$file" --results "$results" > /dev/null
     $PY -c "
 import glob, pandas as pd
@@ -151,18 +174,20 @@ $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_na
 tail -n 1 "$OUT/versions.txt"
 for s in "$@"; do
     case $s in
-        tests) stage tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pack.py tests/test_rng.py \
+        tests) stage tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pack.py tests/test_rng.py tests/test_pool.py \
                    -k "cuda or written or replayed" ;;
         grid) stage grid-graphs 120 bash -c "grid 1"; stage grid-eager 120 bash -c "grid 0"
               stage grid-compare 30 bash -c compare; stage grid-graphs-j2 120 bash -c "grid 1 2" ;;
         gridj) stage grid-graphs 120 bash -c "grid 1"; stage grid-graphs-j2 120 bash -c "grid 1 2" ;;
         ways) stage ways 150 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
-                  --units teacher cnn-pack --ways graphs graphs-ops-rng graphs-timed-conv --profile ;;
+                  --units teacher cnn-pack --ways graphs graphs-torch-cnn graphs-fused-pool graphs-cl-input --profile ;;
         seeds) stage seeds 150 bash -c seeds
                if ! grep -q "s end to end" "$OUT/seeds.txt"; then  # graphs failed: the eager number, at least
                    SEED_GRAPHS=0 stage seeds-eager 150 bash -c seeds
                fi ;;
         startup) stage startup 60 bash -c startup ;;
+        kdprofile) stage kdprofile 120 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
+                       --units students-120 --ways graphs --epochs 2 --profile --profile-unit students-120 ;;
         jit) stage jit 60 bash -c jit ;;
         compile) stage compile 300 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda ;;
         streams) stage streams 150 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
@@ -172,6 +197,6 @@ for s in "$@"; do
         baselines) stage baselines 240 env KDSWEEP_CUDA_GRAPHS=1 $PY bench/kd_grid.py --dataset fashion-mnist \
                        --data-root "$DATA" --epochs 12 --full-grid --device cuda --naive-sample 1 --reference-sample 1 ;;
         scaling) stage scaling 120 $PY bench/pack_scaling.py --device cuda --sizes 1 8 24 120 480 ;;
-        *) echo "unknown stage '$s' (tests, grid, gridj, ways, seeds, jit, startup, streams, teacher, compile, baselines, scaling)"; exit 2 ;;
+        *) echo "unknown stage '$s' (tests, grid, gridj, ways, seeds, jit, startup, kdprofile, streams, teacher, compile, baselines, scaling)"; exit 2 ;;
     esac
 done
