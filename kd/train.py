@@ -72,6 +72,7 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
     cuda_graphs()  # a mistyped KDSWEEP_CUDA_GRAPHS (or KDSWEEP_TF32): said before any folder is made
     switch("KDSWEEP_TF32", True)
     switch("KDSWEEP_CUDNN_BENCHMARK", False)
+    switch("KDSWEEP_FUSED_CNN", True)
     _check_pack(configs)
     for o in outs:
         if o.exists() and not o.is_dir():

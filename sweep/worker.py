@@ -66,12 +66,13 @@ def checkpoint_every() -> float | None:
 
 def check_settings() -> None:
     """The workers' settings from the environment (KDSWEEP_CHECKPOINT_MINUTES, KDSWEEP_CUDA_GRAPHS,
-    KDSWEEP_TF32, KDSWEEP_CUDNN_BENCHMARK, KDSWEEP_KEEP_CHECKPOINTS), checked before a run starts
+    KDSWEEP_TF32, KDSWEEP_CUDNN_BENCHMARK, KDSWEEP_FUSED_CNN, KDSWEEP_KEEP_CHECKPOINTS), checked before a run starts
     anything: a mistyped one is one error line, not a failure in every job."""
     checkpoint_every()
     cuda_graphs()
     switch("KDSWEEP_TF32", True)
     switch("KDSWEEP_CUDNN_BENCHMARK", False)
+    switch("KDSWEEP_FUSED_CNN", True)
     switch("KDSWEEP_KEEP_CHECKPOINTS", False)
 
 

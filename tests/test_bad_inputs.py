@@ -801,7 +801,7 @@ def test_a_cuda_index_beyond_the_machines_devices(work, capsys, monkeypatch):
              ("--device: 'cuda:2', but this machine has 2 CUDA device(s): cuda:0 .. cuda:1",), work)
 
 
-@pytest.mark.parametrize("name", ["KDSWEEP_TF32", "KDSWEEP_CUDNN_BENCHMARK", "KDSWEEP_KEEP_CHECKPOINTS"])
+@pytest.mark.parametrize("name", ["KDSWEEP_TF32", "KDSWEEP_CUDNN_BENCHMARK", "KDSWEEP_FUSED_CNN", "KDSWEEP_KEEP_CHECKPOINTS"])
 @pytest.mark.parametrize("value", ["yes", "maybe", "true"])
 def test_a_mistyped_switch_is_refused_before_any_job(work, capsys, monkeypatch, name, value):
     """On/off settings are 1 or 0: any other word meant on (or off) without a word said."""
