@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,9 +60,13 @@ def _cannot_write(path: Path, e: OSError) -> Exception:
     return e
 
 
+_UMASK = threading.Lock()
+
+
 def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: set it straight back
-    os.umask(mask)
+    with _UMASK:  # reading the umask means setting it, then straight back: one thread at a time
+        mask = os.umask(0)  # (a pack's results and checkpoints are written from threads)
+        os.umask(mask)
     return mask
 
 

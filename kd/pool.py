@@ -7,17 +7,20 @@ writes the pooled output and a one-byte code per output (which of the window's f
 or none where the maximum is not positive), and the backward pass gathers each input's gradient
 from the (at most four) windows that hold it: about a third of the memory traffic.
 
-The same numbers as ``max_pool2d(relu(x), 2, stride)``, bit for bit, both ways: relu(max(x)) is
-max(relu(x)); the window's first maximum (rows, then columns) takes the gradient, as torch's pool
-gives it; where the maximum is not positive ReLU's gradient is zero, as torch's is at 0. NaN
-propagates as torch's does. tests/test_pool.py checks it against torch's ops (on a CPU through
+The same numbers as ``max_pool2d(relu(x), 2, stride)``, bit for bit, both ways (but for the
+sign of a zero output: always +0 here): relu(max(x)) is max(relu(x)); the window's first maximum
+(rows, then columns) takes the gradient, as torch's pool gives it; where the maximum is not
+positive ReLU's gradient is zero, as torch's is at 0; an input's gradient sums its windows' in
+torch's order. NaN propagates as torch's does. tests/test_pool.py checks it against torch's ops (on a CPU through
 Triton's interpreter). ``fuse(model)`` puts it in a model's place of each (ReLU, MaxPool2d(2,
 stride 1 or 2)) pair on CUDA: parameter-free modules, so the weights and their names stay as they
-are. Where Triton is missing or its first compile fails, torch's own ops, with a warning once.
+are. Where Triton is missing or its first compile (both kernels, probed on a small tensor) fails,
+torch's own ops, with a warning once. float32 and bfloat16 (autocast's convolutions) only.
 """
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch import nn
@@ -139,6 +142,7 @@ class _ReluMaxPool(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
         _, backward_kernel = _kernels["fns"]
         (code,) = ctx.saved_tensors
@@ -155,10 +159,23 @@ class _ReluMaxPool(torch.autograd.Function):
 
 
 def _usable(x: torch.Tensor) -> bool:
+    """A tensor the kernels take: not under a tracer or vmap (asked first: vmap refuses the layout
+    questions), on CUDA (or Triton's interpreter), 4-d float32 or bfloat16, NCHW or channels-last,
+    at least one window, and indices that fit the kernels' 32-bit arithmetic."""
     from kd.rng import _traced
 
-    return (x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-            and _layout(x) is not None and x.shape[2] >= 2 and x.shape[3] >= 2 and not _traced(x))
+    return (not _traced(x) and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+            and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16) and x.numel() < 1 << 31
+            and x.shape[2] >= 2 and x.shape[3] >= 2 and _layout(x) is not None)
+
+
+def _probe(x: torch.Tensor, stride: int) -> None:
+    """Both kernels compiled and run once, on zeros of ``x``'s shape and layout (so that Triton's
+    variants are the ones ``x`` needs, compiled once): a toolchain that cannot build the backward
+    kernel fails here, where the fallback catches it, not in a later backward pass."""
+    t = torch.zeros_like(x, memory_format=torch.preserve_format).requires_grad_(True)
+    with torch.enable_grad():
+        _ReluMaxPool.apply(t, stride).sum().backward()
 
 
 def relu_max_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -169,6 +186,8 @@ def relu_max_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
         try:
             if "fns" not in _kernels:
                 _kernels["fns"] = _build()
+            if not FUSED["ok"] and not capturing:
+                _probe(x, stride)
             out = _ReluMaxPool.apply(x, stride)
         except Exception as e:
             if capturing or FUSED["ok"]:  # it ran before: no compiler's error (out of memory, say)
@@ -212,7 +231,7 @@ def fuse(model: nn.Module) -> int:
     number of pairs fused. In place."""
     fused = 0
     for module in model.modules():
-        if not isinstance(module, nn.Sequential):
+        if type(module) is not nn.Sequential:  # a subclass may have a forward of its own
             continue
         names = list(module._modules)
         for a, b in zip(names, names[1:]):

@@ -64,11 +64,10 @@ class Stack:
         self.base = base
         self.n = len(nets)
         dev = next(iter(nets[0].parameters())).device
-        # on CUDA: ReLU and 2x2 max-pool in one kernel each way (kd.pool), and a convolutional
-        # model's inputs channels-last (kd.pool.channels_last): the same numbers, less memory traffic
-        self.fast_cnn = dev.type == "cuda" and switch("KDSWEEP_FUSED_CNN", True)
-        if self.fast_cnn:
-            pool.fuse(base)
+        # on CUDA: ReLU and 2x2 max-pool in one kernel each way (kd.pool: torch's numbers), and
+        # then the model's inputs channels-last (kd.pool.channels_last: cuDNN's NHWC kernels
+        # without transposes; other algorithms, so not the same float rounding as NCHW inputs)
+        self.fast_cnn = dev.type == "cuda" and switch("KDSWEEP_FUSED_CNN", True) and pool.fuse(base) > 0
         self.saved = set(nets[0].state_dict())  # what a member's state_dict holds (no non-persistent buffers)
         if self.n == 1:  # views of the model's own tensors: its memory format (channels-last) stays
             self.params = {k: p.detach().unsqueeze(0).requires_grad_() for k, p in nets[0].named_parameters()}
@@ -110,6 +109,14 @@ class Stack:
         """One key tensor ``[N]`` per dropout layer, for the next step."""
         for name, k in zip(self.dropout_keys, keys):
             self.buffers[name] = k
+
+    def host_states(self) -> Callable[[int], dict[str, torch.Tensor]]:
+        """Member i's weights as ``state_of`` gives them, in host memory: each stacked tensor read
+        from the device once (a pack of 120 reference students: 12 reads, not 1,440), then each
+        member's own copies (a view would save the whole stack with it)."""
+        host = {k: v.detach().cpu() for k, v in {**self.params, **self.buffers}.items()
+                if k in self.params or k in self.saved}
+        return lambda i: {k: v[i].clone() for k, v in host.items()}
 
     def state_of(self, i: int) -> dict[str, torch.Tensor]:
         """Member i's weights as its own model's ``state_dict`` has them (persistent buffers only)."""

@@ -354,19 +354,26 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
     flops = flops_per_sample(nets[0], data.input_shape, dev)
     results: list[dict[str, Any] | Diverged] = []
     writes: list[Callable[[], None]] = []
+    written, t0 = 0, time.perf_counter()
+    state_of = stack.host_states()
     for i, c in enumerate(configs):
         lost = diverged_at(histories[i])
         if lost:  # no result: a job that learnt nothing is failed, not done at chance accuracy
             results.append(Diverged([outs[i]], [lost]))
             continue
-        nets[i].load_state_dict(stack.state_of(i))
-        result, write = final(c, outs[i], nets[i], histories[i], data, dev, flops, pack_size=n,
-                              teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher)
+        state = state_of(i)
+        nets[i].load_state_dict(state)
+        result, write = final(c, outs[i], nets[i], histories[i], data, dev, flops, state=state, pack_size=n,
+                              teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher,
+                              fused_cnn=stack.fast_cnn)  # kd.pool's kernels and channels-last inputs
         results.append(result)
         writes.append(write)
-    t0 = time.perf_counter()
+        if len(writes) == WRITE_AT_ONCE:  # the serialised weights wait in memory: a bounded number
+            write_all(writes)
+            written += len(writes)
+            writes = []
     write_all(writes)
-    log.info("results written: %d in %.2f s", len(writes), time.perf_counter() - t0)
+    log.info("results written: %d in %.2f s", written + len(writes), time.perf_counter() - t0)
     return results
 
 
@@ -486,12 +493,13 @@ def epoch_record(epoch: int, config: TrainConfig, train_loss: float, test_loss: 
 
 
 def final(config: TrainConfig, out: Path, model: torch.nn.Module, history: list[dict], data: kd_data.Dataset,
-          dev: torch.device, flops: int, **extra: Any) -> tuple[dict[str, Any], Callable[[], None]]:
-    """A finished job's result, and what writes it: the final weights, then ``result.json`` (last,
-    atomically: the job is done). The writing (hashing, the disk, fsync) touches no tensor: a
-    pack's members write side by side (``write_all``)."""
+          dev: torch.device, flops: int, state: dict[str, torch.Tensor] | None = None,
+          **extra: Any) -> tuple[dict[str, Any], Callable[[], None]]:
+    """A finished job's result, and what writes it: the final weights (``state``, in host memory, or
+    the model's), then ``result.json`` (last, atomically: the job is done). The writing (hashing,
+    the disk, fsync) touches no tensor: a pack's members write side by side (``write_all``)."""
     buf = io.BytesIO()  # config saved: a teacher knows its own outputs
-    torch.save({"config": config.to_dict(), "state_dict": model.state_dict()}, buf)
+    torch.save({"config": config.to_dict(), "state_dict": model.state_dict() if state is None else state}, buf)
     weights = buf.getbuffer()
     metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
                "train_loss": history[-1]["train_loss"]}
@@ -520,12 +528,15 @@ def final(config: TrainConfig, out: Path, model: torch.nn.Module, history: list[
     return result, write
 
 
+WRITE_AT_ONCE = 32  # members whose results are written side by side (5 MB each for the reference student)
+
+
 def write_all(writes: list[Callable[[], None]]) -> None:
     """Run a pack's members' writes side by side (threads: hashing and the disk's fsync release
     the GIL; 120 reference students write 600 MB), and raise the first member's error, in the
     pack's order, once all have ended: those written are done, whichever failed."""
-    if len(writes) == 1:
-        return writes[0]()
+    if len(writes) <= 1:  # none: every member diverged
+        return writes[0]() if writes else None
     with ThreadPoolExecutor(max_workers=min(8, len(writes)), thread_name_prefix="results-writer") as pool:
         futures = [pool.submit(w) for w in writes]
     for f in futures:

@@ -209,6 +209,24 @@ def test_a_member_that_diverges_fails_alone_and_its_pack_mates_finish(tmp_path, 
     assert result["metrics"]["test_accuracy"] > 0.5 and not (outs[0] / "checkpoint.pt").exists()
 
 
+def test_a_unit_whose_members_all_diverge_ends_diverged(tmp_path, small, teacher_dir):
+    """Every member's loss not a number (no result to write at all): the unit ends Diverged, each
+    member named, no result and no checkpoint left, as a pack with a sound member does."""
+    from kd.errors import Diverged
+
+    saved = torch.load(teacher_dir / "model.pt", weights_only=True)
+    saved["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                           for k, v in saved["state_dict"].items()}
+    broken = tmp_path / "nan-teacher.pt"
+    torch.save(saved, broken)
+    for configs in ([_kd(broken, epochs=1)], [_kd(broken, epochs=1), _kd(broken, epochs=1, seed=1)]):
+        outs = [tmp_path / f"nan{len(configs)}-{i}" for i in range(len(configs))]
+        with pytest.raises(Diverged) as e:
+            train.run_pack(configs, outs, dataset=small, device="cpu")
+        assert e.value.folders == outs
+        assert not any((o / "result.json").exists() or (o / "checkpoint.pt").exists() for o in outs)
+
+
 @pytest.mark.parametrize("method", ["teacher", "kd"])  # the teacher CNN has dropout
 def test_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, tiny, teacher_dir, method):
     cfg = make_config(method=method, epochs=2, batch_size=50, teacher=str(teacher_dir) if method == "kd" else None)

@@ -101,3 +101,22 @@ def test_one_channel_images_are_restrided_channels_last_in_place():
     assert z.is_contiguous(memory_format=torch.channels_last)
     flat = torch.randn(4, 10)
     assert pool.channels_last(flat) is flat
+
+
+def test_under_vmap_and_on_a_cpu_it_is_torchs_ops():
+    """vmap (a batched tensor the kernels cannot take; it refuses even the layout questions) and a
+    CPU tensor without Triton's interpreter take torch's ops, and leave the kernels on for later."""
+    x = torch.randn(2, 3, 4, 6, 6)
+    assert torch.equal(torch.func.vmap(pool.ReluMaxPool(2), in_dims=1)(x),
+                       torch.func.vmap(lambda t: torch.nn.functional.max_pool2d(torch.relu(t), 2, 2), in_dims=1)(x))
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        assert torch.equal(pool.ReluMaxPool(1)(x[0]), torch.nn.functional.max_pool2d(torch.relu(x[0]), 2, 1))
+    assert pool.FUSED["ok"] is not False
+
+
+def test_fuse_leaves_sequential_subclasses_alone():
+    class Mine(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) * 2
+    net = Mine(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2))
+    assert pool.fuse(net) == 0 and type(net[1]) is nn.ReLU
