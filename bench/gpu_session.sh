@@ -10,8 +10,11 @@
 #   ran `grid seeds streams tests startup baselines` in 330 s, `tests ways gridj seeds` in 185 s
 #   and `jit gridj seeds` in 85 s, about 30 s per start: 700 s of its 900. Still open: `compile`
 #   (about 2 min) and the 5-seed grid's 30 s (37.0 s, the teachers' convolutions and max-pools).
-#   Next: `tests ways gridj seeds` (about 3 min): the fused mask's review fixes (its index synced
-#   across the pack's streams, its fallback) ran on no GPU yet; then `compile`.
+#   The third (an H100 again) ran `tests ways seeds` (139 s), `seeds kdprofile gridj` (112 s),
+#   `tests seeds gridj` (129 s), `seeds gridj` + seeds -j 1 (111 s) and seeds three times (132 s),
+#   about 30 s per start: 785 s of its 900. Its kd.pool review fixes ran on no GPU.
+#   Next: `tests seeds gridj` (about 2.5 min): the kd.pool probe, the host copy of a pack's weights,
+#   the results written 32 at a time; then `compile`.
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
@@ -20,11 +23,11 @@
 #              students, 12 epochs, process start included), CUDA graphs on then off; the two
 #              results tables compared, and where the time went; then graphs with -j 2
 #   seeds      the same grid with 5 seeds (packs across seeds, the teachers' too), CUDA graphs on
-#              (SEED_GRAPHS; eagerly again where they fail), -j 2 (SEED_JOBS);
+#              (SEED_GRAPHS; eagerly again where they fail), -j 2 (SEED_JOBS); its timeline;
 #              TEACHER_SETTINGS='precision = "bf16"; channels_last = true' adds a [teacher] table
 #   gridj      the grid with graphs alone, -j 1 then -j 2 (no eager run, no comparison)
-#   ways       bench/epoch_ways.py: the teacher and five CNNs packed, with graphs: dropout masks from the
-#              fused CUDA kernel or the tensor operations, cuDNN's guessed or timed algorithms; kernels
+#   ways       bench/epoch_ways.py: the teacher and five CNNs packed, with graphs: kd.pool's fused ReLU
+#              and max-pool and channels-last inputs, each alone, or torch's ops; the kernels
 #   teacher    bench/epoch_ways.py: the teacher's epoch in float32, channels-last, bf16; its kernels
 #   compile    bench/epoch_ways.py: eager, kd's graphs, torch.compile(mode="reduce-overhead")
 #   streams    bench/epoch_ways.py: the teacher alone against five CNNs packed (seeds 0-4, each
@@ -32,6 +35,7 @@
 #              grid's teachers pays (it does if the pack's epoch is well under 5x the teacher's)
 #   jit        the fused dropout mask's compile time, torch's kernel cache empty, then filled
 #   startup    what a process pays before its first step: kdsweep's CLI, torch's import, CUDA, data
+#   kdprofile  120 MLP students packed: their epoch, and its kernels (torch.profiler)
 #   baselines  bench/kd_grid.py: kd-sweep, the reference loop and one process per point, side by
 #              side (the two naive sides sampled: 1 student each, scaled, as the output says)
 #   scaling    bench/pack_scaling.py: student-samples/s and memory against pack size
