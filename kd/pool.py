@@ -11,11 +11,12 @@ The same numbers as ``max_pool2d(relu(x), 2, stride)``, bit for bit, both ways (
 sign of a zero output: always +0 here): relu(max(x)) is max(relu(x)); the window's first maximum
 (rows, then columns) takes the gradient, as torch's pool gives it; where the maximum is not
 positive ReLU's gradient is zero, as torch's is at 0; an input's gradient sums its windows' in
-torch's order. NaN propagates as torch's does. tests/test_pool.py checks it against torch's ops (on a CPU through
-Triton's interpreter). ``fuse(model)`` puts it in a model's place of each (ReLU, MaxPool2d(2,
-stride 1 or 2)) pair on CUDA: parameter-free modules, so the weights and their names stay as they
-are. Where Triton is missing or its first compile (both kernels, probed on a small tensor) fails,
-torch's own ops, with a warning once. float32 and bfloat16 (autocast's convolutions) only.
+torch's order. NaN propagates as torch's does. tests/test_pool.py checks it against torch's ops
+(on a CPU through Triton's interpreter). ``fuse(model)`` puts it in a model's place of each
+(ReLU, MaxPool2d(2, stride 1 or 2)) pair on CUDA: parameter-free modules, so the weights and
+their names stay as they are. Where Triton is missing or its first compile (both kernels, probed
+on zeros of the first input's shape) fails, torch's own ops, with a warning once. float32 and
+bfloat16 (autocast's convolutions) only.
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ import os
 import torch
 from torch import nn
 
+from kd import rng
+
 log = logging.getLogger(__name__)
 
 FUSED: dict = {"ok": None, "error": ""}  # None: not tried yet; False: it failed here (then torch's ops)
-NONE = 4  # the code of a window whose maximum is not positive: no gradient
 BLOCK = 1024
 
 _kernels: dict = {}
@@ -73,7 +75,7 @@ def _build():
         code = tl.where(take, 3, code)
         positive = (m > 0) | (m != m)  # ReLU's gradient: 1 above zero (and for NaN), else 0
         tl.store(out_ptr + o, tl.where(positive, m, 0.0), mask=valid)
-        tl.store(code_ptr + o, tl.where(positive, code, 4).to(tl.uint8), mask=valid)
+        tl.store(code_ptr + o, tl.where(positive, code, 4).to(tl.uint8), mask=valid)  # 4: no input's gradient
 
     @triton.jit
     def backward_kernel(g_ptr, code_ptr, gx_ptr, total, C, H, W, OH, OW, stride,
@@ -162,9 +164,7 @@ def _usable(x: torch.Tensor) -> bool:
     """A tensor the kernels take: not under a tracer or vmap (asked first: vmap refuses the layout
     questions), on CUDA (or Triton's interpreter), 4-d float32 or bfloat16, NCHW or channels-last,
     at least one window, and indices that fit the kernels' 32-bit arithmetic."""
-    from kd.rng import _traced
-
-    return (not _traced(x) and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    return (not rng._traced(x) and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
             and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16) and x.numel() < 1 << 31
             and x.shape[2] >= 2 and x.shape[3] >= 2 and _layout(x) is not None)
 
@@ -192,8 +192,7 @@ def relu_max_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
         except Exception as e:
             if capturing or FUSED["ok"]:  # it ran before: no compiler's error (out of memory, say)
                 raise
-            FUSED.update(ok=False, error=f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}")
-            log.warning("ReLU and max-pool from torch's ops: the fused kernels did not run (%s)", FUSED["error"])
+            rng.fused_failed(FUSED, e, "ReLU and max-pool from torch's ops: the fused kernels did not run", log)
         else:
             FUSED["ok"] = True
             return out

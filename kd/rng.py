@@ -136,11 +136,18 @@ def _fused_at_least(keys: torch.Tensor, shape: tuple[int, ...], thr: int) -> tor
         if capturing or FUSED["ok"]:  # it ran before: this is no compiler's error (out of memory, say)
             raise
         # no NVRTC, a compiler error: the tensor operations, from now on
-        FUSED.update(ok=False, error=f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}")
-        log.warning("dropout masks from tensor operations: the fused CUDA kernel did not compile (%s)", FUSED["error"])
+        fused_failed(FUSED, e, "dropout masks from tensor operations: the fused CUDA kernel did not compile")
         return None
     FUSED["ok"] = True
     return mask
+
+
+def fused_failed(state: dict, e: Exception, what: str, logger: logging.Logger = log) -> None:
+    """A fused kernel's first use failed (no compiler, a compiler's error): ``state`` (a module's
+    FUSED) records it, so that its caller takes torch's ops from now on, and ``what`` is said once
+    (by the caller's ``logger``)."""
+    state.update(ok=False, error=f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+    logger.warning("%s (%s)", what, state["error"])
 
 
 def _traced(keys: torch.Tensor) -> bool:
