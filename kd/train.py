@@ -361,9 +361,7 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
         if lost:  # no result: a job that learnt nothing is failed, not done at chance accuracy
             results.append(Diverged([outs[i]], [lost]))
             continue
-        state = state_of(i)
-        nets[i].load_state_dict(state)
-        result, write = final(c, outs[i], nets[i], histories[i], data, dev, flops, state=state, pack_size=n,
+        result, write = final(c, outs[i], nets[i], state_of(i), histories[i], data, dev, flops, pack_size=n,
                               teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher,
                               fused_cnn=stack.fast_cnn)  # kd.pool's kernels and channels-last inputs
         results.append(result)
@@ -492,18 +490,20 @@ def epoch_record(epoch: int, config: TrainConfig, train_loss: float, test_loss: 
             "seconds": seconds}
 
 
-def final(config: TrainConfig, out: Path, model: torch.nn.Module, history: list[dict], data: kd_data.Dataset,
-          dev: torch.device, flops: int, state: dict[str, torch.Tensor] | None = None,
+def final(config: TrainConfig, out: Path, model: torch.nn.Module, state: dict[str, torch.Tensor],
+          history: list[dict], data: kd_data.Dataset, dev: torch.device, flops: int,
           **extra: Any) -> tuple[dict[str, Any], Callable[[], None]]:
-    """A finished job's result, and what writes it: the final weights (``state``, in host memory, or
-    the model's), then ``result.json`` (last, atomically: the job is done). The writing (hashing,
-    the disk, fsync) touches no tensor: a pack's members write side by side (``write_all``)."""
+    """A finished job's result, and what writes it: its final weights (``state``, in host memory;
+    ``model``: its architecture), then ``result.json`` (last, atomically: the job is done). The
+    writing (hashing, the disk, fsync) touches no tensor: a pack's members write side by side
+    (``write_all``)."""
     buf = io.BytesIO()  # config saved: a teacher knows its own outputs
-    torch.save({"config": config.to_dict(), "state_dict": model.state_dict() if state is None else state}, buf)
+    torch.save({"config": config.to_dict(), "state_dict": state}, buf)
     weights = buf.getbuffer()
     metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
                "train_loss": history[-1]["train_loss"]}
     if data.num_classes == 2:  # F1 per class, macro F1, ROC AUC, confusion matrix
+        model.load_state_dict(state)
         logits = class_logits(models.logits_of(model, data.test_x.to(dev)), subclasses_of(config))
         metrics.update(kd_metrics.binary(logits, data.test_y.to(dev), data.class_names))
     result = {
