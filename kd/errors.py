@@ -35,6 +35,13 @@ class Diverged(UserError):
         self.folders, self.epochs = [Path(f) for f in folders], list(epochs)
 
 
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """``Name: the message's first line`` (its first line with text, cut to ``limit`` characters), or
+    ``Name`` alone where the message is empty: what a one-line error or an error.json says of ``e``."""
+    line = next((text.strip() for text in str(e).splitlines() if text.strip()), "")
+    return f"{e.__class__.__name__}: {line[:limit]}" if line else e.__class__.__name__
+
+
 def did_you_mean(word: str, known: Iterable[str]) -> str:
     """``did you mean 'alpha'?`` for a near miss, else the list of known words."""
     known = list(known)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 from kd.config import CUDA_GRAPHS_ENV as ENV, cuda_graphs
-from kd.errors import UserError
+from kd.errors import UserError, first_line
 
 WARMUP = 3  # eager steps before capture, as in torch's recipe (DDP needs 11; nothing here does)
 REPLAYS = {"count": 0}  # steps run by replaying a recording, in this process (tests read it)
@@ -71,9 +71,8 @@ class Step:
             try:
                 self.replay = self._record(b)
             except Exception as e:  # the same step ran eagerly just before: what failed is the recording
-                what = (str(e).strip().splitlines() or [""])[0][:120]
                 raise UserError(f"the training step could not be recorded as a "
-                                f"{'CUDA graph' if self.mode == 'cuda' else 'trace'} ({e.__class__.__name__}: {what}); "
+                                f"{'CUDA graph' if self.mode == 'cuda' else 'trace'} ({first_line(e, 120)}); "
                                 f"{ENV}=0 steps eagerly: resume with it set") from e
             if self.mode == "cuda":  # recorded, not run: the replay runs this step
                 self.replay()

@@ -15,6 +15,8 @@ import struct
 
 import torch
 
+from kd.errors import first_line
+
 log = logging.getLogger(__name__)
 
 M32 = 0xFFFFFFFF
@@ -146,7 +148,7 @@ def fused_failed(state: dict, e: Exception, what: str, logger: logging.Logger = 
     """A fused kernel's first use failed (no compiler, a compiler's error): ``state`` (a module's
     FUSED) records it, so that its caller takes torch's ops from now on, and ``what`` is said once
     (by the caller's ``logger``)."""
-    state.update(ok=False, error=f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+    state.update(ok=False, error=first_line(e, 200))
     logger.warning("%s (%s)", what, state["error"])
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from kd import data as kd_data, models, results, sealed
-from kd.errors import DamagedTeacher, UserError
+from kd.errors import DamagedTeacher, UserError, first_line
 
 log = logging.getLogger(__name__)
 MODEL = "model.pt"
@@ -77,10 +77,10 @@ def load(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int |
         saved = torch.load(file, map_location=device, weights_only=True)
         cfg = saved["config"]
     except Exception as e:
-        why = (str(e).splitlines() or [""])[0][:100]
+        why = first_line(e, 100)
         if (file.parent / results.RESULT).exists():  # a finished teacher's own file that does not load: damaged
-            raise DamagedTeacher(file, f"it does not load ({e.__class__.__name__}: {why})") from None
-        raise UserError(f"teacher: {file} is not a kd model file ({e.__class__.__name__}: {why})") from None
+            raise DamagedTeacher(file, f"it does not load ({why})") from None
+        raise UserError(f"teacher: {file} is not a kd model file ({why})") from None
     if cfg["dataset"] != data.name:
         raise UserError(f"teacher: {file} was trained on '{cfg['dataset']}', not '{data.name}'")
     has = data.num_classes * (cfg.get("subclasses") or 1)  # a subclass teacher has C x S outputs

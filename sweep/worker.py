@@ -28,7 +28,7 @@ from pathlib import Path
 
 from kd import results
 from kd.config import TrainConfig, cuda_graphs, switch
-from kd.errors import DamagedTeacher, UserError
+from kd.errors import DamagedTeacher, UserError, first_line
 from sweep import logs, state
 
 
@@ -144,15 +144,11 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
                     _teacher_damaged(err.folder, str(err))
             for f in todo:
                 if not (f / "result.json").exists():
-                    state.record_error(f, _line(own.get(f, e)), traceback.format_exc())
+                    state.record_error(f, first_line(own.get(f, e)), traceback.format_exc())
             raise
         finally:
             stop_heartbeat()
     return [state.read_json(f / "result.json") for f in folders]
-
-
-def _line(e: BaseException) -> str:
-    return f"{e.__class__.__name__}: {e}".splitlines()[0] if str(e) else e.__class__.__name__
 
 
 def _teacher_damaged(folder: Path, line: str) -> None:

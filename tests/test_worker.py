@@ -276,3 +276,12 @@ def test_a_worker_whose_cuda_capture_failed_takes_no_other_unit(tmp_path):
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "first.log").read_text().strip() == f"unit {tmp_path / 'first'}"
     assert not (tmp_path / "second.log").exists()
+
+
+def test_an_errors_line_is_its_first_line_with_text_and_its_class():
+    from kd.errors import first_line
+
+    assert first_line(KeyError()) == "KeyError"  # no message: the class alone, no "KeyError: "
+    assert first_line(RuntimeError("\n  CUDA error: out of memory\nmore")) == "RuntimeError: CUDA error: out of memory"
+    assert first_line(ValueError("x" * 300), 200) == "ValueError: " + "x" * 200
+    assert first_line(OSError(28, "No space left on device")) == "OSError: [Errno 28] No space left on device"
