@@ -46,13 +46,13 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
                    known[-1])
         ids[jid] = sid
         st, reason = seen[sid]
-        if states[jid].state == state.DAMAGED and (st not in (state.RUNNING, state.QUEUED) or sid == (
-                state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id")):
+        if states[jid].state == state.DAMAGED and (st not in (state.RUNNING, state.QUEUED)
+                                                   or sid == _attempt_task(folder, jid)):
             # the task that wrote its result (ended, or ending) wrote one damaged since: the folder's
             # word says what, and resume; a task submitted again says where the job is instead
             states[jid] = state.JobState(state.DAMAGED, states[jid].detail, slurm_id=sid)
             continue
-        trainer = (state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id") \
+        trainer = _attempt_task(folder, jid) \
             if st in (state.FAILED, state.CANCELLED) and states[jid].state == state.RUNNING else None
         if trainer and trainer != sid:
             # its folder's heartbeat is another task's (one whose record was lost): that one trains it
@@ -105,6 +105,11 @@ def _folder_state(folder: Path, job: Job) -> state.JobState:
 def _newer(teacher: str | None, student: str | None) -> bool:
     """The teacher was submitted again after the student: the student's afterok names a dead task."""
     return bool(teacher and student) and int(teacher.split("_")[0]) > int(student.split("_")[0])
+
+
+def _attempt_task(folder: Path, jid: str) -> str | None:
+    """The Slurm task that last began training the job (its attempt.json says), or None."""
+    return (state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id")
 
 
 def _beating(folder: Path, jid: str, sid: str) -> bool:
