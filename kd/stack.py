@@ -110,19 +110,20 @@ class Stack:
         for name, k in zip(self.dropout_keys, keys):
             self.buffers[name] = k
 
+    def _stacked_state(self) -> dict[str, torch.Tensor]:
+        """The stacked tensors a member's ``state_dict`` holds: parameters and persistent buffers."""
+        return {**self.params, **{k: v for k, v in self.buffers.items() if k in self.saved}}
+
     def host_states(self) -> Callable[[int], dict[str, torch.Tensor]]:
         """Member i's weights as ``state_of`` gives them, in host memory: each stacked tensor read
         from the device once (a pack of 120 reference students: 12 reads, not 1,440), then each
         member's own copies (a view would save the whole stack with it)."""
-        host = {k: v.detach().cpu() for k, v in {**self.params, **self.buffers}.items()
-                if k in self.params or k in self.saved}
+        host = {k: v.detach().cpu() for k, v in self._stacked_state().items()}
         return lambda i: {k: v[i].clone() for k, v in host.items()}
 
     def state_of(self, i: int) -> dict[str, torch.Tensor]:
         """Member i's weights as its own model's ``state_dict`` has them (persistent buffers only)."""
-        out = {k: v[i].detach().clone() for k, v in self.params.items()}
-        out.update({k: v[i].clone() for k, v in self.buffers.items() if k in self.saved})
-        return out
+        return {k: v[i].detach().clone() for k, v in self._stacked_state().items()}
 
 
 def _single(base: nn.Module, channels_last: bool = False) -> Forward:
