@@ -187,6 +187,24 @@ def test_members_of_different_seeds_and_teachers_share_a_pack(tmp_path, small, t
         assert_same(tmp_path / f"solo{i}", tmp_path / f"p{i}")
 
 
+def test_members_sharing_seeds_draw_each_seeds_order_once_and_train_as_alone(tmp_path, small, teacher_dir,
+                                                                            second_teacher_dir, monkeypatch):
+    """Four students of two seeds, interleaved (the 5-seed grid's 120-student pack in small): each
+    seed's batch order is drawn once an epoch and its batches gathered once, then handed to its
+    members; each member ends as it would alone."""
+    configs = [_kd(teacher_dir, 0.5, 4.0, seed=0), _kd(second_teacher_dir, 0.9, 2.0, seed=1),
+               _kd(teacher_dir, 0.9, 2.0, seed=0), _kd(teacher_dir, 0.5, 4.0, seed=1)]
+    for i, c in enumerate(configs):
+        train.run(c, tmp_path / f"solo{i}", dataset=small, device="cpu")
+    drawn = []
+    real = train.epoch_order
+    monkeypatch.setattr(train, "epoch_order", lambda seed, epoch, n: drawn.append((seed, epoch)) or real(seed, epoch, n))
+    train.run_pack(configs, [tmp_path / f"p{i}" for i in range(4)], dataset=small, device="cpu")
+    assert sorted(drawn) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # not one draw a member
+    for i in range(4):
+        assert_same(tmp_path / f"solo{i}", tmp_path / f"p{i}")
+
+
 def test_a_member_that_diverges_fails_alone_and_its_pack_mates_finish(tmp_path, small, teacher_dir):
     """A teacher file whose weights are not numbers (one that diverged, saved by hand): its student's
     loss is NaN from the first step. It ends without a result (not 'done' at chance accuracy), its
