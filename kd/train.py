@@ -15,8 +15,8 @@ rounding of batched arithmetic).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
-import io
 import logging
 import math
 import platform
@@ -358,24 +358,20 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
     flops = flops_per_sample(nets[0], data.input_shape, dev)
     results: list[dict[str, Any] | Diverged] = []
     writes: list[Callable[[], None]] = []
-    written, t0 = 0, time.perf_counter()
+    t0 = time.perf_counter()
     state_of = stack.host_states()
     for i, c in enumerate(configs):
         lost = diverged_at(histories[i])
         if lost:  # no result: a job that learnt nothing is failed, not done at chance accuracy
             results.append(Diverged([outs[i]], [lost]))
             continue
-        result, write = final(c, outs[i], nets[i], state_of(i), histories[i], data, dev, flops, pack_size=n,
-                              teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher,
+        result, write = final(c, outs[i], nets[i], functools.partial(state_of, i), histories[i], data, dev, flops,
+                              pack_size=n, teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher,
                               fused_cnn=stack.fast_cnn)  # kd.pool's kernels and channels-last inputs
         results.append(result)
         writes.append(write)
-        if len(writes) == WRITE_AT_ONCE:  # the serialised weights wait in memory: a bounded number
-            write_all(writes)
-            written += len(writes)
-            writes = []
     write_all(writes)
-    log.info("results written: %d in %.2f s", written + len(writes), time.perf_counter() - t0)
+    log.info("results written: %d in %.2f s", len(writes), time.perf_counter() - t0)
     return results
 
 
@@ -494,20 +490,17 @@ def epoch_record(epoch: int, config: TrainConfig, train_loss: float, test_loss: 
             "seconds": seconds}
 
 
-def final(config: TrainConfig, out: Path, model: torch.nn.Module, state: dict[str, torch.Tensor],
+def final(config: TrainConfig, out: Path, model: torch.nn.Module, state: Callable[[], dict[str, torch.Tensor]],
           history: list[dict], data: kd_data.Dataset, dev: torch.device, flops: int,
           **extra: Any) -> tuple[dict[str, Any], Callable[[], None]]:
-    """A finished job's result, and what writes it: its final weights (``state``, in host memory;
-    ``model``: its architecture), then ``result.json`` (last, atomically: the job is done). The
-    writing (hashing, the disk, fsync) touches no tensor: a pack's members write side by side
-    (``write_all``)."""
-    buf = io.BytesIO()  # config saved: a teacher knows its own outputs
-    torch.save({"config": config.to_dict(), "state_dict": state}, buf)
-    weights = buf.getbuffer()
+    """A finished job's result, and what writes it: its final weights (``state()``: a copy of them
+    in host memory; ``model``: its architecture), then ``result.json`` (last, atomically: the job
+    is done). The writing touches host tensors alone (their copy, serialising, hashing, the disk):
+    a pack's members write side by side (``write_all``)."""
     metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
                "train_loss": history[-1]["train_loss"]}
     if data.num_classes == 2:  # F1 per class, macro F1, ROC AUC, confusion matrix
-        model.load_state_dict(state)
+        model.load_state_dict(state())
         logits = class_logits(models.logits_of(model, data.test_x.to(dev)), subclasses_of(config))
         metrics.update(kd_metrics.binary(logits, data.test_y.to(dev), data.class_names))
     result = {
@@ -520,25 +513,46 @@ def final(config: TrainConfig, out: Path, model: torch.nn.Module, state: dict[st
         "device": (f"{torch.cuda.get_device_name(dev)} (tf32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})"
                    if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"),
         "versions": provenance.versions(),
-        "model_file": {"name": MODEL, "bytes": len(weights)},
+        "model_file": {"name": MODEL},
         **extra,
     }
 
     def write() -> None:
+        model_file = _Hashed()
+        # config saved: a teacher knows its own outputs
+        atomic.write_with(out / MODEL, lambda f: torch.save({"config": config.to_dict(), "state_dict": state()},
+                                                            model_file.into(f)))
         # what a student checks before it trusts a teacher's model.pt, and status by its size
-        result["model_file"]["sha256"] = hashlib.sha256(weights).hexdigest()
-        atomic.write_with(out / MODEL, lambda f: f.write(weights))
+        result["model_file"].update(bytes=model_file.size, sha256=model_file.sha256.hexdigest())
         atomic.write_json(out / RESULT, result)
     return result, write
 
 
-WRITE_AT_ONCE = 32  # members whose results are written side by side (5 MB each for the reference student)
+class _Hashed:
+    """A file written through it, hashed (SHA-256) and counted on the way: a model file's digest
+    without a second pass over it, or a copy of it in memory."""
+
+    def __init__(self) -> None:
+        self.sha256, self.size, self._file = hashlib.sha256(), 0, None
+
+    def into(self, file) -> _Hashed:
+        self._file = file
+        return self
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += memoryview(data).nbytes
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
 
 
 def write_all(writes: list[Callable[[], None]]) -> None:
-    """Run a pack's members' writes side by side (threads: hashing and the disk's fsync release
-    the GIL; 120 reference students write 600 MB), and raise the first member's error, in the
-    pack's order, once all have ended: those written are done, whichever failed."""
+    """Run a pack's members' writes side by side (threads: copying, hashing and the disk release the
+    GIL; 120 reference students write 600 MB, at most 8 members' weights copied at once), and
+    raise the first member's error, in the pack's order, once all have ended: those written are
+    done, whichever failed."""
     if len(writes) <= 1:  # none: every member diverged
         return writes[0]() if writes else None
     with ThreadPoolExecutor(max_workers=min(8, len(writes)), thread_name_prefix="results-writer") as pool:
