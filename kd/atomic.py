@@ -8,6 +8,7 @@ members can read each other's results.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -73,6 +74,47 @@ def _umask() -> int:
 def write_with(path: Path, write: Callable[[IO[bytes]], Any], fsync: bool = True) -> None:
     with atomic_path(path, fsync) as tmp, open(tmp, "wb") as f:
         write(f)
+
+
+def write_hashed(path: Path, write: Callable[[IO[bytes]], Any], fsync: bool = True) -> tuple[int, str]:
+    """``write_with``, the bytes hashed (SHA-256) and counted on their way to the file: the file's
+    size and digest, without a second pass over it or a copy of it in memory. An error of the file
+    (a full disk) is raised as itself, and said as the file's, where the writer hid it behind one
+    of its own (torch.save's zip writer ends the file when interrupted, and raises its 'unexpected
+    pos' instead)."""
+    sink = _Hashed()
+
+    def into(f: IO[bytes]) -> None:
+        sink.file = f
+        try:
+            write(sink)
+        except Exception:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+    write_with(path, into, fsync)
+    return sink.size, sink.sha256.hexdigest()
+
+
+class _Hashed:
+    """A file's ``write``, hashed and counted; it keeps the file's first error."""
+
+    def __init__(self) -> None:
+        self.file: IO[bytes] | None = None
+        self.sha256, self.size, self.error = hashlib.sha256(), 0, None
+
+    def write(self, data) -> int:
+        try:
+            written = self.file.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        self.sha256.update(data)
+        self.size += memoryview(data).nbytes
+        return written
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def write_text(path: Path, text: str) -> None:

@@ -146,6 +146,6 @@ def load_arrays(root: Path) -> dict[str, torch.Tensor]:
         out[f"{part}_y"] = torch.tensor([r[2] for r in sel], dtype=torch.int64)
     for stale in root.glob(".kdsweep-mhist-*.pt"):
         stale.unlink(missing_ok=True)
-    atomic.write_with(cache, lambda f: torch.save(out, f))
+    atomic.write_hashed(cache, lambda f: torch.save(out, f))  # a full disk said as such
     log.info("MHIST decoded and cached in %s", cache)
     return out

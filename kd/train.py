@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import logging
 import math
 import platform
@@ -357,7 +356,7 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
     # the writes are done (the with waited): a finished job's checkpoint is then removed, never rewritten
     flops = flops_per_sample(nets[0], data.input_shape, dev)
     results: list[dict[str, Any] | Diverged] = []
-    writes: list[Callable[[], None]] = []
+    writes: dict[Path, Callable[[], None]] = {}  # each member's that has a result, in the pack's order
     t0 = time.perf_counter()
     state_of = stack.host_states()
     for i, c in enumerate(configs):
@@ -369,8 +368,13 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
                               pack_size=n, teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher,
                               fused_cnn=stack.fast_cnn)  # kd.pool's kernels and channels-last inputs
         results.append(result)
-        writes.append(write)
-    write_all(writes)
+        writes[outs[i]] = write
+    errors = dict(zip(writes, write_all(list(writes.values()))))
+    if any(errors.values()):  # those written are done; each of the others fails with its own error
+        own = {o: e for o, e in [*zip(outs, results), *errors.items()] if isinstance(e, Exception)}
+        first = next(e for e in own.values() if not isinstance(e, Diverged))
+        first.per_member = own
+        raise first
     log.info("results written: %d in %.2f s", len(writes), time.perf_counter() - t0)
     return results
 
@@ -518,47 +522,22 @@ def final(config: TrainConfig, out: Path, model: torch.nn.Module, state: Callabl
     }
 
     def write() -> None:
-        model_file = _Hashed()
         # config saved: a teacher knows its own outputs
-        atomic.write_with(out / MODEL, lambda f: torch.save({"config": config.to_dict(), "state_dict": state()},
-                                                            model_file.into(f)))
+        size, sha256 = atomic.write_hashed(out / MODEL, lambda f: torch.save(
+            {"config": config.to_dict(), "state_dict": state()}, f))
         # what a student checks before it trusts a teacher's model.pt, and status by its size
-        result["model_file"].update(bytes=model_file.size, sha256=model_file.sha256.hexdigest())
+        result["model_file"].update(bytes=size, sha256=sha256)
         atomic.write_json(out / RESULT, result)
     return result, write
 
 
-class _Hashed:
-    """A file written through it, hashed (SHA-256) and counted on the way: a model file's digest
-    without a second pass over it, or a copy of it in memory."""
-
-    def __init__(self) -> None:
-        self.sha256, self.size, self._file = hashlib.sha256(), 0, None
-
-    def into(self, file) -> _Hashed:
-        self._file = file
-        return self
-
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        self.size += memoryview(data).nbytes
-        return self._file.write(data)
-
-    def flush(self) -> None:
-        self._file.flush()
-
-
-def write_all(writes: list[Callable[[], None]]) -> None:
+def write_all(writes: list[Callable[[], None]]) -> list[Exception | None]:
     """Run a pack's members' writes side by side (threads: copying, hashing and the disk release the
-    GIL; 120 reference students write 600 MB, at most 8 members' weights copied at once), and
-    raise the first member's error, in the pack's order, once all have ended: those written are
-    done, whichever failed."""
-    if len(writes) <= 1:  # none: every member diverged
-        return writes[0]() if writes else None
-    with ThreadPoolExecutor(max_workers=min(8, len(writes)), thread_name_prefix="results-writer") as pool:
+    GIL; 120 reference students write 600 MB, at most 8 members' weights copied at once); once all
+    have ended, each one's error (None: written), in the pack's order."""
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(writes))), thread_name_prefix="results-writer") as pool:
         futures = [pool.submit(w) for w in writes]
-    for f in futures:
-        f.result()
+    return [f.exception() for f in futures]
 
 
 @torch.no_grad()

@@ -42,8 +42,8 @@ def test_files_written_from_threads_follow_the_umask(tmp_path):
     sys.setswitchinterval(1e-6)
     try:
         for r in range(30):
-            train.write_all([lambda p=tmp_path / f"r{r}" / f"m{i}.json": atomic.write_text(p, "x" * 1000)
-                             for i in range(64)])
+            assert train.write_all([lambda p=tmp_path / f"r{r}" / f"m{i}.json": atomic.write_text(p, "x" * 1000)
+                                    for i in range(64)]) == [None] * 64  # each written
     finally:
         sys.setswitchinterval(interval)
         umask_after = os.umask(old)

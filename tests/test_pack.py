@@ -205,6 +205,45 @@ def test_members_sharing_seeds_draw_each_seeds_order_once_and_train_as_alone(tmp
         assert_same(tmp_path / f"solo{i}", tmp_path / f"p{i}")
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 6 MB (a tmpfs: root mounts it, as in CI), gone after the test."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_fails_each_unwritten_member_with_its_own_file_and_a_rerun_writes_them(small_disk, small,
+                                                                                          teacher_dir):
+    """Three students' weights (5 MB each) onto 6 MB, written side by side: those written are done,
+    each of the others fails with the file it could not write (not torch's zip writer's 'unexpected
+    pos', which torch.save raised over the disk's error), no partial file is left, and once there
+    is room the same members finish."""
+    import subprocess
+
+    from kd.errors import UserError
+
+    configs = [_kd(teacher_dir, a, 4.0, epochs=1) for a in (0.2, 0.5, 0.8)]
+    outs = [small_disk / f"m{i}" for i in range(3)]
+    with pytest.raises(UserError) as e:
+        train.run_pack(configs, outs, dataset=small, device="cpu")
+    own = e.value.per_member
+    assert own and set(own) == {o for o in outs if not (o / "result.json").exists()}
+    for out, error in own.items():
+        assert str(error).startswith(f"{out}/") and "No space left on device" in str(error), error
+    assert not list(small_disk.rglob(".tmp-*"))
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    train.run_pack([c for c, o in zip(configs, outs) if o in own], [o for o in outs if o in own],
+                   dataset=small, device="cpu")
+    assert all((o / "result.json").exists() for o in outs)
+
+
 def test_a_member_that_diverges_fails_alone_and_its_pack_mates_finish(tmp_path, small, teacher_dir):
     """A teacher file whose weights are not numbers (one that diverged, saved by hand): its student's
     loss is NaN from the first step. It ends without a result (not 'done' at chance accuracy), its
