@@ -14,7 +14,10 @@
 #   `tests seeds gridj` (129 s), `seeds gridj` + seeds -j 1 (111 s) and seeds three times (132 s),
 #   about 30 s per start: 785 s of its 900. Its kd.pool review fixes ran on no GPU.
 #   Next: `tests seeds gridj` (about 2.5 min): the kd.pool probe, the host copy of a pack's weights,
-#   the results written 32 at a time; then `compile`.
+#   and (session 12, no GPU lent) each seed's batch order drawn once an epoch (the 120-student
+#   pack drew 120), results serialised in the writer threads, the dataset's fingerprint once: the
+#   5-seed grid's timeline should show the 1.5 s between the 120-student pack's epochs and its
+#   1.3 s of results shrink; then `compile`.
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
