@@ -103,9 +103,9 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
             for (_, o, _), r in zip(members, _train(members, data, teachers, dev, stop, checkpoint_every,
                                                     seen_by_teacher, keep_checkpoint)):
                 if isinstance(r, Diverged):  # its checkpoint holds what is not numbers: nothing to resume
-                    failed[o] = r
                     (o / CHECKPOINT).unlink(missing_ok=True)
-                    r = None
+                if isinstance(r, Exception):  # diverged, or its result not written (a full disk): a
+                    failed[o], r = r, None    # checkpoint of its own stays, for resume to go on from
                 results[o] = r
                 if r is not None and not keep_checkpoint:
                     (o / CHECKPOINT).unlink(missing_ok=True)
@@ -116,7 +116,7 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
 
 def _each_its_own(failed: dict[Path, Exception]) -> Exception:
     """One error for a pack whose members failed for reasons of their own (a teacher damaged, the
-    loss not a number): the first, or all the diverged ones together; ``per_member`` maps each
+    loss not a number, a result that could not be written): the first, or all the diverged ones together; ``per_member`` maps each
     member's folder to its own error (sweep.worker writes each member its own line)."""
     errors = list(failed.values())
     first = errors[0]
@@ -205,10 +205,12 @@ def _teachers(configs: list[TrainConfig], data: kd_data.Dataset, dev: torch.devi
 
 def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.Dataset, teachers,
            dev: torch.device, stop: Callable[[], bool] | None, checkpoint_every: float | None,
-           seen_by_teacher: int, keep_checkpoint: bool = False) -> list[dict | None]:
-    """Train members (config, folder, checkpoint or None; all at the same position) as one stack.
-    ``seen_by_teacher``: the teachers' forward-pass count when the call began (for the results).
-    The last epoch writes no checkpoint (the results follow at once) unless ``keep_checkpoint``."""
+           seen_by_teacher: int, keep_checkpoint: bool = False) -> list[dict | Exception | None]:
+    """Train members (config, folder, checkpoint or None; all at the same position) as one stack:
+    each one's result, or its own error (``Diverged``, or what kept its result from being written),
+    or None for each when stopped. ``seen_by_teacher``: the teachers' forward-pass count when the
+    call began (for the results). The last epoch writes no checkpoint (the results follow at once)
+    unless ``keep_checkpoint``."""
     configs, outs = [c for c, _, _ in members], [o for _, o, _ in members]
     c0, n = configs[0], len(members)
     # members of one seed start from one draw: built once, then copied (24 MLP students: 0.2 s of a CPU)
@@ -355,8 +357,8 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
                 return [None] * n
     # the writes are done (the with waited): a finished job's checkpoint is then removed, never rewritten
     flops = flops_per_sample(nets[0], data.input_shape, dev)
-    results: list[dict[str, Any] | Diverged] = []
-    writes: dict[Path, Callable[[], None]] = {}  # each member's that has a result, in the pack's order
+    results: list[dict[str, Any] | Exception] = []
+    writes: list[tuple[int, Callable[[], None]]] = []  # (member, what writes its result)
     t0 = time.perf_counter()
     state_of = stack.host_states()
     for i, c in enumerate(configs):
@@ -368,14 +370,14 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
                               pack_size=n, teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher,
                               fused_cnn=stack.fast_cnn)  # kd.pool's kernels and channels-last inputs
         results.append(result)
-        writes[outs[i]] = write
-    errors = dict(zip(writes, write_all(list(writes.values()))))
-    if any(errors.values()):  # those written are done; each of the others fails with its own error
-        own = {o: e for o, e in [*zip(outs, results), *errors.items()] if isinstance(e, Exception)}
-        first = next(e for e in own.values() if not isinstance(e, Diverged))
-        first.per_member = own
-        raise first
-    log.info("results written: %d in %.2f s", len(writes), time.perf_counter() - t0)
+        writes.append((i, write))
+    errors = write_all([w for _, w in writes])
+    for (i, _), error in zip(writes, errors):
+        if error is not None:  # those written are done; each of the others fails with its own error
+            if not isinstance(error, Exception):  # not a member's failure (none is known to reach here)
+                raise error
+            results[i] = error
+    log.info("results written: %d in %.2f s", errors.count(None), time.perf_counter() - t0)
     return results
 
 
@@ -531,7 +533,7 @@ def final(config: TrainConfig, out: Path, model: torch.nn.Module, state: Callabl
     return result, write
 
 
-def write_all(writes: list[Callable[[], None]]) -> list[Exception | None]:
+def write_all(writes: list[Callable[[], None]]) -> list[BaseException | None]:
     """Run a pack's members' writes side by side (threads: copying, hashing and the disk release the
     GIL; 120 reference students write 600 MB, at most 8 members' weights copied at once); once all
     have ended, each one's error (None: written), in the pack's order."""

@@ -144,7 +144,8 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
                     _teacher_damaged(err.folder, str(err))
             for f in todo:
                 if not (f / "result.json").exists():
-                    state.record_error(f, first_line(own.get(f, e)), traceback.format_exc())
+                    error = own.get(f, e)
+                    state.record_error(f, first_line(error), "".join(traceback.format_exception(error)))
             raise
         finally:
             stop_heartbeat()

@@ -518,11 +518,17 @@ def test_five_seed_reference_grid_is_two_student_packs():
     assert sorted(len(u) for u in students) == [5, 120]  # was 10 packs (one per seed and kind) before
 
 
-def test_each_member_that_fails_for_a_reason_of_its_own_gets_its_own_line(tmp_path, teacher_dir, second_teacher_dir):
+@pytest.mark.parametrize("full_disk", [False, True])
+def test_each_member_that_fails_for_a_reason_of_its_own_gets_its_own_line(tmp_path, teacher_dir, second_teacher_dir,
+                                                                         full_disk):
     """One pack, three students: one of a sound teacher, one of a teacher whose weights are not
     numbers (it diverges), one of a teacher overwritten since it finished. The first finishes; the
     other two fail, each with its own reason in its error.json; the damaged teacher is handed back
-    (its result kept aside) so that resume trains it again."""
+    (its result kept aside) so that resume trains it again. With a fourth, whose folder is a full
+    disk (a 1 MB tmpfs): it fails with its own file, the others as before, each with its own
+    traceback."""
+    import subprocess
+
     from kd.teacher import DamagedTeacher
     from sweep import state, worker
 
@@ -539,18 +545,32 @@ def test_each_member_that_fails_for_a_reason_of_its_own_gets_its_own_line(tmp_pa
     data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
     model.write_bytes(bytes(data))
     folders = []
-    for name in ("sound", "nan", "damaged"):
-        folder = jobs / f"kd-of-{name}"
+    for name in ("sound", "nan", "damaged") + (("sound",) if full_disk else ()):
+        folder = jobs / f"kd-of-{name}{len(folders)}"
         folder.mkdir()
+        if len(folders) == 3:
+            mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                                     capture_output=True, text=True)
+            if mounted.returncode:
+                pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
         config = make_config(method="kd", alpha=0.5, temperature=4.0, teacher=name, epochs=1, batch_size=500)
         (folder / "config.json").write_text(json.dumps({"id": folder.name, "name": folder.name,
                                                         "config": config.to_dict()}))
         folders.append(folder)
-    with pytest.raises(DamagedTeacher):  # the unit's one error: the first (the worker's exit line)
-        worker.run_unit(folders, device="cpu")
-    assert (folders[0] / "result.json").exists()
-    lines = [json.loads((f / "error.json").read_text())["line"] for f in folders[1:]]
-    assert lines[0].startswith("Diverged: training diverged: the loss is not a number from kd-of-nan (epoch 1)")
+    try:
+        with pytest.raises(DamagedTeacher):  # the unit's one error: the first (the worker's exit line)
+            worker.run_unit(folders, device="cpu")
+        assert (folders[0] / "result.json").exists()
+        errors = [json.loads((f / "error.json").read_text()) for f in folders[1:]]
+    finally:
+        if full_disk:
+            subprocess.run(["umount", "-l", str(folders[3])], check=False)
+    lines = [e["line"] for e in errors]
+    assert lines[0].startswith("Diverged: training diverged: the loss is not a number from kd-of-nan1 (epoch 1)")
     assert lines[1].startswith(f"DamagedTeacher: teacher: {model} is damaged"), lines[1]
+    assert "DamagedTeacher" in errors[1]["traceback"] and "No space left" not in errors[1]["traceback"]
+    if full_disk:
+        assert lines[2] == f"UserError: {folders[3]}/model.pt: cannot write it (No space left on device)", lines[2]
+        assert "No space left on device" in errors[2]["traceback"]
     assert state.job_state(jobs / "damaged").state == state.FAILED  # handed back: resume trains it again
     assert list((jobs / "damaged").glob("result.json.damaged-*"))
