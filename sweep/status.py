@@ -114,10 +114,9 @@ def _attempt_task(folder: Path, jid: str) -> str | None:
 
 def _beating(folder: Path, jid: str, sid: str) -> bool:
     """Whether Slurm task ``sid`` is at work on the job: its attempt's heartbeat is fresh."""
-    attempt = state.job_dir(folder, jid) / "attempt.json"
-    record = state.read_json(attempt) or {}
     try:
-        return record.get("slurm_job_id") == sid and time.time() - attempt.stat().st_mtime < state.STALE_S
+        return (_attempt_task(folder, jid) == sid
+                and time.time() - (state.job_dir(folder, jid) / "attempt.json").stat().st_mtime < state.STALE_S)
     except OSError:
         return False
 
