@@ -2,6 +2,7 @@
 not, mid-epoch included; and the teacher cache."""
 import json
 import shutil
+import subprocess
 import tomllib
 
 import pytest
@@ -205,18 +206,27 @@ def test_members_sharing_seeds_draw_each_seeds_order_once_and_train_as_alone(tmp
         assert_same(tmp_path / f"solo{i}", tmp_path / f"p{i}")
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real file system of 6 MB (a tmpfs: root mounts it, as in CI), gone after the test."""
-    import subprocess
-
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True, text=True)
+def mount_tmpfs(folder, size):
+    """A real file system of ``size`` (a tmpfs: root mounts it, as in CI) on ``folder``; the test
+    skips where mounting is refused. Unmount it with ``unmount``."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+
+
+def unmount(folder):
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 6 MB, gone after the test."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount_tmpfs(disk, "6m")
     yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    unmount(disk)
 
 
 def test_a_full_disk_fails_each_unwritten_member_with_its_own_file_and_a_rerun_writes_them(small_disk, small,
@@ -225,8 +235,6 @@ def test_a_full_disk_fails_each_unwritten_member_with_its_own_file_and_a_rerun_w
     each of the others fails with the file it could not write (not torch's zip writer's 'unexpected
     pos', which torch.save raised over the disk's error), no partial file is left, and once there
     is room the same members finish."""
-    import subprocess
-
     from kd.errors import UserError
 
     configs = [_kd(teacher_dir, a, 4.0, epochs=1) for a in (0.2, 0.5, 0.8)]
@@ -527,8 +535,6 @@ def test_each_member_that_fails_for_a_reason_of_its_own_gets_its_own_line(tmp_pa
     (its result kept aside) so that resume trains it again. With a fourth, whose folder is a full
     disk (a 1 MB tmpfs): it fails with its own file, the others as before, each with its own
     traceback."""
-    import subprocess
-
     from kd.teacher import DamagedTeacher
     from sweep import state, worker
 
@@ -549,10 +555,7 @@ def test_each_member_that_fails_for_a_reason_of_its_own_gets_its_own_line(tmp_pa
         folder = jobs / f"kd-of-{name}{len(folders)}"
         folder.mkdir()
         if len(folders) == 3:
-            mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                                     capture_output=True, text=True)
-            if mounted.returncode:
-                pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+            mount_tmpfs(folder, "1m")
         config = make_config(method="kd", alpha=0.5, temperature=4.0, teacher=name, epochs=1, batch_size=500)
         (folder / "config.json").write_text(json.dumps({"id": folder.name, "name": folder.name,
                                                         "config": config.to_dict()}))
@@ -564,7 +567,7 @@ def test_each_member_that_fails_for_a_reason_of_its_own_gets_its_own_line(tmp_pa
         errors = [json.loads((f / "error.json").read_text()) for f in folders[1:]]
     finally:
         if full_disk:
-            subprocess.run(["umount", "-l", str(folders[3])], check=False)
+            unmount(folders[3])
     lines = [e["line"] for e in errors]
     assert lines[0].startswith("Diverged: training diverged: the loss is not a number from kd-of-nan1 (epoch 1)")
     assert lines[1].startswith(f"DamagedTeacher: teacher: {model} is damaged"), lines[1]
