@@ -57,11 +57,10 @@ def main() -> None:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
             torch.manual_seed(0)
             model = models.build(name, 10, d.input_shape).cuda()
-            t0 = time.perf_counter()
             if compile_:
                 model = torch.compile(model)
             times = epoch_times(model, x, y, args.epochs, bf16, cl)
-            first = times[0] if not compile_ else times[0]
+            first = times[0]
             steady = statistics.median(times[1:])
             rows.append((label, steady, first - steady if compile_ else None))
         print(f"\n{name}: seconds per epoch (median of epochs 2..{args.epochs})")

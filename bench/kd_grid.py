@@ -96,8 +96,6 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each side, alternating (medians)")
     args = ap.parse_args()
 
-    import torch
-
     from kd import data as kd_data, models
     from sweep import api, state
 

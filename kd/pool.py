@@ -164,7 +164,7 @@ def _usable(x: torch.Tensor) -> bool:
     """A tensor the kernels take: not under a tracer or vmap (asked first: vmap refuses the layout
     questions), on CUDA (or Triton's interpreter), 4-d float32 or bfloat16, NCHW or channels-last,
     at least one window, and indices that fit the kernels' 32-bit arithmetic."""
-    return (not rng._traced(x) and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    return (not rng.traced(x) and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
             and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16) and x.numel() < 1 << 31
             and x.shape[2] >= 2 and x.shape[3] >= 2 and _layout(x) is not None)
 

@@ -115,7 +115,7 @@ _INDICES: dict[tuple, torch.Tensor] = {}
 
 def _fused_at_least(keys: torch.Tensor, shape: tuple[int, ...], thr: int) -> torch.Tensor | None:
     n = math.prod(shape)
-    if thr > M32 or n >= 1 << 31 or _traced(keys):
+    if thr > M32 or n >= 1 << 31 or traced(keys):
         return None
     capturing = torch.cuda.is_current_stream_capturing()
     index = _INDICES.get((n, keys.device))
@@ -152,7 +152,7 @@ def fused_failed(state: dict, e: Exception, what: str, logger: logging.Logger = 
     logger.warning("%s (%s)", what, state["error"])
 
 
-def _traced(keys: torch.Tensor) -> bool:
+def traced(keys: torch.Tensor) -> bool:
     """Under a dispatch mode (make_fx's trace, which would not record the fused kernel's launch)
     or inside vmap (a batched tensor the kernel cannot take)."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode

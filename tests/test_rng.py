@@ -64,8 +64,8 @@ def test_the_fused_mask_stands_aside_under_a_tracer_or_vmap():
     from torch.fx.experimental.proxy_tensor import make_fx
 
     keys = rng.keys_tensor([0, 1], 3)
-    assert not rng._traced(keys)
+    assert not rng.traced(keys)
     seen = []
-    make_fx(lambda k: seen.append(rng._traced(k)) or k + 1)(keys)
-    vmap(lambda k: seen.append(rng._traced(k)) or k + 1)(keys)
+    make_fx(lambda k: seen.append(rng.traced(k)) or k + 1)(keys)
+    vmap(lambda k: seen.append(rng.traced(k)) or k + 1)(keys)
     assert seen == [True, True]
