@@ -363,7 +363,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             line += f" trained in {wall:.0f} s{packed}" if wall is not None else ""
             line += f"  test accuracy {acc:.2%}" if acc is not None else ""
         else:
-            line += f" after {e.seconds:.0f} s: {e.detail}" if e.seconds else f": {e.detail}"
+            # a skipped job never trained: its unit's time (waiting for a teacher) would read as its own
+            ran = e.seconds and e.state != "skipped"
+            line += f" after {e.seconds:.0f} s: {e.detail}" if ran else f": {e.detail}"
         bar.write(line)
         bar.update(1)
 

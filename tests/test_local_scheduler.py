@@ -141,3 +141,17 @@ def test_an_interrupted_run_stops_its_children(tmp_path, stand_in, monkeypatch):
         local.run(_plan(), tmp_path, jobs=2, pack=1, on_event=interrupt, poll=0.01)
     assert len(stand_in.starts) == 2
     assert all(proc.returncode is not None and proc.returncode < 0 for _, _, proc in stand_in.starts)
+
+
+def test_the_run_prints_no_time_for_a_student_that_never_trained(tmp_path, stand_in, capsys):
+    from sweep.cli import main
+
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('name = "s"\ndataset = "mnist-5k"\nmethods = ["kd"]\n'
+                          '[grid]\nalpha = [0.5]\ntemperature = [4]\nseed = [0, 1]\n')
+    stand_in.fail.add("teacher-s0")
+    assert main(["-q", "run", str(sweep_file), "--results", str(tmp_path / "r"), "-j", "4", "--pack", "1"]) == 1
+    out = capsys.readouterr().out
+    assert stand_in.starts[2][0] == ["kd-a0.5-T4-s0"]  # it started early, waited for its teacher, was stopped
+    (line,) = [x for x in out.splitlines() if x.startswith("skipped")]
+    assert line.endswith(" kd-a0.5-T4-s0: its teacher did not finish"), out  # not "after 0 s": it never trained
