@@ -186,7 +186,34 @@ WAITING = {"BeginTime": "requeued, held until {start}", "DependencyNeverSatisfie
            "PartitionConfig": "it asks more than its partition allows (cpus, gpus, memory or time) and will never "
                               "start: scancel {id}, fix the profile, then resume",
            "BadConstraints": "no node meets its constraint: scancel {id}, fix the profile, then resume",
-           "ReqNodeNotAvail": "the nodes it needs are down, drained or reserved"}
+           "PartitionTimeLimit": "it asks more time than its partition allows and will never start: scancel {id}, "
+                                 "lower the profile's time, then resume",
+           "PartitionNodeLimit": "it asks more nodes than its partition allows and will never start: scancel {id}, "
+                                 "fix the profile, then resume",
+           "PartitionDown": "its partition is down: it starts when an administrator brings it up",
+           "PartitionInactive": "its partition is inactive: it starts when an administrator brings it up",
+           "InvalidAccount": "its account is not valid here and it will never start: scancel {id}, fix the "
+                             "profile's account, then resume",
+           "InvalidQOS": "its QOS is not valid here and it will never start: scancel {id}, fix the profile's qos, "
+                         "then resume"}
+# reasons by family: (prefix or None, contains, line); the nodes' own words differ between Slurm versions
+# (22.05: "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions")
+WAITING_LIKE = [("ReqNodeNotAvail", "", "the nodes it needs are down, drained or reserved"),
+                ("Nodes required for job are DOWN", "", "the nodes it needs are down, drained or reserved"),
+                (None, "PerJob", "it asks more than its account or QOS allows a job ({reason}) and will never start: "
+                                 "scancel {id}, fix the profile, then resume"),
+                ("Assoc", "", "held back by a limit of its account ({reason}): it starts when the account's "
+                              "other jobs leave room"),
+                ("QOS", "", "held back by a limit of its QOS ({reason}): it starts when the QOS's other jobs leave room")]
+
+
+def _why(reason: str, start: str, jid: str) -> str:
+    """squeue's reason for a pending job (``%r``) as status's line: why it waits, and what moves it."""
+    line = WAITING.get(reason)
+    if line is None:
+        line = next((text for prefix, part, text in WAITING_LIKE
+                     if (prefix is None or reason.startswith(prefix)) and part in reason), "")
+    return line.format(start=_clock(start), id=jid, reason=reason)
 
 
 def parse_squeue(text: str) -> dict[str, tuple[str, str]]:
@@ -195,7 +222,7 @@ def parse_squeue(text: str) -> dict[str, tuple[str, str]]:
     for line in text.splitlines():
         jobid, st, reason, start = (line.split("|") + ["", "", ""])[:4]
         for jid in _expand(jobid.strip()):
-            why = WAITING.get(reason.strip(), "").format(start=_clock(start.strip()), id=jid)
+            why = _why(reason.strip(), start.strip(), jid)
             found[jid] = (SQUEUE.get(st.strip(), "running"), why)
     return found
 

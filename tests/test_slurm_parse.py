@@ -52,6 +52,16 @@ def test_squeue_output_as_states(monkeypatch):
         "4222": ("queued", "it asks more than its partition allows (cpus, gpus, memory or time) and will never "
                            "start: scancel 4222, fix the profile, then resume"),
         "4223": ("queued", "held by an administrator: scontrol release 4223 (as one) lets it start"),
+        # more time than the partition's MaxTime, a drained node (the test cluster's words, Slurm 22.05);
+        # the same in other versions' words, and limits of QOS and account (Slurm's documented reasons)
+        "4224": ("queued", "it asks more time than its partition allows and will never start: scancel 4224, lower "
+                           "the profile's time, then resume"),
+        "4225_0": ("queued", "the nodes it needs are down, drained or reserved"),
+        "4226": ("queued", "the nodes it needs are down, drained or reserved"),
+        "4227": ("queued", "it asks more than its account or QOS allows a job (QOSMaxWallDurationPerJobLimit) and will "
+                           "never start: scancel 4227, fix the profile, then resume"),
+        "4228": ("queued", "held back by a limit of its account (AssocGrpGRES): it starts when the account's other "
+                           "jobs leave room"),
     }
     assert slurm.parse_squeue("7_1|RQ\n") == {"7_1": ("queued", "")}  # the two-field form reads too
 
