@@ -479,7 +479,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if running:
         print(f"note: a 'kdsweep run' of {plan.sweep.name} (pid {running}) works in {folder} now: "
               "its pending jobs are its to start")
-    print(status.totals(states) + _next_step(states, args, "status" if running else None, _last_profile(folder)))
+    print(status.totals(states) + _next_step(states, args, "status" if running else None, _last_profile(folder),
+                                             (state.read_json(folder / "plan.json") or {}).get("data_root")))
     return 0
 
 
@@ -494,10 +495,12 @@ def _foreign_note(folder: Path, plan) -> None:
               "file of this name ran here): kept, not in this status or collect")
 
 
-def _next_step(states: list, args: argparse.Namespace, step: str | None = None, profile: str | None = None) -> str:
+def _next_step(states: list, args: argparse.Namespace, step: str | None = None, profile: str | None = None,
+               data_root: str | None = None) -> str:
     """``  ->  kdsweep resume SWEEP [--results DIR]``: the command that moves the sweep on from ``states``
     (``step`` where the caller knows it): resume what is neither done nor active; else wait for what
-    is active elsewhere (status); else collect. ``profile``: resume submits to SLURM with it."""
+    is active elsewhere (status); else collect. ``profile``: resume submits to SLURM with it;
+    ``data_root``: the one the sweep last ran with (``args.data_root`` where the command has one)."""
     from sweep import state, status
 
     if step is None:
@@ -506,6 +509,8 @@ def _next_step(states: list, args: argparse.Namespace, step: str | None = None, 
         step = "resume" if left else "status" if elsewhere else "collect"
     results = f" --results {shlex.quote(str(args.results))}" if args.results != Path("results") else ""
     to = f" --profile {shlex.quote(profile)}" if step == "resume" and profile else ""
+    root = getattr(args, "data_root", None) or data_root
+    to += f" --data-root {shlex.quote(str(root))}" if step == "resume" and root else ""
     limit = f" --max-jobs {args.max_jobs}" if getattr(args, "max_jobs", None) is not None else ""
     return f"  ->  kdsweep {step} {shlex.quote(args.sweep)}{results}{limit}{to}"
 

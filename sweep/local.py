@@ -99,7 +99,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
         emit(Event(job, outcome, detail, seconds))
 
     with state.sweep_lock(folder):
-        state.write_plan(folder, plan)
+        state.write_plan(folder, plan, data_root)
         if on_start:
             on_start()
         states = dict((j.id, s) for j, s in status.job_states(plan, folder))

@@ -97,11 +97,15 @@ def foreign_done(folder: Path, plan: Plan) -> int:
         return 0
 
 
-def write_plan(sweep_folder: Path, plan: Plan) -> None:
-    """Record the plan and each job's config, so any later shell can see what was run."""
+def write_plan(sweep_folder: Path, plan: Plan, data_root: Path | None = None) -> None:
+    """Record the plan and each job's config, so any later shell can see what was run (and with
+    which data root: the command that resumes it names it again)."""
     jobs = [{"id": j.id, "name": j.name, "method": j.method, "config": j.config, "depends_on": list(j.depends_on)}
             for j in plan.jobs]
-    atomic.write_json(sweep_folder / "plan.json", {"sweep": plan.sweep.name, "jobs": jobs})
+    record = {"sweep": plan.sweep.name, "jobs": jobs}
+    if data_root is not None:
+        record["data_root"] = str(Path(data_root).resolve())
+    atomic.write_json(sweep_folder / "plan.json", record)
     for j in plan.jobs:
         folder = job_dir(sweep_folder, j)
         config = folder / "config.json"

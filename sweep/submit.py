@@ -112,7 +112,7 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
 
     out = Submitted()
     with state.sweep_lock(folder):
-        state.write_plan(folder, plan)
+        state.write_plan(folder, plan, data_root)
         states = dict((j.id, s) for j, s in status.job_states(plan, folder, strict=True))
         out.already_done = sum(s.state == state.DONE for s in states.values())
         stranded = {jid for jid, s in states.items() if s.stranded}  # queued behind a teacher that failed

@@ -155,3 +155,21 @@ def test_the_run_prints_no_time_for_a_student_that_never_trained(tmp_path, stand
     assert stand_in.starts[2][0] == ["kd-a0.5-T4-s0"]  # it started early, waited for its teacher, was stopped
     (line,) = [x for x in out.splitlines() if x.startswith("skipped")]
     assert line.endswith(" kd-a0.5-T4-s0: its teacher did not finish"), out  # not "after 0 s": it never trained
+
+
+def test_the_next_command_names_the_data_root_the_sweep_ran_with(tmp_path, stand_in, capsys):
+    from sweep.cli import main
+
+    sweep_file, results, root = tmp_path / "s.toml", tmp_path / "r", tmp_path / "my data"
+    sweep_file.write_text('name = "s"\ndataset = "mnist-5k"\nmethods = ["kd"]\n'
+                          '[grid]\nalpha = [0.5]\ntemperature = [4]\nseed = [0]\n')
+    root.mkdir()
+    stand_in.fail.add("teacher-s0")
+    assert main(["-q", "run", str(sweep_file), "--results", str(results), "--data-root", str(root)]) == 1
+    hint = f"  ->  kdsweep resume {sweep_file} --results {results} --data-root '{root}'"
+    assert capsys.readouterr().out.splitlines()[-1].endswith(hint)
+    (results / "s" / ".lock").write_text("")  # the run's process ended (here it is this test's, still alive)
+    # another shell in another folder, days later: status reads the data root from the sweep's plan.json
+    status = subprocess.run([sys.executable, "-m", "sweep.cli", "status", str(sweep_file), "--results", str(results)],
+                            capture_output=True, text=True, cwd="/")
+    assert status.stdout.splitlines()[-1] == "0/2 done, 1 failed, 1 pending" + hint, status.stdout + status.stderr

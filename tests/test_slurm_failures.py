@@ -2,6 +2,7 @@
 (not stranded), status says why, and one resume after the cause is fixed finishes every job once."""
 import json
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -54,11 +55,13 @@ def test_failed_teacher_cancels_its_students_and_one_resume_recovers(slurm_clust
     assert "truncated or oversized IDX file" in lines["teacher-s0"]
     for name in ("kd-a0.5-T2-s0", "kd-a0.5-T4-s0"):
         assert "cancelled" in lines[name] and lines[name].endswith("its teacher teacher-s0 failed"), out
-    assert out.splitlines()[-1] == f"0/3 done, 1 failed, 2 cancelled  ->  kdsweep resume {sweep_file} --results {results} " \
-        "--profile local-slurm"
+    totals, hint = out.splitlines()[-1].split("  ->  kdsweep ")
+    assert totals == "0/3 done, 1 failed, 2 cancelled"
+    # the data root the sweep ran with, named again (from a shell without it, resume would read the default)
+    assert hint == f"resume {sweep_file} --results {results} --profile local-slurm --data-root {root}"
 
     labels.write_bytes(good)  # the cause fixed
-    out = kdsweep("resume", sweep_file, *args).stdout
+    out = kdsweep(*shlex.split(hint)).stdout  # the command status printed, as it printed it
     assert "submitted first array" in out and "submitted students array" in out
     states = wait_until(sweep_file, results, all_final)
     assert {s.state for s in states.values()} == {state.DONE}, states
