@@ -448,6 +448,9 @@ def _submit(args: argparse.Namespace, plan, folder: Path) -> int:
         print(f"submitted {level} array {array_id}: {n} tasks (profile {prof.name})")
     if out.cancelled:
         print(f"cancelled {out.cancelled} students queued behind a teacher that failed; submitted again")
+    if out.held_back:
+        print(f"not submitted: {_count(len(out.held_back), 'student')} whose teacher trains where Slurm cannot "
+              f"be asked to wait for it: {', '.join(out.held_for)}; resume again when it is done")
     if not out.arrays:
         print(f"nothing to submit: {out.already_done} done, {out.skipped_active} queued or running")
     elif out.skipped_active or out.already_done:
@@ -507,12 +510,15 @@ def _next_step(states: list, args: argparse.Namespace, step: str | None = None, 
         left = any(s.state != state.DONE and not status.active(s) for _, s in states)  # resume runs it
         elsewhere = any(status.active(s) for _, s in states)  # on Slurm, or another run: wait for it
         step = "resume" if left else "status" if elsewhere else "collect"
+        if any(s.unasked for _, s in states):  # resume would refuse: what Slurm runs is not known here
+            step = "status"
     results = f" --results {shlex.quote(str(args.results))}" if args.results != Path("results") else ""
     to = f" --profile {shlex.quote(profile)}" if step == "resume" and profile else ""
     root = getattr(args, "data_root", None) or data_root
     to += f" --data-root {shlex.quote(str(root))}" if step == "resume" and root else ""
     limit = f" --max-jobs {args.max_jobs}" if getattr(args, "max_jobs", None) is not None else ""
-    return f"  ->  kdsweep {step} {shlex.quote(args.sweep)}{results}{limit}{to}"
+    where = " where Slurm answers (the cluster's login node)" if any(s.unasked for _, s in states) else ""
+    return f"  ->  kdsweep {step} {shlex.quote(args.sweep)}{results}{limit}{to}{where}"
 
 
 def _last_profile(folder: Path) -> str | None:

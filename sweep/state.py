@@ -46,6 +46,7 @@ class JobState:
     detail: str = ""  # the failure's last error line, or where it runs
     stranded: bool = False  # queued on Slurm behind a teacher task that will never succeed
     slurm_id: str | None = None  # the Slurm task whose state this is (of a job submitted more than once: the live one)
+    unasked: bool = False  # submitted, but Slurm could not be asked about it: the folder's word alone
 
 
 def sweep_dir(results_root: Path, plan: Plan) -> Path:

@@ -1,6 +1,7 @@
 """Where a sweep stands: each job's state from its folder, and the totals."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -36,6 +37,8 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
         log.warning("could not ask Slurm about %d submitted jobs (%s): their states below are the job "
                     "folders' alone", len(submitted), e)
         seen = {}
+        for jid in submitted:
+            states[jid] = dataclasses.replace(states[jid], unasked=True)
     for jid, sids in submitted.items():
         known = [sid for sid in sids if sid in seen]
         if not known:  # Slurm has forgotten it (no accounting): the folder tells
@@ -47,12 +50,12 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
         ids[jid] = sid
         st, reason = seen[sid]
         if states[jid].state == state.DAMAGED and (st not in (state.RUNNING, state.QUEUED)
-                                                   or sid == _attempt_task(folder, jid)):
+                                                   or sid == attempt_task(folder, jid)):
             # the task that wrote its result (ended, or ending) wrote one damaged since: the folder's
             # word says what, and resume; a task submitted again says where the job is instead
             states[jid] = state.JobState(state.DAMAGED, states[jid].detail, slurm_id=sid)
             continue
-        trainer = _attempt_task(folder, jid) \
+        trainer = attempt_task(folder, jid) \
             if st in (state.FAILED, state.CANCELLED) and states[jid].state == state.RUNNING else None
         if trainer and trainer != sid:
             # its folder's heartbeat is another task's (one whose record was lost): that one trains it
@@ -61,6 +64,8 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
             continue
         if st == state.FAILED and states[jid].state == state.FAILED:
             reason = states[jid].detail  # the job's own last error line says more than an exit code
+        elif st == state.FAILED and reason.startswith("exit code") and states[jid].state == state.PENDING:
+            reason = "; ".join(filter(None, [reason, task_log_error(folder, sid)]))  # it never began
         if st == state.QUEUED and not reason and _beating(folder, jid, sid):
             st = state.RUNNING  # the task writes its heartbeat: accounting has not caught up yet
         if st in (state.FAILED, state.CANCELLED) and state.has_checkpoint(job := state.job_dir(folder, jid)) \
@@ -102,12 +107,28 @@ def _folder_state(folder: Path, job: Job) -> state.JobState:
     return state.job_state(folder)
 
 
+def task_log_error(folder: Path, sid: str) -> str:
+    """Where a task failed before its job began (no python at the profile's path, a container that
+    did not start), the first error line of the task's own log, and the log; else ''."""
+    task = sid if "_" in sid else f"{sid}_0"  # sacct names an array of one task by the array's id
+    for name in (f"{task}_log.err", f"{task}_log.out"):  # submitit's logs: slurm/<array id>/<task>_log.*
+        log = folder / "slurm" / sid.split("_")[0] / name
+        try:
+            lines = log.read_text(errors="replace").splitlines()[-200:]
+        except OSError:
+            continue
+        hit = next((x.strip() for x in lines if "error" in x.lower()), None)
+        if hit:
+            return f"{hit[:200]} ({log})"
+    return ""
+
+
 def _newer(teacher: str | None, student: str | None) -> bool:
     """The teacher was submitted again after the student: the student's afterok names a dead task."""
     return bool(teacher and student) and int(teacher.split("_")[0]) > int(student.split("_")[0])
 
 
-def _attempt_task(folder: Path, jid: str) -> str | None:
+def attempt_task(folder: Path, jid: str) -> str | None:
     """The Slurm task that last began training the job (its attempt.json says), or None."""
     return (state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id")
 
@@ -115,7 +136,7 @@ def _attempt_task(folder: Path, jid: str) -> str | None:
 def _beating(folder: Path, jid: str, sid: str) -> bool:
     """Whether Slurm task ``sid`` is at work on the job: its attempt's heartbeat is fresh."""
     try:
-        return (_attempt_task(folder, jid) == sid
+        return (attempt_task(folder, jid) == sid
                 and time.time() - (state.job_dir(folder, jid) / "attempt.json").stat().st_mtime < state.STALE_S)
     except OSError:
         return False

@@ -102,6 +102,9 @@ class Submitted:
     skipped_active: int = 0
     already_done: int = 0
     cancelled: int = 0  # students queued behind a failed teacher: cancelled, then submitted again
+    held_back: list[str] = field(default_factory=list)  # students not submitted: their teacher trains where
+    # no Slurm id is known to wait on (a local run; a lost submissions record and no task in its folder)
+    held_for: list[str] = field(default_factory=list)  # those teachers: "name (its state's detail)"
 
 
 def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = None,
@@ -122,6 +125,9 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
         if not todo:
             return out
         known = {**slurm.latest_ids(folder), **{jid: s.slurm_id for jid, s in states.items() if s.slurm_id}}
+        for jid, s in states.items():  # training, its submission unrecorded (the record lost): its own task
+            if status.active(s) and jid not in known and (sid := status.attempt_task(folder, jid)):
+                known[jid] = sid
         if stranded:
             slurm.cancel([known[jid] for jid in sorted(stranded)])
             out.cancelled = len(stranded)
@@ -132,9 +138,20 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
         except RuntimeError as e:  # no srun on this machine
             raise UserError(f"cannot submit to SLURM here: {e}") from None
         task = _task()
+        names = {j.id: j.name for j in plan.jobs}
         root = str(Path(data_root).resolve()) if data_root else None
         for i, level_units in enumerate(_level_units(plan, pack, p)):
             tasks = [[j for j in u if j.id in todo] for u in level_units]
+            # a student whose teacher trains out of Slurm's sight (no id to wait on) would start at once
+            # and fail: it waits for a later resume
+            unseen = {j.id: [d for d in j.depends_on if states[d].state != state.DONE and d not in known]
+                      for t in tasks for j in t}
+            for jid, teachers in unseen.items():
+                if teachers:
+                    out.held_back.append(jid)
+                    out.held_for += [w for d in teachers
+                                     if (w := f"{names[d]} ({states[d].detail})") not in out.held_for]
+            tasks = [[j for j in t if not unseen[j.id]] for t in tasks]
             tasks = [t for t in tasks if t]
             if not tasks:
                 continue

@@ -176,6 +176,19 @@ def test_failing_job_shows_failed_with_its_error_line(slurm_cluster, tmp_path):
     assert "0/1 done, 1 failed" in out
 
 
+def test_a_task_that_fails_before_its_job_begins_shows_its_logs_error_line(slurm_cluster, tmp_path):
+    profile = tmp_path / "p.toml"  # a python path mistyped: the task's srun fails, the job never begins
+    profile.write_text('name = "p"\npartition = "debug"\ntime = 10\ncpus = 1\npython = "/nonexistent/python3"\n')
+    sweep_file = tmp_path / "one.toml"
+    sweep_file.write_text('name = "one"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n[train]\nepochs = 1\n')
+    kdsweep("run", sweep_file, "--results", tmp_path / "r", "--profile", profile)
+    (s,) = wait_until(sweep_file, tmp_path / "r", all_final).values()
+    assert s.state == state.FAILED and "exit code" in s.detail, s
+    # where before it said 'exit code 2' alone, the answer being in a file under results/one/slurm/
+    assert "execve(): /nonexistent/python3: No such file or directory" in s.detail, s
+    assert f"({tmp_path / 'r' / 'one' / 'slurm'}/" in s.detail and "_log.out)" in s.detail, s
+
+
 def test_container_path_through_an_apptainer_stand_in(slurm_cluster, tmp_path):
     image = tmp_path / "kd-sweep.sif"
     image.write_bytes(b"stand-in image")

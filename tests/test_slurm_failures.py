@@ -99,3 +99,41 @@ def test_cancelled_teacher_cancels_its_students_and_one_resume_recovers(slurm_cl
     assert re.search(r"resuming .* from epoch \d, step \d+", log), log  # where the cancelled teacher stopped
     assert kdsweep("status", sweep_file, "--results", results).stdout.splitlines()[-1] == \
         f"3/3 done  ->  kdsweep collect {sweep_file} --results {results}"
+
+
+def test_a_lost_record_resubmits_students_behind_the_task_that_trains_their_teacher(slurm_cluster, tmp_path,
+                                                                                   mini_mnist_env):
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name="lost", teacher_epochs=3, teacher_batch=16))  # about 3 s an epoch
+    results = tmp_path / "r"
+    args = ("--results", results, "--profile", "local-slurm")
+    kdsweep("run", sweep_file, *args)
+    teacher = next(j for j in api.plan(sweep_file).jobs if j.method == "teacher")
+    wait_until(sweep_file, results, lambda st: st["teacher-s0"].state == state.RUNNING
+               and (state.job_dir(results / "lost", teacher) / "attempt.json").exists())
+    first = _submissions(results, "lost")
+    (results / "lost" / "slurm" / "submissions.json").unlink()  # a stray rm: what was submitted is forgotten
+    out = kdsweep("resume", sweep_file, *args).stdout
+    assert "submitted first array" not in out and "submitted students array" in out, out  # the teacher trains
+    (again,) = _submissions(results, "lost")
+    (task,) = {again["jobs"][j] for j in again["jobs"]}
+    dependency = subprocess.run(["squeue", "-h", "-j", task.split("_")[0], "-o", "%E"], capture_output=True,
+                                text=True, check=True).stdout
+    assert f"afterok:{first[0]['jobs'][teacher.id].split('_')[0]}" in dependency, dependency  # not at once
+    states = wait_until(sweep_file, results, all_final, timeout=300)
+    assert {s.state for s in states.values()} == {state.DONE}, states
+
+
+def test_students_of_a_teacher_training_out_of_slurms_sight_are_held_back(slurm_cluster, tmp_path, mini_mnist_env):
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name="held", teacher_epochs=1, teacher_batch=100))
+    results = tmp_path / "r"
+    teacher = next(j for j in api.plan(sweep_file).jobs if j.method == "teacher")
+    folder = state.job_dir(results / "held", teacher)
+    folder.mkdir(parents=True)  # trained by a process of another host, with no Slurm task to wait on
+    (folder / "attempt.json").write_text(json.dumps({"host": "another-host", "pid": 1}))
+    out = kdsweep("resume", sweep_file, "--results", results, "--profile", "local-slurm").stdout
+    assert "not submitted: 2 students whose teacher trains where Slurm cannot be asked to wait for it: " \
+           "teacher-s0 (pid 1 on another-host" in out and "resume again when it is done" in out, out
+    assert "submitted" not in out.replace("not submitted", "") and not (results / "held" / "slurm" /
+                                                                        "submissions.json").exists(), out

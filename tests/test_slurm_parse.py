@@ -109,7 +109,8 @@ def _half_submitted(tmp_path):
     return f, plan, folder, job
 
 
-def test_where_slurm_cannot_be_asked_status_says_so_and_nothing_is_submitted_again(tmp_path, monkeypatch, caplog):
+def test_where_slurm_cannot_be_asked_status_says_so_and_nothing_is_submitted_again(tmp_path, monkeypatch, caplog,
+                                                                                    capsys):
     """No squeue or sacct here (a laptop, a node without the client): status goes by the job
     folders and says so, and a job whose task beats its heartbeat is running, not 'killed?';
     a submission refuses, where it submitted again every job Slurm still held."""
@@ -128,6 +129,15 @@ def test_where_slurm_cannot_be_asked_status_says_so_and_nothing_is_submitted_aga
                                         r"command on this machine\): not submitting"):
         submit.submit(plan, profile.load("local-slurm"), folder)
     assert len(slurm.read_record(folder)) == 1  # nothing submitted
+    # a job Slurm has queued has nothing in its folder: pending there, and resume would refuse, so the
+    # next command is status where Slurm answers
+    from sweep.cli import main
+
+    (state.job_dir(folder, job) / "attempt.json").unlink()
+    assert main(["status", str(f), "--results", str(tmp_path / "results")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"{len(plan.jobs) - 1}/{len(plan.jobs)} done, 1 pending  ->  kdsweep status {f} --results "
+        f"{tmp_path / 'results'} where Slurm answers (the cluster's login node)")
 
 
 @pytest.mark.parametrize("damage", [b'[{"level": "first", "jo', b'{"jobs": {}}', b"[1, 2]"])
