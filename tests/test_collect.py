@@ -315,3 +315,30 @@ def test_slices_leave_no_student_out_and_teachers_follow_their_own_axes():
         {"job_id": "sb", "method": "scratch", "dataset": "fashion-mnist"}])  # its teacher failed
     assert set(plots._in_slice(datasets, {"dataset": "fashion-mnist"})["job_id"]) == {"sb"}
     assert plots._file_word("/tmp/w/student.pt") == "tmp_w_student.pt" and plots._file_word(1e-05) == "1e-05"
+
+
+@pytest.mark.parametrize("gone", ["one", "all"])
+def test_collect_refuses_to_drop_the_rows_of_jobs_whose_folders_are_gone(tmp_path, capsys, gone):
+    """Job folders removed to save disk after a collect (or a results folder copied without jobs/, as
+    the committed reference results are): collecting again would replace their rows with nothing."""
+    import shutil
+
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    folder = api.folder(plan, root)
+    assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
+    before = (folder / collect.RESULTS).read_bytes()
+    if gone == "one":
+        shutil.rmtree(state.job_dir(folder, plan.jobs[-1]))
+    else:
+        shutil.rmtree(folder / "jobs")
+    capsys.readouterr()
+    assert main(["collect", str(sweep_file), "--results", str(root)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    n = 1 if gone == "one" else len(plan.jobs)
+    assert err[0].startswith(f"error: {folder / collect.RESULTS} holds the rows of {n} finished jobs whose folders "
+                             f"are gone from {folder / 'jobs'} ({plan.jobs[-1].name if n == 1 else plan.jobs[0].name}")
+    assert err[1] == "hint: restore those folders, or move results.parquet aside to collect without them"
+    assert (folder / collect.RESULTS).read_bytes() == before  # the rows are where they were
+    (folder / collect.RESULTS).rename(folder / "results.kept.parquet")  # the user's way on: it collects the rest
+    assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
+    assert len(pd.read_parquet(folder / collect.RESULTS)) == len(plan.jobs) - n
