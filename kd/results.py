@@ -30,7 +30,37 @@ def read(path: Path) -> dict[str, Any] | None:
             and isinstance(result.get("history"), list) and result["history"]
             and all(isinstance(h, dict) for h in result["history"])):
         raise DamagedResult(f"{path}: damaged result, no config, metrics and history")
+    problem = _values_problem(result)
+    if problem:
+        raise DamagedResult(f"{path}: damaged result, {problem}")
     return result
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _values_problem(result: dict[str, Any]) -> str | None:
+    """What in a result's metrics or history is not what training writes (a stray edit: a word for
+    a number, an accuracy of 42), or None."""
+    acc = result["metrics"]["test_accuracy"]
+    if not (_number(acc) and 0 <= acc <= 1):
+        return f"metrics.test_accuracy is {acc!r}, not a fraction between 0 and 1"
+    for key, value in result["metrics"].items():
+        if key == "confusion":
+            if not (isinstance(value, list) and len(value) == 2 and all(
+                    isinstance(row, list) and len(row) == 2 and all(isinstance(n, int) and n >= 0 for n in row)
+                    for row in value)):
+                return f"metrics.confusion is {str(value)[:40]}, not a 2x2 table of counts"
+        elif value is not None and not _number(value):
+            return f"metrics.{key} is {value!r}, not a number"
+    for i, h in enumerate(result["history"]):
+        bad = next((k for k, v in h.items() if v is not None and not _number(v)), None)
+        if bad is not None:
+            return f"history[{i}].{bad} is {str(h[bad])[:40]!r}, not a number"
+        if not (isinstance(h.get("epoch"), int) and _number(h.get("test_accuracy"))):
+            return f"history[{i}] has no epoch or test_accuracy"
+    return None
 
 
 def model_problem(folder: Path, result: dict[str, Any]) -> str | None:

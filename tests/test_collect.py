@@ -342,3 +342,25 @@ def test_collect_refuses_to_drop_the_rows_of_jobs_whose_folders_are_gone(tmp_pat
     (folder / collect.RESULTS).rename(folder / "results.kept.parquet")  # the user's way on: it collects the rest
     assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
     assert len(pd.read_parquet(folder / collect.RESULTS)) == len(plan.jobs) - n
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda r: r["metrics"].update(test_accuracy="abc"), "metrics.test_accuracy is 'abc', not a fraction between 0 and 1"),
+    (lambda r: r["metrics"].update(test_accuracy=42.0), "metrics.test_accuracy is 42.0, not a fraction between 0 and 1"),
+    (lambda r: r["metrics"].update(test_loss="low"), "metrics.test_loss is 'low', not a number"),
+    (lambda r: r["history"][0].update(epoch="one"), "history[0].epoch is 'one', not a number"),
+], ids=["word", "percent", "loss", "epoch"])
+def test_a_stray_edit_of_a_value_makes_the_job_damaged_and_collect_skips_it(tmp_path, capsys, edit, why):
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    folder = api.folder(plan, root)
+    job = next(j for j in plan.jobs if j.name == "kd-a0.5-T4-s1")
+    path = state.job_dir(folder, job) / "result.json"
+    result = json.loads(path.read_text())
+    edit(result)
+    path.write_text(json.dumps(result))
+    assert main(["status", str(sweep_file), "--results", str(root)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if job.name in x)
+    assert " damaged " in line and why in line, line  # was: done, then collect failed with a traceback
+    assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
+    assert f"  kd-a0.5-T4-s1: damaged (" in capsys.readouterr().out
+    assert len(pd.read_parquet(folder / collect.RESULTS)) == len(plan.jobs) - 1
