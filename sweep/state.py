@@ -72,7 +72,11 @@ def sweep_lock(folder: Path) -> Iterator[None]:
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {_process_start(os.getpid())}")
         f.flush()
-        yield
+        try:
+            yield
+        finally:  # its holder lives on (a notebook's api.run): status must not take it for a run
+            f.seek(0)
+            f.truncate()
 
 
 def sweep_run(folder: Path) -> int | None:

@@ -168,8 +168,8 @@ def test_the_next_command_names_the_data_root_the_sweep_ran_with(tmp_path, stand
     assert main(["-q", "run", str(sweep_file), "--results", str(results), "--data-root", str(root)]) == 1
     hint = f"  ->  kdsweep resume {sweep_file} --results {results} --data-root '{root}'"
     assert capsys.readouterr().out.splitlines()[-1].endswith(hint)
-    (results / "s" / ".lock").write_text("")  # the run's process ended (here it is this test's, still alive)
-    # another shell in another folder, days later: status reads the data root from the sweep's plan.json
+    # another shell in another folder, days later: status reads the data root from the sweep's plan.json;
+    # and the run's process (this test's, as a notebook's api.run) lives on, done: no run holds the sweep
     status = subprocess.run([sys.executable, "-m", "sweep.cli", "status", str(sweep_file), "--results", str(results)],
                             capture_output=True, text=True, cwd="/")
     assert status.stdout.splitlines()[-1] == "0/2 done, 1 failed, 1 pending" + hint, status.stdout + status.stderr
