@@ -27,11 +27,17 @@ class _Parser(argparse.ArgumentParser):
 def _check_folder(path: Path, flag: str, write: bool = True) -> None:
     """Refuse, before anything is written, a folder that cannot be one: a file in its place or
     above it, or (``write``) one that cannot be made or written to."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag}: {path} exists and is not a folder")
-    existing = path
-    while not existing.exists():  # "a/file/sub" does not exist either: walk up to what does
-        existing = existing.parent
+    try:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{flag}: {path} exists and is not a folder")
+        existing = path
+        while not existing.exists():  # "a/file/sub" does not exist either: walk up to what does
+            if existing.is_symlink():  # to an unmounted disk, a moved folder, or round in a loop
+                raise UserError(f"{flag}: {path}: {existing} is a link to {os.readlink(existing)}, which does not "
+                                "resolve to a folder")
+            existing = existing.parent
+    except OSError as e:  # a name too long for the file system
+        raise UserError(f"{flag}: {_one_line(str(path))[:120]}: {e.strerror}") from None
     if not existing.is_dir():
         raise UserError(f"{flag}: {path}: {existing} is a file, not a folder")
     if write and not os.access(existing, os.W_OK | os.X_OK):
@@ -715,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except OSError as e:
-        if debug or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+        if debug or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                                    errno.ENAMETOOLONG, errno.ELOOP):
             raise
         # a folder the user may not read or write (a colleague's results, a read-only mount, a full disk)
         where = e.filename or e.filename2

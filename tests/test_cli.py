@@ -44,3 +44,23 @@ def test_plan_shows_the_packs_that_run_will_make(capsys, monkeypatch):
     assert "local run: 3 units (pack auto, sized for this machine's CPU: " in capsys.readouterr().out
     assert main(["plan", "demo", "--pack", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: --pack: 0 must be")
+
+
+def test_a_results_path_that_cannot_be_a_folder_is_one_line(tmp_path, capsys):
+    """A link to an unmounted scratch disk, a loop of links, a name too long: each was a traceback."""
+    sweep_file = tmp_path / "one.toml"
+    sweep_file.write_text('name = "one"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n[train]\nepochs = 1\n')
+    (tmp_path / "dangling").symlink_to("/nonexistent/scratch/results")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    cases = [(["run", str(sweep_file), "--results", str(tmp_path / "dangling")],
+              "is a link to /nonexistent/scratch/results, which does not resolve to a folder"),
+             (["train", "--method", "scratch", "--out", str(tmp_path / "dangling"), "--epochs", "1"], "which does not resolve to a folder"),
+             (["status", str(sweep_file), "--results", str(tmp_path / "loop1")], "which does not resolve to a folder"),
+             (["run", str(sweep_file), "--results", str(tmp_path / ("x" * 300))], ": File name too long"),
+             (["collect", str(sweep_file), "--results", str(tmp_path / ("x" * 300))], ": File name too long")]
+    for argv, why in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and why in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop1", "loop2", "one.toml"]  # nothing made
