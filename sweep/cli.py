@@ -45,27 +45,9 @@ def _check_folder(path: Path, flag: str, write: bool = True) -> None:
 
 
 def _check_device(device: str | None) -> None:
-    """Refuse a device this machine does not have, before any folder is made (torch says so only
-    once a job starts: RuntimeError for a bad name, a CUDA error for a missing GPU)."""
-    if device in (None, "cpu"):  # no torch to import (1.5 s) for what every machine has
-        return
-    import torch
+    from sweep import local
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device: {device!r} is not a device (expected cpu, cuda, cuda:N or mps)") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise UserError(f"--device: {device!r}, but torch finds no CUDA device on this machine",
-                            hint="--device cpu, or leave --device out: cuda where present, else cpu")
-        if dev.index is not None and dev.index >= count:
-            raise UserError(f"--device: {device!r}, but this machine has {count} CUDA device(s): cuda:0 .. cuda:{count - 1}")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device: {device!r}, but MPS is not available on this machine")
-    elif dev.type not in ("cpu", "mps"):
-        raise UserError(f"--device: {device!r}: kd trains on cpu, cuda or mps")
+    local.check_device(device, "--device")
 
 
 def _add_train(sub) -> None:

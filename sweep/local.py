@@ -23,9 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kd.errors import UserError
 from sweep import state, status, worker
 from sweep.plan import Job, Plan, units
 from sweep.pool import Pool, Task
+from sweep.spec import check_pack
 
 TEACHER_LOST = "its teacher did not finish"
 PACK_LOST = "packed with a student whose teacher did not finish"
@@ -79,6 +81,30 @@ def device_kind(device: str | None) -> str:
     return "cuda" if NVIDIA_DEVICE.exists() else "cpu"
 
 
+def check_device(device: str | None, where: str = "device") -> None:
+    """Refuse a device this machine does not have, before any folder is made (torch says so only
+    once a job starts: RuntimeError for a bad name, a CUDA error for a missing GPU)."""
+    if device in (None, "cpu"):  # no torch to import (1.5 s) for what every machine has
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"{where}: {device!r} is not a device (expected cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UserError(f"{where}: {device!r}, but torch finds no CUDA device on this machine",
+                            hint=f"{where} cpu, or leave {where} out: cuda where present, else cpu")
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"{where}: {device!r}, but this machine has {count} CUDA device(s): cuda:0 .. cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{where}: {device!r}, but MPS is not available on this machine")
+    elif dev.type not in ("cpu", "mps"):
+        raise UserError(f"{where}: {device!r}: kd trains on cpu, cuda or mps")
+
+
 def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", data_root: Path | None = None,
         device: str | None = None, on_event: Callable[[Event], None] | None = None,
         on_start: Callable[[], None] | None = None, poll: float = 0.2) -> Summary:
@@ -88,6 +114,10 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
     ``on_start``: called once the sweep is this run's (locked, its plan and job folders written).
     """
     worker.check_settings()  # before any folder is made
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise UserError(f"jobs: {jobs!r} must be a whole number >= 1")
+    check_pack(pack, "pack")
+    check_device(device)
     emit = on_event or (lambda e: None)
     summary = Summary()
     done: set[str] = set()

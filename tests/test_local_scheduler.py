@@ -4,6 +4,7 @@
 started early does), sleeps a moment, then writes each job's result.json, or exits 1.
 """
 import json
+import re
 import subprocess
 import sys
 
@@ -173,3 +174,23 @@ def test_the_next_command_names_the_data_root_the_sweep_ran_with(tmp_path, stand
     status = subprocess.run([sys.executable, "-m", "sweep.cli", "status", str(sweep_file), "--results", str(results)],
                             capture_output=True, text=True, cwd="/")
     assert status.stdout.splitlines()[-1] == "0/2 done, 1 failed, 1 pending" + hint, status.stdout + status.stderr
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    ({"jobs": 0}, "jobs: 0 must be a whole number >= 1"), ({"jobs": -1}, "jobs: -1 must be a whole number >= 1"),
+    ({"jobs": "2"}, "jobs: '2' must be a whole number >= 1"),
+    ({"pack": 0}, "pack: 0 must be \"auto\" or a number of jobs >= 1"), ({"pack": "x"}, "pack: 'x' must be"),
+    ({"device": "tpu"}, "device: 'tpu' is not a device"),
+])
+def test_api_run_refuses_bad_arguments_before_any_work(tmp_path, stand_in, kwargs, why):
+    """As the CLI's flags are: a notebook's api.run(jobs=0) divided by zero, jobs=-1 trained the teachers
+    and then could schedule nothing, pack=0 ran, device='tpu' failed in every job."""
+    from kd.errors import UserError
+    from sweep import api
+
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('name = "s"\ndataset = "mnist-5k"\nmethods = ["kd"]\n'
+                          '[grid]\nalpha = [0.5]\ntemperature = [4]\nseed = [0]\n')
+    with pytest.raises(UserError, match=re.escape(why)):
+        api.run(sweep_file, results_root=tmp_path / "r", **kwargs)
+    assert not (tmp_path / "r").exists() and not stand_in.starts
