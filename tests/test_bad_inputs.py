@@ -186,6 +186,7 @@ SWEEPS = [
      "the grid has 101,101 points (teacher: seed 1001 = 1,001; kd: alpha 1 x lr 100 x seed 1001 x temperature 1 = 100,100), "
      "more than max_jobs = 100,000"),
     ("max_jobs = 10\n" + _grid(f"seed = {_axis(6)}"), "the grid has 12 points"),
+    ("max_jobs = 1\n" + GOOD, "the grid has 2 points (teacher 1, kd 1), more than max_jobs = 1"),  # was "points ()"
     (_train("batch_size = 5000"), "train.batch_size: 5000 is larger than the training set of 'mnist-5k' (4,000 images)"),
     (_grid("batch_size = [256, 4096]"), "grid.batch_size: 4096 is larger than the training set of 'mnist-5k'"),
     (GOOD + "[teacher]\nbatch_size = 4001\n", "teacher.batch_size: 4001 is larger than the training set"),
