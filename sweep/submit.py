@@ -171,7 +171,10 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
             except Exception as e:  # sbatch refused: its first line says why ('Try sbatch --help' does not)
                 lines = [x.strip() for x in (said.getvalue() + "\n" + str(e)).splitlines() if x.strip()]
                 why = next((x for x in lines if not x.startswith("Try ")), e.__class__.__name__)
-                raise UserError(f"sbatch refused the {LEVEL_NAMES[i]} array: {why}") from None
+                went = "; ".join(f"{level} array {aid} ({n} tasks)" for level, aid, n in out.arrays)
+                raise UserError(f"sbatch refused the {LEVEL_NAMES[i]} array: {why}" + (
+                    f" (submitted before it: {went}; resume submits the rest once this is fixed)" if went else "")
+                                ) from None
             sys.stderr.write(said.getvalue())  # accepted: whatever sbatch warned of is shown
             ids = {j.id: s.job_id for t, s in zip(tasks, submitted) for j in t}
             slurm.add_submission(folder, LEVEL_NAMES[i], ids, p.name, p.path)

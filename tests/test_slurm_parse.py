@@ -200,3 +200,27 @@ def test_the_next_step_after_a_slurm_submission_names_its_profile_as_resume_take
     own.write_text('name = "my-cluster"\n')
     slurm.add_submission(folder, "first", {"a": "3_0"}, "my-cluster", own)
     assert cli._last_profile(folder) == str(own.resolve())  # its name would not find it: the file does
+
+
+def test_a_refused_students_array_says_what_went_in_before_it(tmp_path, monkeypatch):
+    """sbatch takes the first array (teachers) and refuses the second: the one line says the first went
+    in, where it read as if nothing had been submitted."""
+    from kd.errors import UserError
+    from sweep import api, profile, submit
+    from sweep_tables import sweep_file
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    count = tmp_path / "sbatch-calls"
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho x >> {count}\n"  # the first call accepted, the next refused
+                                    f"[ $(wc -l < {count}) = 1 ] && {{ echo 'Submitted batch job 4300'; exit 0; }}\n"
+                                    "echo 'sbatch: error: QOSMaxSubmitJobPerUserLimit' >&2; exit 1\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    plan = api.plan(sweep_file(tmp_path, seeds=(0,)))
+    with pytest.raises(UserError) as e:
+        submit.submit(plan, profile.load("local-slurm"), api.folder(plan, tmp_path / "results"))
+    assert str(e.value) == ("sbatch refused the students array: sbatch: error: QOSMaxSubmitJobPerUserLimit (submitted "
+                            "before it: first array 4300 (2 tasks); resume submits the rest once this is fixed)")
