@@ -25,11 +25,17 @@ def read(path: Path) -> dict[str, Any] | None:
         result = json.loads(raw)
     except ValueError as e:  # UnicodeDecodeError is a ValueError too
         raise DamagedResult(f"{path}: damaged result, not JSON ({e})") from None
-    if not (isinstance(result, dict) and isinstance(result.get("config"), dict)
-            and isinstance(result.get("metrics"), dict) and "test_accuracy" in result["metrics"]
-            and isinstance(result.get("history"), list) and result["history"]
-            and all(isinstance(h, dict) for h in result["history"])):
-        raise DamagedResult(f"{path}: damaged result, no config, metrics and history")
+    if not isinstance(result, dict):
+        raise DamagedResult(f"{path}: damaged result, a JSON {type(result).__name__}, not an object")
+    lacks = [what for what, ok in (
+        ("config", isinstance(result.get("config"), dict)),
+        ("metrics", isinstance(result.get("metrics"), dict)),
+        ("metrics.test_accuracy", not isinstance(result.get("metrics"), dict) or "test_accuracy" in result["metrics"]),
+        ("history", isinstance(result.get("history"), list) and result["history"]
+         and all(isinstance(h, dict) for h in result["history"])))
+        if not ok]
+    if lacks:
+        raise DamagedResult(f"{path}: damaged result, no {' and no '.join(lacks)}")
     problem = _values_problem(result)
     if problem:
         raise DamagedResult(f"{path}: damaged result, {problem}")
