@@ -103,9 +103,13 @@ def build(plan: Plan, folder: Path, results: pd.DataFrame, figures: list[Path],
     unfinished = unfinished_jobs(plan, folder, results)
     seeds = results["seed"].nunique() if len(results) else 0
     finished = len(results) - sum(d.endswith(STALE) for _, _, d in unfinished)  # rows whose job is still done
+    later = sum(st == "done after collect" for _, st, _ in unfinished)  # the table is older than the folders
+    still = len(unfinished) - later
     headline = [Text(f"{plan.sweep.description or plan.sweep.name}. {finished} of {len(plan.jobs)} jobs "
                      f"finished, {seeds} seed{'s' if seeds != 1 else ''}"
-                     + (f"; {len(unfinished)} not finished (see below)." if unfinished else "."))]
+                     + (f"; {still} not finished (see below)" if still else "")
+                     + (f"; {later} more finished since the last collect: run 'kdsweep collect' again" if later else "")
+                     + ".")]
     headline += [Text(line + ".") for line in compare.summary(comparisons)]
     headline += [Text(w, "warn") for w in code_warnings(results, collect.saved_diff_hash(folder / collect.CODE_DIFF))]
     if comparisons["interval"].any():

@@ -164,3 +164,16 @@ def test_the_plan_section_sizes_packs_for_the_device_the_results_name():
     assert kind(["cpu (x86_64)", "NVIDIA H200 (tf32 on)"]) == "cuda"
     assert kind(["cpu (x86_64)", None, "unknown", ""]) == "cpu"  # results that name no device say nothing
     assert kind([None, None]) == kind([]) == _device_kind(pd.DataFrame({"x": [1]})) == "cpu"
+
+
+def test_the_headline_says_which_jobs_finished_since_the_last_collect(tmp_path, capsys):
+    from sweep_tables import finish
+
+    sweep_file, root, plan = finished_sweep(tmp_path, skip=("kd-a0.5-T4-s1", "kd-a0.5-T4-s2"))
+    assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
+    finish(api.folder(plan, root), plan, skip=("kd-a0.5-T4-s2",))  # a resume finished one of the two
+    capsys.readouterr()
+    assert main(["report", str(sweep_file), "--results", str(root)]) == 0
+    headline = capsys.readouterr().out.splitlines()[0]
+    assert headline.endswith(f"{len(plan.jobs) - 2} of {len(plan.jobs)} jobs finished, 3 seeds; 1 not finished "
+                             "(see below); 1 more finished since the last collect: run 'kdsweep collect' again."), headline
