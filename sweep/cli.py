@@ -443,6 +443,7 @@ def _submit(args: argparse.Namespace, plan, folder: Path) -> int:
         print(f"nothing to submit: {out.already_done} done, {out.skipped_active} queued or running")
     elif out.skipped_active or out.already_done:
         print(f"not submitted again: {out.already_done} done, {out.skipped_active} queued or running")
+    _foreign_note(folder, plan)
     print(f"{status.totals(status.job_states(plan, folder))}{_next_step([], args, 'status')}")
     return 0
 
@@ -476,9 +477,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _foreign_note(folder: Path, plan) -> None:
-    """Say so where the sweep's folder holds finished jobs that this sweep file does not plan."""
-    from sweep import state
+    """Say so where the sweep's folder holds finished jobs that this sweep file does not plan, and
+    where Slurm still runs or queues tasks of such jobs."""
+    from sweep import state, status
 
+    tasks = status.unplanned_active(plan, folder)
+    if tasks:
+        print(f"note: {_count(len(tasks), 'Slurm task')} of jobs that {plan.sweep.path or plan.sweep.name} no longer "
+              f"plans (submitted before it changed) still queued or running: scancel {' '.join(tasks)} to stop them")
     n = state.foreign_done(folder, plan)
     if n:
         print(f"note: {folder / 'jobs'} holds {_count(n, 'finished job')} of other settings than "

@@ -96,6 +96,23 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
     return [(job, states[job.id]) for job in plan.jobs]
 
 
+def unplanned_active(plan: Plan, folder: Path) -> list[str]:
+    """Slurm tasks queued or running for jobs of this sweep's record that the plan no longer holds
+    (the sweep file edited since they were submitted): they run on, unseen by status and resume.
+    Empty where there are none, or Slurm cannot be asked."""
+    try:
+        ids = {jid: sid for jid, sid in slurm.latest_ids(folder).items() if jid not in {j.id for j in plan.jobs}}
+    except UserError:  # a damaged record: said elsewhere
+        return []
+    if not ids:
+        return []
+    try:
+        seen = slurm.query(sorted(set(ids.values())))
+    except slurm.Unreachable:
+        return []
+    return sorted({sid for sid in ids.values() if seen.get(sid, ("",))[0] in (state.RUNNING, state.QUEUED)})
+
+
 def _folder_state(folder: Path, job: Job) -> state.JobState:
     """The job's folder's word, unless the folder holds another job's settings (a moved or edited
     folder): then nothing in it is this job's, and run and resume refuse it until it is moved away."""

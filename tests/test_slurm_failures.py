@@ -137,3 +137,18 @@ def test_students_of_a_teacher_training_out_of_slurms_sight_are_held_back(slurm_
            "teacher-s0 (pid 1 on another-host" in out and "resume again when it is done" in out, out
     assert "submitted" not in out.replace("not submitted", "") and not (results / "held" / "slurm" /
                                                                         "submissions.json").exists(), out
+
+
+def test_tasks_of_jobs_the_edited_sweep_no_longer_plans_are_named_with_the_scancel_that_stops_them(
+        slurm_cluster, tmp_path, mini_mnist_env):
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name="edited", teacher_epochs=3, teacher_batch=16))
+    results = tmp_path / "r"
+    kdsweep("run", sweep_file, "--results", results, "--profile", "local-slurm")
+    tasks = sorted(set(_submissions(results, "edited")[0]["jobs"].values()) |
+                   set(_submissions(results, "edited")[1]["jobs"].values()))
+    sweep_file.write_text(sweep_file.read_text().replace("epochs = 3", "epochs = 4"))  # every job is another now
+    out = kdsweep("status", sweep_file, "--results", results).stdout
+    subprocess.run(["scancel", *tasks], check=True)
+    assert f"note: {len(tasks)} Slurm tasks of jobs that {sweep_file} no longer plans (submitted before it changed) " \
+           f"still queued or running: scancel {' '.join(tasks)} to stop them" in out, out
