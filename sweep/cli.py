@@ -504,14 +504,14 @@ def _next_step(states: list, args: argparse.Namespace, step: str | None = None, 
         left = any(s.state != state.DONE and not status.active(s) for _, s in states)  # resume runs it
         elsewhere = any(status.active(s) for _, s in states)  # on Slurm, or another run: wait for it
         step = "resume" if left else "status" if elsewhere else "collect"
-        if any(s.unasked for _, s in states):  # resume would refuse: what Slurm runs is not known here
-            step = "status"
+        if profile and any(s.unasked for _, s in states):  # a Slurm resume would refuse: what Slurm runs
+            step = "status"  # is not known here
     results = f" --results {shlex.quote(str(args.results))}" if args.results != Path("results") else ""
     to = f" --profile {shlex.quote(profile)}" if step == "resume" and profile else ""
     root = getattr(args, "data_root", None) or data_root
     to += f" --data-root {shlex.quote(str(root))}" if step == "resume" and root else ""
     limit = f" --max-jobs {args.max_jobs}" if getattr(args, "max_jobs", None) is not None else ""
-    where = " where Slurm answers (the cluster's login node)" if any(s.unasked for _, s in states) else ""
+    where = " where Slurm answers (the cluster's login node)" if profile and any(s.unasked for _, s in states) else ""
     return f"  ->  kdsweep {step} {shlex.quote(args.sweep)}{results}{limit}{to}{where}"
 
 

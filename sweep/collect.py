@@ -92,7 +92,7 @@ def collect(plan: Plan, folder: Path) -> Collected:
         for col in ("alpha", "temperature"):
             df[col] = df[col].astype("float64")
     out_r, out_e, out_c = folder / RESULTS, folder / EPOCHS, folder / COMPARISONS
-    _keep_rows_of_gone_jobs(plan, folder, out_r, {r["job_id"] for r in rows})
+    _keep_rows_of_gone_jobs(plan, folder, (out_r, out_e), {r["job_id"] for r in rows})
     comparisons = compare.paired(results)
     atomic.write_with(out_r, lambda f: results.to_parquet(f, index=False))
     atomic.write_with(out_e, lambda f: history.to_parquet(f, index=False))
@@ -101,23 +101,25 @@ def collect(plan: Plan, folder: Path) -> Collected:
                      state.foreign_done(folder, plan))
 
 
-def _keep_rows_of_gone_jobs(plan: Plan, folder: Path, table: Path, collected: set[str]) -> None:
+def _keep_rows_of_gone_jobs(plan: Plan, folder: Path, tables: tuple[Path, ...], collected: set[str]) -> None:
     """Refuse to write over rows of finished jobs whose folders are gone (removed to save disk, or
     a results folder copied without jobs/, as the committed reference results are): collecting
     again would drop those rows, and nothing could make them again."""
     import pandas as pd
 
-    try:
-        before = set(pd.read_parquet(table, columns=["job_id"])["job_id"])
-    except Exception:  # none, or unreadable: nothing in it to keep
-        return
-    gone = [j.name for j in plan.jobs if j.id in before and j.id not in collected
-            and not state.job_dir(folder, j).exists()]
-    if gone:
-        raise UserError(f"{table} holds the rows of {len(gone):,} finished jobs whose folders are gone from "
-                        f"{folder / 'jobs'} ({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): collecting "
-                        "again would drop them", hint=f"restore those folders, or move {table.name} aside to "
-                                                       "collect without them")
+    for table in tables:
+        try:
+            before = set(pd.read_parquet(table, columns=["job_id"])["job_id"])
+        except Exception:  # none, or unreadable: nothing in it to keep
+            continue
+        gone = [j.name for j in plan.jobs if j.id in before and j.id not in collected
+                and not state.job_dir(folder, j).exists()]
+        if gone:
+            raise UserError(f"{table} holds the rows of {len(gone):,} finished jobs whose folders are gone from "
+                            f"{folder / 'jobs'} ({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): "
+                            "collecting again would drop them",
+                            hint=f"restore those folders, or move {RESULTS}, {EPOCHS} and {COMPARISONS} aside "
+                                 "to collect without them")
 
 
 def save_code_diff(results, folder: Path) -> Path | None:

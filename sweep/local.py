@@ -116,7 +116,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
     worker.check_settings()  # before any folder is made
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UserError(f"jobs: {jobs!r} must be a whole number >= 1")
-    check_pack(pack, "pack")
+    pack = check_pack(pack, "pack") or "auto"
     check_device(device)
     emit = on_event or (lambda e: None)
     summary = Summary()
@@ -129,7 +129,8 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
         emit(Event(job, outcome, detail, seconds))
 
     with state.sweep_lock(folder):
-        state.write_plan(folder, plan, data_root)
+        # the root its jobs read: given, or from the environment (a shell without it resumes elsewhere)
+        state.write_plan(folder, plan, data_root or os.environ.get("KDSWEEP_DATA") or None)
         if on_start:
             on_start()
         states = dict((j.id, s) for j, s in status.job_states(plan, folder))

@@ -188,31 +188,38 @@ WAITING = {"BeginTime": "requeued, held until {start}", "DependencyNeverSatisfie
            "BadConstraints": "no node meets its constraint: scancel {id}, fix the profile, then resume",
            "PartitionTimeLimit": "it asks more time than its partition allows and will never start: scancel {id}, "
                                  "lower the profile's time, then resume",
-           "PartitionNodeLimit": "it asks more nodes than its partition allows and will never start: scancel {id}, "
-                                 "fix the profile, then resume",
+           "PartitionNodeLimit": "the nodes it needs are down or drained, or it asks more than its partition "
+                                 "allows (then scancel {id}, fix the profile, and resume)",
            "PartitionDown": "its partition is down: it starts when an administrator brings it up",
            "PartitionInactive": "its partition is inactive: it starts when an administrator brings it up",
            "InvalidAccount": "its account is not valid here and it will never start: scancel {id}, fix the "
                              "profile's account, then resume",
            "InvalidQOS": "its QOS is not valid here and it will never start: scancel {id}, fix the profile's qos, "
                          "then resume"}
-# reasons by family: (prefix or None, contains, line); the nodes' own words differ between Slurm versions
+# reasons by family: (prefix, any of these within it, line), the first that fits; the nodes' own words
+# differ between Slurm versions
 # (22.05: "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions")
 WAITING_LIKE = [("ReqNodeNotAvail", "", "the nodes it needs are down, drained or reserved"),
                 ("Nodes required for job are DOWN", "", "the nodes it needs are down, drained or reserved"),
-                (None, "PerJob", "it asks more than its account or QOS allows a job ({reason}) and will never start: "
-                                 "scancel {id}, fix the profile, then resume"),
-                ("Assoc", "", "held back by a limit of its account ({reason}): it starts when the account's "
-                              "other jobs leave room"),
-                ("QOS", "", "held back by a limit of its QOS ({reason}): it starts when the QOS's other jobs leave room")]
+                # a limit of its account or QOS on the job itself (per job, per node, a minimum, not allowed):
+                # waiting does not move it; a limit on the group's or the user's jobs together does
+                ("Assoc", "Grp|MaxJobs|MaxSubmit|PerUser|PerAccount", "held back by a limit of its account "
+                                                                      "({reason}): it starts when the account's "
+                                                                      "other jobs leave room"),
+                ("QOS", "Grp|MaxJobs|MaxSubmit|PerUser|PerAccount", "held back by a limit of its QOS ({reason}): it "
+                                                                    "starts when the QOS's other jobs leave room"),
+                ("Assoc", "", "its request does not fit a limit of its account ({reason}) and will never "
+                              "start: scancel {id}, fix the profile, then resume"),
+                ("QOS", "", "its request does not fit a limit of its QOS ({reason}) and will never start: "
+                            "scancel {id}, fix the profile, then resume")]
 
 
 def _why(reason: str, start: str, jid: str) -> str:
     """squeue's reason for a pending job (``%r``) as status's line: why it waits, and what moves it."""
     line = WAITING.get(reason)
     if line is None:
-        line = next((text for prefix, part, text in WAITING_LIKE
-                     if (prefix is None or reason.startswith(prefix)) and part in reason), "")
+        line = next((text for prefix, parts, text in WAITING_LIKE if reason.startswith(prefix)
+                     and (not parts or any(p in reason for p in parts.split("|")))), "")
     return line.format(start=_clock(start), id=jid, reason=reason)
 
 

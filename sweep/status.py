@@ -100,17 +100,20 @@ def unplanned_active(plan: Plan, folder: Path) -> list[str]:
     """Slurm tasks queued or running for jobs of this sweep's record that the plan no longer holds
     (the sweep file edited since they were submitted): they run on, unseen by status and resume.
     Empty where there are none, or Slurm cannot be asked."""
+    planned = {j.id for j in plan.jobs}
     try:
-        ids = {jid: sid for jid, sid in slurm.latest_ids(folder).items() if jid not in {j.id for j in plan.jobs}}
+        latest = slurm.latest_ids(folder)
     except UserError:  # a damaged record: said elsewhere
         return []
+    live = {sid for jid, sid in latest.items() if jid in planned}  # a pack's task may train planned jobs too
+    ids = {sid for jid, sid in latest.items() if jid not in planned and sid not in live}
     if not ids:
         return []
     try:
-        seen = slurm.query(sorted(set(ids.values())))
+        seen = slurm.query(sorted(ids))
     except slurm.Unreachable:
         return []
-    return sorted({sid for sid in ids.values() if seen.get(sid, ("",))[0] in (state.RUNNING, state.QUEUED)})
+    return sorted(sid for sid in ids if seen.get(sid, ("",))[0] in (state.RUNNING, state.QUEUED))
 
 
 def _folder_state(folder: Path, job: Job) -> state.JobState:
@@ -127,9 +130,8 @@ def _folder_state(folder: Path, job: Job) -> state.JobState:
 def task_log_error(folder: Path, sid: str) -> str:
     """Where a task failed before its job began (no python at the profile's path, a container that
     did not start), the first error line of the task's own log, and the log; else ''."""
-    task = sid if "_" in sid else f"{sid}_0"  # sacct names an array of one task by the array's id
-    for name in (f"{task}_log.err", f"{task}_log.out"):  # submitit's logs: slurm/<array id>/<task>_log.*
-        log = folder / "slurm" / sid.split("_")[0] / name
+    for name in (f"{sid}_0_log.err", f"{sid}_0_log.out"):  # submitit's: slurm/<task>/<task>_0_log.* (an
+        log = folder / "slurm" / sid / name  # array's task 54_1, or a submission of one task: 53)
         try:
             lines = log.read_text(errors="replace").splitlines()[-200:]
         except OSError:

@@ -337,9 +337,14 @@ def test_collect_refuses_to_drop_the_rows_of_jobs_whose_folders_are_gone(tmp_pat
     n = 1 if gone == "one" else len(plan.jobs)
     assert err[0].startswith(f"error: {folder / collect.RESULTS} holds the rows of {n} finished jobs whose folders "
                              f"are gone from {folder / 'jobs'} ({plan.jobs[-1].name if n == 1 else plan.jobs[0].name}")
-    assert err[1] == "hint: restore those folders, or move results.parquet aside to collect without them"
+    assert err[1] == ("hint: restore those folders, or move results.parquet, epochs.parquet and comparisons.parquet "
+                      "aside to collect without them")
     assert (folder / collect.RESULTS).read_bytes() == before  # the rows are where they were
-    (folder / collect.RESULTS).rename(folder / "results.kept.parquet")  # the user's way on: it collects the rest
+    (folder / collect.RESULTS).rename(folder / "results.kept.parquet")
+    assert main(["collect", str(sweep_file), "--results", str(root)]) == 2  # the epochs' rows too
+    assert capsys.readouterr().err.startswith(f"error: {folder / collect.EPOCHS} holds the rows of {n} finished")
+    for name in (collect.EPOCHS, collect.COMPARISONS):  # the user's way on: it collects the rest
+        (folder / name).rename(folder / f"kept-{name}")
     assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
     assert len(pd.read_parquet(folder / collect.RESULTS)) == len(plan.jobs) - n
 

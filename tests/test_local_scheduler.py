@@ -194,3 +194,20 @@ def test_api_run_refuses_bad_arguments_before_any_work(tmp_path, stand_in, kwarg
     with pytest.raises(UserError, match=re.escape(why)):
         api.run(sweep_file, results_root=tmp_path / "r", **kwargs)
     assert not (tmp_path / "r").exists() and not stand_in.starts
+
+
+def test_a_data_root_from_the_environment_is_named_as_the_given_one(tmp_path, stand_in, capsys, monkeypatch):
+    """KDSWEEP_DATA in the shell that ran it: a shell without it would resume from the default root."""
+    from sweep.cli import main
+
+    sweep_file, results, root = tmp_path / "s.toml", tmp_path / "r", tmp_path / "data"
+    sweep_file.write_text('name = "s"\ndataset = "mnist-5k"\nmethods = ["kd"]\n'
+                          '[grid]\nalpha = [0.5]\ntemperature = [4]\nseed = [0]\n')
+    root.mkdir()
+    monkeypatch.setenv("KDSWEEP_DATA", str(root))
+    stand_in.fail.add("teacher-s0")
+    assert main(["-q", "run", str(sweep_file), "--results", str(results)]) == 1
+    monkeypatch.delenv("KDSWEEP_DATA")
+    capsys.readouterr()
+    assert main(["status", str(sweep_file), "--results", str(results)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f"--results {results} --data-root {root}")

@@ -179,14 +179,16 @@ def test_failing_job_shows_failed_with_its_error_line(slurm_cluster, tmp_path):
 def test_a_task_that_fails_before_its_job_begins_shows_its_logs_error_line(slurm_cluster, tmp_path):
     profile = tmp_path / "p.toml"  # a python path mistyped: the task's srun fails, the job never begins
     profile.write_text('name = "p"\npartition = "debug"\ntime = 10\ncpus = 1\npython = "/nonexistent/python3"\n')
-    sweep_file = tmp_path / "one.toml"
-    sweep_file.write_text('name = "one"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n[train]\nepochs = 1\n')
+    sweep_file = tmp_path / "one.toml"  # two tasks in one array, where submitit's logs are slurm/12_1/12_1_0_log.out
+    sweep_file.write_text('name = "one"\ndataset = "mnist-5k"\nmethods = ["scratch"]\npack = 1\n[train]\nepochs = 1\n'
+                          '[grid]\nseed = [0, 1]\n')
     kdsweep("run", sweep_file, "--results", tmp_path / "r", "--profile", profile)
-    (s,) = wait_until(sweep_file, tmp_path / "r", all_final).values()
-    assert s.state == state.FAILED and "exit code" in s.detail, s
-    # where before it said 'exit code 2' alone, the answer being in a file under results/one/slurm/
-    assert "execve(): /nonexistent/python3: No such file or directory" in s.detail, s
-    assert f"({tmp_path / 'r' / 'one' / 'slurm'}/" in s.detail and "_log.out)" in s.detail, s
+    for s in wait_until(sweep_file, tmp_path / "r", all_final).values():
+        assert s.state == state.FAILED and "exit code" in s.detail, s
+        # where before it said 'exit code 2' alone, the answer being in a file under results/one/slurm/
+        assert "execve(): /nonexistent/python3: No such file or directory" in s.detail, s
+        task = s.slurm_id
+        assert "_" in task and s.detail.endswith(f"({tmp_path / 'r' / 'one' / 'slurm' / task / task}_0_log.out)"), s
 
 
 def test_container_path_through_an_apptainer_stand_in(slurm_cluster, tmp_path):

@@ -147,6 +147,9 @@ def test_tasks_of_jobs_the_edited_sweep_no_longer_plans_are_named_with_the_scanc
     kdsweep("run", sweep_file, "--results", results, "--profile", "local-slurm")
     tasks = sorted(set(_submissions(results, "edited")[0]["jobs"].values()) |
                    set(_submissions(results, "edited")[1]["jobs"].values()))
+    sweep_file.write_text(sweep_file.read_text().replace("[2, 4]", "[2]"))  # T 4 is gone; its pack's task trains T 2
+    out = kdsweep("status", sweep_file, "--results", results).stdout
+    assert "Slurm task" not in out, out  # its task trains a student still planned: not to be cancelled
     sweep_file.write_text(sweep_file.read_text().replace("epochs = 3", "epochs = 4"))  # every job is another now
     out = kdsweep("status", sweep_file, "--results", results).stdout
     subprocess.run(["scancel", *tasks], check=True)

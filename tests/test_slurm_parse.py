@@ -58,10 +58,14 @@ def test_squeue_output_as_states(monkeypatch):
                            "the profile's time, then resume"),
         "4225_0": ("queued", "the nodes it needs are down, drained or reserved"),
         "4226": ("queued", "the nodes it needs are down, drained or reserved"),
-        "4227": ("queued", "it asks more than its account or QOS allows a job (QOSMaxWallDurationPerJobLimit) and will "
+        "4227": ("queued", "its request does not fit a limit of its QOS (QOSMaxWallDurationPerJobLimit) and will "
                            "never start: scancel 4227, fix the profile, then resume"),
         "4228": ("queued", "held back by a limit of its account (AssocGrpGRES): it starts when the account's other "
                            "jobs leave room"),
+        "4229": ("queued", "its request does not fit a limit of its QOS (QOSMinCpuNotSatisfied) and will never start: "
+                           "scancel 4229, fix the profile, then resume"),  # a minimum: waiting does not move it
+        "4230": ("queued", "the nodes it needs are down or drained, or it asks more than its partition allows (then "
+                           "scancel 4230, fix the profile, and resume)"),
     }
     assert slurm.parse_squeue("7_1|RQ\n") == {"7_1": ("queued", "")}  # the two-field form reads too
 
