@@ -211,3 +211,24 @@ def test_a_data_root_from_the_environment_is_named_as_the_given_one(tmp_path, st
     capsys.readouterr()
     assert main(["status", str(sweep_file), "--results", str(results)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith(f"--results {results} --data-root {root}")
+
+
+def test_status_during_a_run_names_the_jobs_of_an_edited_file_that_the_run_will_not_start(tmp_path, capsys):
+    import os
+    import socket
+
+    from sweep import api
+    from sweep.cli import main
+
+    sweep_file, results = tmp_path / "s.toml", tmp_path / "r"
+    text = 'name = "s"\ndataset = "mnist-5k"\nmethods = ["kd"]\n[grid]\nalpha = [0.5]\ntemperature = [4]\nseed = [0]\n'
+    sweep_file.write_text(text)
+    folder = api.folder(api.plan(sweep_file), results)
+    folder.mkdir(parents=True)
+    state.write_plan(folder, api.plan(sweep_file))  # as a run writes it, holding the sweep's lock: this process
+    (folder / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()} since {state._process_start(os.getpid())}")
+    sweep_file.write_text(text.replace("alpha = [0.5]", "alpha = [0.5, 0.7]"))  # edited while it runs
+    assert main(["status", str(sweep_file), "--results", str(results)]) == 0
+    note = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("note: a 'kdsweep run'"))
+    assert note.endswith("its pending jobs are its to start, but for 1 job it does not plan (the file changed since "
+                         "it started: kd-a0.7-T4-s0): resume them once it ends"), note
