@@ -65,14 +65,14 @@ def _add_train(sub) -> None:
                    f"and each with -binary (classes 0-4 vs 5-9) (default {d.dataset})")
     p.add_argument("--method", default="kd", choices=METHODS, help="what to train (default kd)")
     p.add_argument("--model", default="", help="model name (default: the method's: mnist-cnn teacher, mnist-mlp student)")
-    p.add_argument("--alpha", type=float, default=d.alpha, help=f"weight of the distillation term, 0..1 (default {d.alpha})")
-    p.add_argument("--temperature", type=float, default=d.temperature, help=f"softmax temperature T > 0 (default {d.temperature:g})")
+    p.add_argument("--alpha", type=float, default=None, help=f"weight of the distillation term, 0..1 (default {d.alpha})")
+    p.add_argument("--temperature", type=float, default=None, help=f"softmax temperature T > 0 (default {d.temperature:g})")
     p.add_argument("--teacher", help="the teacher job's output folder (or its model.pt), for --method kd or subclass")
-    p.add_argument("--subclasses", type=int, default=d.subclasses,
+    p.add_argument("--subclasses", type=int, default=None,
                    help=f"subclass methods: subclasses per class (default {d.subclasses})")
-    p.add_argument("--beta", type=float, default=d.beta,
+    p.add_argument("--beta", type=float, default=None,
                    help=f"subclass-teacher: weight of the auxiliary loss (default {d.beta:g})")
-    p.add_argument("--aux-temperature", type=float, default=d.aux_temperature,
+    p.add_argument("--aux-temperature", type=float, default=None,
                    help=f"subclass-teacher: temperature of the auxiliary loss (default {d.aux_temperature:g})")
     p.add_argument("--pretrained", help="ImageNet models (resnet50, mobilenet_v2): imagenet (default), none, or a weights file")
     p.add_argument("--augment", action="store_true", help="random vertical flip, 90-degree rotation, Gaussian noise")
@@ -94,6 +94,14 @@ def _add_train(sub) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from kd.config import TEACHER_OF, make_config
 
+    from kd.config import APPLIES, TrainConfig
+
+    for key in ("alpha", "temperature", "subclasses", "beta", "aux_temperature"):  # given: for this method?
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(TrainConfig, key))
+        elif args.method not in APPLIES[key]:
+            raise UserError(f"--{key.replace('_', '-')}: method '{args.method}' has none (it is for "
+                            f"{', '.join(APPLIES[key])}): it would change nothing")
     settings = {k: getattr(args, k) for k in ("dataset", "method", "model", "alpha", "temperature", "epochs",
                                               "batch_size", "lr", "seed", "subclasses", "beta", "aux_temperature")}
     for key in ("pretrained", "head_epochs", "finetune_lr", "unfreeze_from", "precision"):

@@ -441,6 +441,11 @@ TRAIN_FLAGS = [
     (["--method", "scratch", "--device", "cuda:99"], "--device: 'cuda:99', but"),
     (["--method", "scratch", "--device", "meta"], "--device: 'meta': kd trains on cpu, cuda or mps"),
     (["--method", "scratch", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    # a setting the method does not have, as a sweep file refuses it (it was trained without it, silently)
+    (["--method", "scratch", "--alpha", "0.5"], "--alpha: method 'scratch' has none (it is for kd, subclass): it "
+                                                "would change nothing"),
+    (["--method", "teacher", "--temperature", "4"], "--temperature: method 'teacher' has none"),
+    (["--method", "kd", "--beta", "2"], "--beta: method 'kd' has none (it is for subclass-teacher)"),
 ]
 
 
