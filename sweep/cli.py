@@ -523,6 +523,9 @@ def _next_step(states: list, args: argparse.Namespace, step: str | None = None, 
     results = f" --results {shlex.quote(str(args.results))}" if args.results != Path("results") else ""
     to = f" --profile {shlex.quote(profile)}" if step == "resume" and profile else ""
     root = getattr(args, "data_root", None) or data_root
+    here = os.environ.get("KDSWEEP_DATA")  # this shell's: resume reads it already
+    if root and here and Path(here).resolve() == Path(root).resolve():
+        root = None
     to += f" --data-root {shlex.quote(str(root))}" if step == "resume" and root else ""
     limit = f" --max-jobs {args.max_jobs}" if getattr(args, "max_jobs", None) is not None else ""
     where = " where Slurm answers (the cluster's login node)" if profile and any(s.unasked for _, s in states) else ""

@@ -42,6 +42,10 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
     for jid, sids in submitted.items():
         known = [sid for sid in sids if sid in seen]
         if not known:  # Slurm has forgotten it (no accounting): the folder tells
+            if states[jid].state == state.PENDING and not states[jid].unasked:  # and it never began: a task
+                # cancelled while it waited
+                states[jid] = state.JobState(state.PENDING, f"slurm {sids[-1]}: Slurm no longer knows it (cancelled "
+                                                            "before it started?): resume submits it again")
             continue
         # a job submitted twice (a submissions record lost): a live task's state stands over a later
         # one that stood aside (it found the job locked, and failed)

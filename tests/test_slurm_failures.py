@@ -155,3 +155,26 @@ def test_tasks_of_jobs_the_edited_sweep_no_longer_plans_are_named_with_the_scanc
     subprocess.run(["scancel", *tasks], check=True)
     assert f"note: {len(tasks)} Slurm tasks of jobs that {sweep_file} no longer plans (submitted before it changed) " \
            f"still queued or running: scancel {' '.join(tasks)} to stop them" in out, out
+
+
+def test_a_task_cancelled_while_it_waited_is_pending_with_why_and_one_resume_runs_it(slurm_cluster, tmp_path):
+    """Slurm keeps no record of a pending array task split off and cancelled: sacct lists 44_0 and
+    44_[1%1], never 44_2; status said 'pending' with nothing more."""
+    profile = tmp_path / "one-at-a-time.toml"
+    profile.write_text('name = "one-at-a-time"\npartition = "debug"\ntime = 10\ncpus = 1\narray_parallelism = 1\n')
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('name = "waits"\ndataset = "mnist-5k"\nmethods = ["scratch"]\npack = 1\n[train]\nepochs = 1\n'
+                          '[grid]\nseed = [0, 1, 2]\n')
+    results = tmp_path / "r"
+    kdsweep("run", sweep_file, "--results", results, "--profile", profile)
+    (record,) = _submissions(results, "waits")
+    last = sorted(record["jobs"].items(), key=lambda kv: kv[1])[-1]  # the array's last task: it waits its turn
+    subprocess.run(["scancel", last[1]], check=True)
+    states = wait_until(sweep_file, results, lambda st: all(s.state in (state.DONE, state.PENDING) for s in st.values())
+                        and sum(s.state == state.DONE for s in st.values()) == 2)
+    name = next(j.name for j in api.plan(sweep_file).jobs if j.id == last[0])
+    assert states[name].detail == f"slurm {last[1]}: Slurm no longer knows it (cancelled before it started?): resume " \
+                                  "submits it again", states[name]
+    kdsweep("resume", sweep_file, "--results", results, "--profile", profile)
+    states = wait_until(sweep_file, results, all_final)
+    assert {s.state for s in states.values()} == {state.DONE}, states
