@@ -367,5 +367,5 @@ def test_a_stray_edit_of_a_value_makes_the_job_damaged_and_collect_skips_it(tmp_
     line = next(x for x in capsys.readouterr().out.splitlines() if job.name in x)
     assert " damaged " in line and why in line, line  # was: done, then collect failed with a traceback
     assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
-    assert f"  kd-a0.5-T4-s1: damaged (" in capsys.readouterr().out
+    assert "  kd-a0.5-T4-s1: damaged (" in capsys.readouterr().out
     assert len(pd.read_parquet(folder / collect.RESULTS)) == len(plan.jobs) - 1
