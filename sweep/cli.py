@@ -92,9 +92,7 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from kd.config import TEACHER_OF, make_config
-
-    from kd.config import APPLIES, TrainConfig
+    from kd.config import APPLIES, TEACHER_OF, TrainConfig, make_config
 
     for key in ("alpha", "temperature", "subclasses", "beta", "aux_temperature"):  # given: for this method?
         if getattr(args, key) is None:
