@@ -474,17 +474,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     _foreign_note(folder, plan)
     running = state.sweep_run(folder)
+    last = state.read_json(folder / "plan.json") or {}  # the plan last run: its jobs, its data root
     if running:
         # its plan is the one plan.json holds (it wrote it, holding the lock): jobs of a file edited since
         # are not its to start
-        its = {j.get("id") for j in (state.read_json(folder / "plan.json") or {}).get("jobs", []) if isinstance(j, dict)}
+        its = {j.get("id") for j in last.get("jobs", []) if isinstance(j, dict)}
         new = [j.name for j, s in states if s.state == state.PENDING and its and j.id not in its]
         print(f"note: a 'kdsweep run' of {plan.sweep.name} (pid {running}) works in {folder} now: "
               "its pending jobs are its to start" + (
                   f", but for {_count(len(new), 'job')} it does not plan (the file changed since it started: "
                   f"{', '.join(new[:3])}{', ...' if len(new) > 3 else ''}): resume them once it ends" if new else ""))
     print(status.totals(states) + _next_step(states, args, "status" if running else None, _last_profile(folder),
-                                             (state.read_json(folder / "plan.json") or {}).get("data_root")))
+                                             last.get("data_root")))
     return 0
 
 
