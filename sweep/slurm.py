@@ -196,11 +196,11 @@ WAITING = {"BeginTime": "requeued, held until {start}", "DependencyNeverSatisfie
                              "profile's account, then resume",
            "InvalidQOS": "its QOS is not valid here and it will never start: scancel {id}, fix the profile's qos, "
                          "then resume"}
-# reasons by family: (prefix, any of these within it, line), the first that fits; the nodes' own words
+# reasons by family: (prefix or prefixes, any of these within it, line), the first that fits; the nodes' own words
 # differ between Slurm versions
 # (22.05: "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions")
-WAITING_LIKE = [("ReqNodeNotAvail", "", "the nodes it needs are down, drained or reserved"),
-                ("Nodes required for job are DOWN", "", "the nodes it needs are down, drained or reserved"),
+WAITING_LIKE = [(("ReqNodeNotAvail", "Nodes required for job are DOWN"), "",
+                 "the nodes it needs are down, drained or reserved"),
                 # a limit of its account or QOS on the job itself (per job, per node, a minimum, not allowed):
                 # waiting does not move it; a limit on the group's or the user's jobs together does
                 ("Assoc", "Grp|MaxJobs|MaxSubmit|PerUser|PerAccount", "held back by a limit of its account "
