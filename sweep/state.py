@@ -223,6 +223,10 @@ def job_state(folder: Path) -> JobState:
         return JobState(FAILED, error.get("line", ""))
     attempt = read_json(folder / "attempt.json")
     if attempt is None:
+        damaged = (folder / "attempt.json").exists()
+        if damaged or checkpoint_state(folder) is not None:  # it began: not pending
+            return JobState(INTERRUPTED, ("attempt.json unreadable" if damaged else "attempt.json missing")
+                            + f" (who ran it, and how it ended, unknown); {resume_from(folder)}")
         return JobState(PENDING)
     if alive(attempt):
         return JobState(RUNNING, f"pid {attempt['pid']} on {attempt['host']}")

@@ -129,7 +129,7 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
             if status.active(s) and jid not in known and (sid := status.attempt_task(folder, jid)):
                 known[jid] = sid
         if stranded:
-            slurm.cancel([known[jid] for jid in sorted(stranded)])
+            slurm.cancel(sorted({known[jid] for jid in stranded}))  # a pack's students share one task
             out.cancelled = len(stranded)
         mounts = _mounts(folder, data_root)
         try:
@@ -165,22 +165,38 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
             executor.update_parameters(**params)
             folders = [[str(state.job_dir(folder, j).resolve()) for j in t] for t in tasks]
             said = io.StringIO()  # submitit prints sbatch's refusal: it is said once, in the error line
+            before = _submitit_files(folder)
             try:
                 with contextlib.redirect_stderr(said):
                     submitted = executor.map_array(task, folders, [root] * len(tasks))
             except Exception as e:  # sbatch refused: its first line says why ('Try sbatch --help' does not)
+                for leftover in _submitit_files(folder) - before:  # the refused array's pickles and sbatch file
+                    leftover.unlink(missing_ok=True)
                 lines = [x.strip() for x in (said.getvalue() + "\n" + str(e)).splitlines() if x.strip()]
                 why = next((x for x in lines if not x.startswith("Try ")), e.__class__.__name__)
                 went = "; ".join(f"{level} array {aid} ({n} tasks)" for level, aid, n in out.arrays)
+                before = "; ".join(filter(None, [
+                    out.cancelled and f"cancelled before it: {out.cancelled} students queued behind a failed teacher",
+                    went and f"submitted before it: {went}"]))
                 raise UserError(f"sbatch refused the {LEVEL_NAMES[i]} array: {why}" + (
-                    f" (submitted before it: {went}; resume submits the rest once this is fixed)" if went else "")
-                                ) from None
+                    f" ({before}; resume submits the rest once this is fixed)" if before else "")) from None
             sys.stderr.write(said.getvalue())  # accepted: whatever sbatch warned of is shown
             ids = {j.id: s.job_id for t, s in zip(tasks, submitted) for j in t}
             slurm.add_submission(folder, LEVEL_NAMES[i], ids, p.name, p.path)
             known.update(ids)
             out.arrays.append((LEVEL_NAMES[i], submitted[0].job_id.split("_")[0], len(tasks)))
     return out
+
+
+def _submitit_files(folder: Path) -> set[Path]:
+    """What submitit writes before sbatch answers: each task's pickle and the sbatch script, moved
+    into the array's own folder once sbatch accepts it (the script leaving a link behind), left
+    where they are when sbatch refuses it."""
+    try:
+        return {f for f in (folder / "slurm").iterdir() if not f.is_symlink() and f.is_file()
+                and (f.suffix == ".pkl" or f.name.startswith(".submission_file_"))}
+    except OSError:
+        return set()
 
 
 def _task():

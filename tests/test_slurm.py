@@ -227,4 +227,5 @@ def test_a_submission_sbatch_refuses_is_one_line_naming_why(slurm_cluster, tmp_p
     p = kdsweep("run", sweep_file, "--results", tmp_path / "r", "--profile", profile, check=False)
     assert p.returncode == 2 and p.stderr.splitlines() == [f"error: sbatch refused the first array: {why}"], p.stderr
     assert not (tmp_path / "r" / "s" / "slurm" / "submissions.json").exists()
+    assert list((tmp_path / "r" / "s" / "slurm").iterdir()) == []  # no pickle, no sbatch script left behind
 

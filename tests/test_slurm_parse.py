@@ -206,6 +206,21 @@ def test_the_next_step_after_a_slurm_submission_names_its_profile_as_resume_take
     assert cli._last_profile(folder) == str(own.resolve())  # its name would not find it: the file does
 
 
+def _refusing_second_sbatch(tmp_path: Path, monkeypatch, **tools: str) -> None:
+    """An sbatch that takes the first array and refuses the next (a QOS limit), and these other tools."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    count = tmp_path / "sbatch-calls"
+    tools = {"sbatch": f"echo x >> {count}\n"  # the first call accepted, the next refused
+                       f"[ $(wc -l < {count}) = 1 ] && {{ echo 'Submitted batch job 4300'; exit 0; }}\n"
+                       "echo 'sbatch: error: QOSMaxSubmitJobPerUserLimit' >&2; exit 1\n",
+             "srun": "exit 0\n", **tools}
+    for tool, body in tools.items():
+        (bin_dir / tool).write_text("#!/bin/sh\n" + body)
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
 def test_a_refused_students_array_says_what_went_in_before_it(tmp_path, monkeypatch):
     """sbatch takes the first array (teachers) and refuses the second: the one line says the first went
     in, where it read as if nothing had been submitted."""
@@ -213,18 +228,39 @@ def test_a_refused_students_array_says_what_went_in_before_it(tmp_path, monkeypa
     from sweep import api, profile, submit
     from sweep_tables import sweep_file
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    count = tmp_path / "sbatch-calls"
-    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho x >> {count}\n"  # the first call accepted, the next refused
-                                    f"[ $(wc -l < {count}) = 1 ] && {{ echo 'Submitted batch job 4300'; exit 0; }}\n"
-                                    "echo 'sbatch: error: QOSMaxSubmitJobPerUserLimit' >&2; exit 1\n")
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    for tool in ("sbatch", "srun"):
-        (bin_dir / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _refusing_second_sbatch(tmp_path, monkeypatch)
     plan = api.plan(sweep_file(tmp_path, seeds=(0,)))
     with pytest.raises(UserError) as e:
         submit.submit(plan, profile.load("local-slurm"), api.folder(plan, tmp_path / "results"))
     assert str(e.value) == ("sbatch refused the students array: sbatch: error: QOSMaxSubmitJobPerUserLimit (submitted "
                             "before it: first array 4300 (2 tasks); resume submits the rest once this is fixed)")
+    slurm_dir = api.folder(plan, tmp_path / "results") / "slurm"
+    # the refused array's pickles and script are gone; the first's are in its folder, its script linked
+    assert sorted(f.name for f in slurm_dir.iterdir() if f.is_file() and not f.is_symlink()) == ["submissions.json"]
+    assert sorted(f.name for f in slurm_dir.glob("4300_*/*.pkl")) == ["4300_0_submitted.pkl", "4300_1_submitted.pkl"]
+
+
+def test_a_refused_students_array_also_says_which_queued_students_it_cancelled(tmp_path, monkeypatch):
+    """Resume cancels students queued behind a failed teacher, then sbatch refuses their new array:
+    the line said nothing of the cancelled ones, which Slurm no longer holds."""
+    from kd.errors import UserError
+    from sweep import api, profile, submit
+    from sweep_tables import sweep_file
+
+    plan = api.plan(sweep_file(tmp_path, seeds=(0,)))
+    folder = api.folder(plan, tmp_path / "results")
+    teacher, scratch, *students = plan.jobs
+    bundled = profile.resolve_path("local-slurm")
+    slurm.add_submission(folder, "first", {teacher.id: "4100_0", scratch.id: "4100_1"}, "local-slurm", bundled)
+    slurm.add_submission(folder, "students", {j.id: "4101_0" for j in students}, "local-slurm", bundled)
+    cancelled = tmp_path / "scancel-args"
+    _refusing_second_sbatch(tmp_path, monkeypatch,  # the teacher failed; its students' task waits for it
+                            sacct="printf '4100_0|FAILED|1:0\\n4100_1|FAILED|1:0\\n4101_0|PENDING|0:0\\n'\n",
+                            squeue="echo '4101_0|PD|DependencyNeverSatisfied|N/A'\n",
+                            scancel=f'echo "$@" > {cancelled}\n')
+    with pytest.raises(UserError) as e:
+        submit.submit(plan, profile.load("local-slurm"), folder)
+    assert cancelled.read_text().split() == ["4101_0"]
+    assert str(e.value) == ("sbatch refused the students array: sbatch: error: QOSMaxSubmitJobPerUserLimit (cancelled "
+                            "before it: 4 students queued behind a failed teacher; submitted before it: first array 4300 (2 "
+                            "tasks); resume submits the rest once this is fixed)")

@@ -64,6 +64,22 @@ def test_a_job_stopped_before_its_first_step_says_resume_starts_it(tmp_path):
     assert state.job_state(folder).detail == "stopped by SIGTERM, its checkpoint is cut short: resume starts it over"
 
 
+def test_a_job_whose_attempt_record_is_damaged_or_gone_is_not_called_pending(tmp_path):
+    """It began (its attempt.json was written first, or it has a checkpoint): "pending" would say it never did."""
+    folder = _folder(tmp_path)
+    assert state.job_state(folder).state == state.PENDING
+    (folder / "attempt.json").write_text('{"host": "node7", "pi')  # a disk's damage, a hand's edit
+    s = state.job_state(folder)
+    assert (s.state, s.detail) == (state.INTERRUPTED, "attempt.json unreadable (who ran it, and how it ended, "
+                                                      "unknown); no checkpoint: resume starts it over")
+    (folder / "checkpoint.pt").write_bytes(WHOLE_CHECKPOINT)
+    assert state.job_state(folder).detail.endswith("unknown); resume continues from its checkpoint")
+    (folder / "attempt.json").unlink()
+    s = state.job_state(folder)
+    assert (s.state, s.detail) == (state.INTERRUPTED, "attempt.json missing (who ran it, and how it ended, "
+                                                      "unknown); resume continues from its checkpoint")
+
+
 def test_heartbeat_touches_the_attempt(tmp_path, monkeypatch):
     folder = _folder(tmp_path)
     (folder / "attempt.json").write_text("{}")
@@ -200,9 +216,10 @@ def test_job_files_of_another_shape_are_damaged_not_a_traceback(tmp_path):
     import socket
 
     folder = _folder(tmp_path)
-    for attempt in ("[]", "1", '"x"'):  # no attempt to read: as if none was made
+    for attempt in ("[]", "1", '"x"'):  # no attempt to read, but one was made: not pending
         (folder / "attempt.json").write_text(attempt)
-        assert state.job_state(folder) == state.JobState(state.PENDING), attempt
+        s = state.job_state(folder)
+        assert s.state == state.INTERRUPTED and s.detail.startswith("attempt.json unreadable"), attempt
     for pid in ("abc", True, -1):  # an attempt here whose process cannot be running: it ended unfinished
         (folder / "attempt.json").write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
         s = state.job_state(folder)
