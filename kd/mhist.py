@@ -5,7 +5,8 @@
 images are in ``ROOT/images.zip`` (read straight from the zip) or a folder ``ROOT/images/``.
 The dataset is only given out after signing its terms, so there is no download: a missing file
 says where to get it. Decoded once into a uint8 tensor file beside the data, keyed by the source
-files' size and time, so that 30 jobs do not decode 3,152 PNGs 30 times.
+files' size and time, so that 30 jobs do not decode 3,152 PNGs 30 times; where the data's folder is
+read-only (a cluster's shared datasets), the file goes to ``~/.cache/kdsweep/`` instead.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import csv
 import hashlib
 import io
 import logging
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -112,17 +114,30 @@ def cache_key(root: Path) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def cache_places(root: Path) -> list[Path]:
+    """Where the decoded tensors are kept: beside the data, else (a read-only folder) in the user's
+    cache, named for the data's folder too."""
+    key = cache_key(root)
+    places = [root / f".kdsweep-mhist-{key}.pt"]
+    home = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "kdsweep"
+    if home.is_absolute():  # not where a container's user has no home ('~' left as it is)
+        where = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+        places.append(home / f"mhist-{where}-{key}.pt")
+    return places
+
+
 def load_arrays(root: Path) -> dict[str, torch.Tensor]:
     """train_x, train_y, test_x, test_y as tensors (images uint8 [N, 3, H, W]), from the cache if fresh."""
     root = Path(root)
     csv_path = root / "annotations.csv"
     rows = _rows(csv_path)
-    cache = root / f".kdsweep-mhist-{cache_key(root)}.pt"
-    if cache.exists():
-        try:
-            return torch.load(cache, weights_only=True)
-        except Exception as e:  # a damaged cache is rebuilt
-            log.warning("MHIST cache %s unreadable (%s): decoding again", cache, e)
+    places = cache_places(root)
+    for cache in places:
+        if cache.exists():
+            try:
+                return torch.load(cache, weights_only=True)
+            except Exception as e:  # a damaged cache is rebuilt
+                log.warning("MHIST cache %s unreadable (%s): decoding again", cache, e)
     read, source = _image_source(root)
     images, shape = {}, None
     for i, name, _, _ in rows:
@@ -144,8 +159,27 @@ def load_arrays(root: Path) -> dict[str, torch.Tensor]:
         sel = [r for r in rows if r[3] == part]
         out[f"{part}_x"] = torch.from_numpy(np.stack([images[r[1]] for r in sel])).permute(0, 3, 1, 2).contiguous()
         out[f"{part}_y"] = torch.tensor([r[2] for r in sel], dtype=torch.int64)
-    for stale in root.glob(".kdsweep-mhist-*.pt"):
-        stale.unlink(missing_ok=True)
-    atomic.write_hashed(cache, lambda f: torch.save(out, f))  # a full disk said as such
-    log.info("MHIST decoded and cached in %s", cache)
+    _keep(out, places)
     return out
+
+
+def _keep(arrays: dict[str, torch.Tensor], places: list[Path]) -> None:
+    """Write the decoded tensors to the first place that takes them, older versions of that place's
+    kind removed; none taking them (a read-only folder, no home, a full disk) costs the next job a
+    decoding, not this one its run."""
+    refused = []
+    for cache in places:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            for stale in cache.parent.glob(cache.name.rsplit("-", 1)[0] + "-*.pt"):
+                stale.unlink(missing_ok=True)
+            atomic.write_hashed(cache, lambda f: torch.save(arrays, f))
+        except OSError as e:
+            refused.append(f"{e.filename or cache}: {e.strerror}")
+            continue
+        except UserError as e:  # atomic's own words for a file it cannot write
+            refused.append(str(e))
+            continue
+        log.info("MHIST decoded and cached in %s", cache)
+        return
+    log.warning("MHIST decoded, not cached (%s): each job decodes it again", "; ".join(refused))

@@ -43,6 +43,38 @@ def test_reads_the_distributed_format_and_caches(tmp_path):
     assert len(data.load("mhist", tmp_path).train_y) == 5 and not cache.exists()
 
 
+def test_a_read_only_data_folder_caches_in_the_users_cache_or_nowhere(tmp_path, monkeypatch, caplog):
+    """A cluster's shared datasets are read-only: the decoded tensors go to ~/.cache/kdsweep (its
+    place here: $XDG_CACHE_HOME), and where that is refused too the job decodes and trains on."""
+    import logging
+    import subprocess
+
+    source = make_mhist(tmp_path / "source")
+    shared = tmp_path / "MHIST"
+    shared.mkdir()
+    bound = subprocess.run(["mount", "--bind", str(source), str(shared)], capture_output=True, text=True)
+    if bound.returncode:
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(shared)], check=True)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        with caplog.at_level(logging.INFO, logger="kd.mhist"):
+            d = data.load("mhist", tmp_path)
+        (cache,) = (tmp_path / "cache" / "kdsweep").glob("mhist-*.pt")
+        assert f"MHIST decoded and cached in {cache}" in caplog.text and not list(shared.glob(".kdsweep-*"))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="kd.mhist"):
+            assert data.load("mhist", tmp_path).fingerprint() == d.fingerprint()
+        assert "decoded" not in caplog.text  # read from that cache
+        monkeypatch.setenv("XDG_CACHE_HOME", str(shared / "cache"))  # no place takes it
+        with caplog.at_level(logging.INFO, logger="kd.mhist"):
+            assert data.load("mhist", tmp_path).fingerprint() == d.fingerprint()
+        assert (f"MHIST decoded, not cached ({shared}/.kdsweep-mhist-" in caplog.text
+                and f"{shared / 'cache'}: Read-only file system): each job decodes it again" in caplog.text), caplog.text
+    finally:
+        subprocess.run(["umount", "-l", str(shared)], check=False)
+
+
 def test_images_folder_instead_of_zip(tmp_path):
     root = make_mhist(tmp_path / "MHIST")
     with zipfile.ZipFile(root / "images.zip") as z:
