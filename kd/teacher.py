@@ -130,6 +130,10 @@ def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device, outpu
             log.info("teacher cache %s is stale: recomputing", cache)
     teacher = load(file, data, device, outputs)
     train = forward(teacher, data.train_x.to(device))
-    sealed.save(cache, {"model_sha256": model_hash, "dataset": data.name, "train": train.cpu()})
-    log.info("teacher logits cached in %s", cache)
+    try:
+        sealed.save(cache, {"model_sha256": model_hash, "dataset": data.name, "train": train.cpu()})
+    except (UserError, OSError) as e:  # a teacher file in a read-only folder (a colleague's; `kdsweep train --teacher`)
+        log.warning("teacher logits not cached (%s): the next student computes them again", e)
+    else:
+        log.info("teacher logits cached in %s", cache)
     return train

@@ -252,6 +252,31 @@ def test_a_full_disk_fails_each_unwritten_member_with_its_own_file_and_a_rerun_w
     assert all((o / "result.json").exists() for o in outs)
 
 
+def test_a_teacher_in_a_read_only_folder_teaches_without_its_logits_cached(tmp_path, small, teacher_dir, caplog):
+    """A colleague's teacher, read-only: the student computes the logits, says they are not cached,
+    and trains (it failed on the cache's write)."""
+    import logging
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(teacher_dir, source, ignore=shutil.ignore_patterns("logits-*"))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    bound = subprocess.run(["mount", "--bind", str(source), str(shared)], capture_output=True, text=True)
+    if bound.returncode:
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(shared)], check=True)
+        with caplog.at_level(logging.WARNING, logger="kd.teacher"):
+            result = train.run(_kd(shared, epochs=1), tmp_path / "student", dataset=small, device="cpu")
+    finally:
+        subprocess.run(["umount", "-l", str(shared)], check=False)
+    assert result["metrics"]["test_accuracy"] > 0.5 and (tmp_path / "student" / "result.json").exists()
+    assert f"teacher logits not cached ({shared}/logits-mnist-5k-" in caplog.text
+    assert "cannot write it (Read-only file system)): the next student computes them again" in caplog.text
+    assert not list(source.glob("logits-*"))
+
+
 def test_a_member_that_diverges_fails_alone_and_its_pack_mates_finish(tmp_path, small, teacher_dir):
     """A teacher file whose weights are not numbers (one that diverged, saved by hand): its student's
     loss is NaN from the first step. It ends without a result (not 'done' at chance accuracy), its
