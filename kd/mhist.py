@@ -174,11 +174,8 @@ def _keep(arrays: dict[str, torch.Tensor], places: list[Path]) -> None:
             for stale in cache.parent.glob(cache.name.rsplit("-", 1)[0] + "-*.pt"):
                 stale.unlink(missing_ok=True)
             atomic.write_hashed(cache, lambda f: torch.save(arrays, f))
-        except OSError as e:
-            refused.append(f"{e.filename or cache}: {e.strerror}")
-            continue
-        except UserError as e:  # atomic's own words for a file it cannot write
-            refused.append(str(e))
+        except (OSError, UserError) as e:  # UserError: atomic's words for a file it cannot write
+            refused.append(f"{e.filename or cache}: {e.strerror}" if isinstance(e, OSError) else str(e))
             continue
         log.info("MHIST decoded and cached in %s", cache)
         return

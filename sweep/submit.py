@@ -175,11 +175,11 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
                 lines = [x.strip() for x in (said.getvalue() + "\n" + str(e)).splitlines() if x.strip()]
                 why = next((x for x in lines if not x.startswith("Try ")), e.__class__.__name__)
                 went = "; ".join(f"{level} array {aid} ({n} tasks)" for level, aid, n in out.arrays)
-                before = "; ".join(filter(None, [
+                earlier = "; ".join(filter(None, [
                     out.cancelled and f"cancelled before it: {out.cancelled} students queued behind a failed teacher",
                     went and f"submitted before it: {went}"]))
                 raise UserError(f"sbatch refused the {LEVEL_NAMES[i]} array: {why}" + (
-                    f" ({before}; resume submits the rest once this is fixed)" if before else "")) from None
+                    f" ({earlier}; resume submits the rest once this is fixed)" if earlier else "")) from None
             sys.stderr.write(said.getvalue())  # accepted: whatever sbatch warned of is shown
             ids = {j.id: s.job_id for t, s in zip(tasks, submitted) for j in t}
             slurm.add_submission(folder, LEVEL_NAMES[i], ids, p.name, p.path)
