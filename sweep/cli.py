@@ -578,7 +578,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         if len(means) <= 60:
             rows = [[r["method"], value(r.get("alpha")), value(r.get("temperature")),
                      *[value(r[k]) if k in r else "-" for k in other], str(r["n_seeds"]), pct(r["mean"]),
-                     "1 seed: no interval" if pd.isna(r["ci_low"]) else f"{pct(r['ci_low'])} to {pct(r['ci_high'])}"]
+                     compare.no_interval(r["n_seeds"]) if pd.isna(r["ci_low"])
+                     else f"{pct(r['ci_low'])} to {pct(r['ci_high'])}"]
                     for _, r in means.iterrows()]
             print(_table(["method", "alpha", "T", *other, "seeds", "mean test accuracy", "95% CI"], rows))
             print()

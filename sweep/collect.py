@@ -62,7 +62,7 @@ def collect(plan: Plan, folder: Path) -> Collected:
     for job in plan.jobs:
         jdir = state.job_dir(folder, job)
         try:
-            result, problem = state.own_result(jdir)
+            result, problem = state.own_result(jdir, job.config)
             if problem:
                 raise UserError(f"{jdir / 'result.json'}: {problem}")
             row = job_row(plan, job, result) if result is not None else None

@@ -51,7 +51,7 @@ class Interval:
     @property
     def verdict(self) -> str:
         """``better`` or ``worse`` when the interval excludes 0, ``no difference`` when it holds 0,
-        ``no interval`` with one seed."""
+        ``no interval`` with one seed, or no spread between the seeds."""
         if not self.has_interval:
             return NO_INTERVAL
         return BETTER if self.low > 0 else WORSE if self.high < 0 else SAME
@@ -63,7 +63,10 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 
     The t distribution, not the normal, because the spread is estimated from a handful of seeds
     (with 5 seeds t_{0.975,4} = 2.78, not 1.96); it assumes the seeds are independent and the
-    differences roughly normal. One value gives no spread, so no interval: NaN bounds."""
+    differences roughly normal. One value gives no spread, so no interval: NaN bounds. Neither do
+    values all equal: accuracies move in steps of one test image, so two seeds often differ from
+    their baselines by the same step, and an interval of width 0 would call any such difference
+    certain."""
     x = np.asarray(values, dtype="float64")
     n = len(x)
     if n == 0:
@@ -72,8 +75,15 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     if n == 1:
         return Interval(mean, math.nan, math.nan, 1)
     sd = float(x.std(ddof=1))
+    if sd < 1e-12:  # all the same but for float rounding (0.999 - 0.998 is not 0.938 - 0.937 to the last bit)
+        return Interval(mean, math.nan, math.nan, n, 0.0)
     half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, sd)
+
+
+def no_interval(n: int) -> str:
+    """Why a point has no interval: ``1 seed: no interval``, ``2 seeds, all the same: no interval``."""
+    return "1 seed: no interval" if n < 2 else f"{n} seeds, all the same: no interval"
 
 
 @functools.cache
@@ -99,9 +109,12 @@ def point_label(row: pd.Series | dict, varying: Sequence[str] = ()) -> str:
 
 
 def varying_settings(results: pd.DataFrame) -> list[str]:
-    """Settings with more than one value among the students (besides the seed)."""
-    students = results[results["method"].isin([*BASELINES, "scratch"])]
-    return [c for c in settings_columns(students) if students[c].nunique(dropna=True) > 1]
+    """Settings with more than one value among the jobs of a method (besides the seed): what tells
+    its rows apart (a grid of teachers alone varies theirs)."""
+    if results.empty:
+        return []
+    by_method = results.groupby("method")
+    return [c for c in settings_columns(results) if (by_method[c].nunique(dropna=True) > 1).any()]
 
 
 def paired(results: pd.DataFrame, metric: str = "test_accuracy", level: float = LEVEL) -> pd.DataFrame:
@@ -173,7 +186,7 @@ def describe(row: pd.Series | dict, unit: float = 100.0) -> str:
         return f"{who} is below {base} by {-d:.2f} points, {ci}"
     if verdict == SAME:
         return f"{who} does not differ from {base} ({d:+.2f} points, {ci})"
-    return f"{who}: {d:+.2f} points against {base}, {seeds}: no interval"
+    return f"{who}: {d:+.2f} points against {base}, {no_interval(n)}"
 
 
 def summary(comparisons: pd.DataFrame) -> list[str]:
@@ -187,9 +200,12 @@ def summary(comparisons: pd.DataFrame) -> list[str]:
                        f"{'s' if seeds != [1] else ''}: no interval (run more seeds to tell differences from noise)")
             continue
         counts = g["verdict"].value_counts()
+        bare = g.loc[g["verdict"] == NO_INTERVAL, "n_seeds"]
+        why = ", ".join(filter(None, [(bare < 2).any() and "1 seed",
+                                      (bare >= 2).any() and "the same difference with every seed"]))
         out.append(f"{method} against {base}: {counts.get(BETTER, 0)} of {n} points better with "
                    f"{100 * g['level'].iloc[0]:.0f}% confidence, {counts.get(WORSE, 0)} worse, "
                    f"{counts.get(SAME, 0)} not distinguishable"
-                   + (f", {counts.get(NO_INTERVAL, 0)} without an interval (1 seed)" if counts.get(NO_INTERVAL) else "")
+                   + (f", {len(bare)} without an interval ({why})" if len(bare) else "")
                    + f" (paired over {'/'.join(map(str, seeds))} seeds)")
     return out

@@ -165,8 +165,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _seeds_words(n: int) -> str:
-    return f"{n} seeds" if n > 1 else "1 seed: no interval"
+def _seeds(per_point: pd.Series) -> str:
+    """``5 seeds``; ``2-5 seeds`` where points have different numbers of them (some jobs unfinished)."""
+    lo, hi = int(per_point.min()), int(per_point.max())
+    return f"{hi} seeds" if lo == hi else f"{lo}-{hi} seeds (per point: some are missing)"
 
 
 def _reference_lines(ax, results: pd.DataFrame) -> None:
@@ -178,7 +180,7 @@ def _reference_lines(ax, results: pd.DataFrame) -> None:
         if not ci.n:
             continue
         words = (f"{100 * ci.mean:.2f}%, {CI_WORDS} {100 * ci.low:.2f}-{100 * ci.high:.2f}, {ci.n} seeds"
-                 if ci.has_interval else f"{100 * ci.mean:.2f}%, {_seeds_words(ci.n)}")
+                 if ci.has_interval else f"{100 * ci.mean:.2f}%, {compare.no_interval(ci.n)}")
         ax.axhline(100 * ci.mean, color=color, linestyle=style, linewidth=1.5, label=f"{label} ({words})")
         if ci.has_interval and method == "scratch":
             ax.axhspan(100 * ci.low, 100 * ci.high, color=color, alpha=0.15, linewidth=0)
@@ -209,7 +211,7 @@ def _accuracy_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> P
         ax.errorbar(stats.index * dodge, 100 * stats["mean"], yerr=_error(stats), marker=marker, markersize=5,
                     capsize=3, linewidth=1.5, linestyle=style, color=colors[alpha], label=f"{word}, alpha = {alpha:g}")
     seeds = int(kd["n_seeds"].max())
-    detail = (f"mean of {seeds} seeds; bars and grey band: {CI_WORDS} of the mean" if seeds > 1
+    detail = (f"mean of {_seeds(kd['n_seeds'])}; bars and grey band: {CI_WORDS} of the mean" if seeds > 1
               else "1 seed: no interval (run more seeds for error bars)")
     _temperature_axes(ax, results, "student test accuracy (%)", f"Student accuracy vs temperature: {title}\n{detail}")
     return _save(fig, path)
@@ -233,11 +235,12 @@ def _f1_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> Path:
     kd = results[results["method"] == "kd"]
     metrics = ["test_accuracy", *sorted(c for c in results.columns if c.startswith("f1_")), "macro_f1"]
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
-    for (alpha, group), style in zip(kd.groupby("alpha"), ("-", "--", ":", "-.")):
+    for k, (alpha, group) in enumerate(kd.groupby("alpha")):  # a line style, then a marker too, per alpha
+        style, marker = ("-", "--", ":", "-.")[k % 4], ("o", "s", "^", "D", "v", "P")[k // 4 % 6]
         stats = group.groupby("temperature")[[m for m in metrics if m in group]].mean().sort_index()
         for m, color in zip(stats.columns, plt.cm.tab10.colors):
             label = {"test_accuracy": "accuracy", "macro_f1": "macro F1"}.get(m, f"F1 {m[3:].upper()}")
-            ax.plot(stats.index, 100 * stats[m], marker="o", linestyle=style, color=color,
+            ax.plot(stats.index, 100 * stats[m], marker=marker, linestyle=style, color=color,
                     label=f"{label}" + (f" (alpha {alpha:g})" if kd["alpha"].nunique() > 1 else ""))
     _temperature_axes(ax, results, "student, test set (%)", f"Student accuracy and F1 vs temperature: {title}")
     return _save(fig, path)
@@ -273,8 +276,8 @@ def _heatmap(results: pd.DataFrame, path: Path, title: str) -> Path:
             ax.text(j, i, f"{100 * v:.2f}", ha="center", va="center", fontsize=9,
                     color="white" if v < (lo + hi) / 2 else "black")
     fig.colorbar(im, ax=ax, label="test accuracy (%)")
-    seeds = results["seed"].nunique()
-    ax.set_title(f"Student accuracy (%): {title}" + (f"\nmean of {seeds} seeds" if seeds > 1 else ""))
+    seeds = kd.groupby(["alpha", "temperature"])["seed"].nunique()
+    ax.set_title(f"Student accuracy (%): {title}" + (f"\nmean of {_seeds(seeds)}" if seeds.max() > 1 else ""))
     return _save(fig, path)
 
 
@@ -308,7 +311,8 @@ def _difference_heatmap(comparisons: pd.DataFrame, path: Path, title: str) -> Pa
     vs = "kd at the same alpha and T" if base == "kd" else "the student from scratch" if base == "scratch" else base
     fig.colorbar(im, ax=ax, label=f"difference to {base} (percentage points)")
     seeds = int(comparisons["n_seeds"].max())
-    how = (f"paired over {seeds} seeds; [{CI_WORDS}]; * and outline: the interval excludes 0" if seeds > 1
+    how = (f"paired over {_seeds(comparisons['n_seeds'])}; [{CI_WORDS}]; * and outline: the interval excludes 0"
+           if seeds > 1
            else "1 seed: no interval, no cell can be called different")
     ax.set_title(f"{method} minus {vs}, test accuracy: {title}\n{how}")
     return _save(fig, path)

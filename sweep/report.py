@@ -133,7 +133,7 @@ def _pct(v: float) -> str:
 
 
 def _ci(lo: float, hi: float, n: int) -> str:
-    return "1 seed: no interval" if n < 2 or pd.isna(lo) else f"{100 * lo:.2f} to {100 * hi:.2f}"
+    return compare.no_interval(n) if n < 2 or pd.isna(lo) else f"{100 * lo:.2f} to {100 * hi:.2f}"
 
 
 def comparison_blocks(comparisons: pd.DataFrame) -> tuple:
@@ -144,7 +144,8 @@ def comparison_blocks(comparisons: pd.DataFrame) -> tuple:
     heads = {compare.BETTER: "Better than the baseline with 95% confidence:",
              compare.WORSE: "Below the baseline with 95% confidence:",
              compare.SAME: "Not distinguishable from the baseline (the interval holds 0):",
-             compare.NO_INTERVAL: "One seed: no interval can be given (run more seeds):"}
+             compare.NO_INTERVAL: "No interval can be given (one seed, or the same difference with every seed: run "
+                                  "more seeds):"}
     for verdict in order:
         g = comparisons[comparisons["verdict"] == verdict]
         if len(g):
@@ -172,7 +173,7 @@ def results_blocks(results: pd.DataFrame) -> tuple:
                      for _, r in jobs.iterrows())
     return (Text("Each grid point's mean test accuracy over its seeds, with the 95% t interval of the mean."),
             Table(header, rows),
-            Table(("job", "method", "alpha", "T", "seed", "test accuracy (%)", "training s", "pack"), job_rows,
+            Table(("job", "method", "alpha", "T", "seed", "test accuracy (%)", "its pack's training s", "pack"), job_rows,
                   summary=f"every job ({len(job_rows)})"))
 
 

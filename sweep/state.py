@@ -188,17 +188,18 @@ def record_stop(folder: Path, signal_name: str) -> None:
     atomic.write_json(folder / "attempt.json", {**attempt, "stopped": signal_name})
 
 
-def own_result(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+def own_result(folder: Path, config: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """A job folder's result.json if it is the job's result, else why not: (result, None), or
-    (None, why) when it is unreadable, of other settings than the folder's config.json, or, for a
-    teacher, its model.pt missing or cut short; (None, None) when there is none."""
+    (None, why) when it is unreadable, of other settings than the job's (``config``, the plan's;
+    else the folder's config.json), or, for a teacher, its model.pt missing or cut short; (None,
+    None) when there is none."""
     try:
         result = results.read(folder / "result.json")
     except results.DamagedResult as e:
         return None, "result.json unreadable (" + str(e).split(": damaged result, ", 1)[-1][:120] + ")"
     if result is None:
         return None, None
-    job = (read_json(folder / "config.json") or {}).get("config")
+    job = config if config is not None else (read_json(folder / "config.json") or {}).get("config")
     if isinstance(job, dict):
         differ = results.other_settings(result["config"], job)
         if differ:
@@ -212,8 +213,9 @@ def own_result(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
     return result, None
 
 
-def job_state(folder: Path) -> JobState:
-    result, problem = own_result(folder)
+def job_state(folder: Path, config: dict[str, Any] | None = None) -> JobState:
+    """The folder's word on its job (``config``: the job's settings, where the plan is at hand)."""
+    result, problem = own_result(folder, config)
     if result is not None:
         return JobState(DONE)
     if problem:

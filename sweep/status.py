@@ -128,7 +128,7 @@ def _folder_state(folder: Path, job: Job) -> state.JobState:
     if differ:
         return state.JobState(state.FAILED, f"{folder} holds other settings than the job ({', '.join(differ[:4])}): "
                                             "move it away, then resume")
-    return state.job_state(folder)
+    return state.job_state(folder, job.config)  # a config.json gone: the result is still checked against the plan
 
 
 def task_log_error(folder: Path, sid: str) -> str:

@@ -160,6 +160,12 @@ def test_a_result_of_another_job_is_not_collected_under_this_ones_name(tmp_path)
     assert [(n, s) for n, s, _ in c.missing] == [(b.name, collect.DAMAGED)]
     assert "result.json holds another job's result (" in c.missing[0][2]
     assert b.id not in set(pd.read_parquet(c.results)["job_id"]) and c.rows == len(plan.jobs) - 1
+    (state.job_dir(folder, b) / "config.json").unlink()  # nothing in the folder says whose it is: the plan does
+    c = api.collect(sweep_file, results_root=root)
+    assert [(n, s) for n, s, _ in c.missing] == [(b.name, collect.DAMAGED)], c.missing
+    assert b.id not in set(pd.read_parquet(c.results)["job_id"])
+    s = dict((j.id, s) for j, s in api.status(sweep_file, results_root=root))[b.id]
+    assert s.state == state.DAMAGED and s.detail.startswith("result.json holds another job's result (")
 
 
 def test_a_report_from_an_older_table_says_which_rows_are_no_longer_done(tmp_path):
@@ -369,3 +375,53 @@ def test_a_stray_edit_of_a_value_makes_the_job_damaged_and_collect_skips_it(tmp_
     assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
     assert "  kd-a0.5-T4-s1: damaged (" in capsys.readouterr().out
     assert len(pd.read_parquet(folder / collect.RESULTS)) == len(plan.jobs) - 1
+
+
+def _drawn(monkeypatch) -> dict:
+    """Each figure's title and legend labels, as plot draws them (kept as the figure is saved)."""
+    seen = {}
+    real = plots._save
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        seen[path.name] = (ax.get_title(), [t.get_text() for legend in fig.legends for t in legend.get_texts()])
+        return real(fig, path)
+    monkeypatch.setattr(plots, "_save", keep)
+    return seen
+
+
+def test_figures_say_how_many_seeds_each_point_has_where_some_are_missing(tmp_path, monkeypatch):
+    """Two seeds of one point unfinished: its cell is one seed's accuracy beside means of three, which
+    the titles called 'mean of 3 seeds'."""
+    sweep_file, root, plan = finished_sweep(tmp_path, skip=("kd-a0.5-T4-s1", "kd-a0.5-T4-s2"))
+    api.collect(sweep_file, results_root=root)
+    drawn = _drawn(monkeypatch)
+    api.plot(sweep_file, results_root=root)
+    for name in ("accuracy_vs_temperature.png", "heatmap_alpha_temperature.png", "difference_kd_vs_scratch.png"):
+        assert "1-3 seeds (per point: some are missing)" in drawn[name][0], (name, drawn[name][0])
+    finish(api.folder(plan, root), plan)
+    api.collect(sweep_file, results_root=root)
+    api.plot(sweep_file, results_root=root)
+    assert all("1-3" not in title and "3 seeds" in title for name, (title, _) in drawn.items()
+               if name != "accuracy_per_epoch.png"), drawn
+
+
+def test_the_f1_figure_draws_every_alpha(tmp_path, monkeypatch):
+    """Line styles ran out after four alphas, and zip() dropped the fifth without a word."""
+    rows = [{"method": "kd", "alpha": a, "temperature": t, "seed": 0, "test_accuracy": 0.8, "f1_hp": 0.7,
+             "f1_ssa": 0.6, "macro_f1": 0.65} for a in (0.1, 0.3, 0.5, 0.7, 0.9) for t in (1.0, 4.0)]
+    drawn = _drawn(monkeypatch)
+    plots._f1_vs_temperature(pd.DataFrame(rows), tmp_path / "f1.png", "five alphas")
+    labels = drawn["f1.png"][1]
+    assert {a for a in (0.1, 0.3, 0.5, 0.7, 0.9) if f"macro F1 (alpha {a:g})" in labels} == {0.1, 0.3, 0.5, 0.7, 0.9}
+
+
+def test_a_grid_of_teachers_alone_tells_its_rows_apart():
+    """beta x subclasses of subclass teachers: collect's and report's tables had no column for either."""
+    from sweep import compare
+
+    rows = pd.DataFrame([{"method": "subclass-teacher", "alpha": None, "temperature": None, "beta": b,
+                          "subclasses": k, "lr": 1e-3, "seed": s, "test_accuracy": 0.9}
+                         for b in (0.5, 2.0) for k in (2, 4) for s in (0, 1)])
+    assert compare.varying_settings(rows) == ["subclasses", "beta"]  # kd.config.SETTINGS' order
+    assert compare.varying_settings(rows[rows["beta"] == 0.5]) == ["subclasses"]

@@ -74,6 +74,23 @@ def test_one_seed_gives_no_interval():
         "kd against scratch: 2 points, 1 seed: no interval (run more seeds to tell differences from noise)"]
 
 
+def test_seeds_that_all_differ_by_the_same_step_give_no_interval():
+    """Accuracies move in steps of one test image: two seeds 0.1 points above scratch each have sd 0,
+    and an interval of width 0 called that certain ('beats scratch by 0.10 points, 95% CI 0.10 to 0.10')."""
+    steps = _table([("scratch", NAN, NAN, 0, 937 / 1000), ("scratch", NAN, NAN, 1, 998 / 1000),
+                    ("kd", 0.5, 4.0, 0, 938 / 1000), ("kd", 0.5, 4.0, 1, 999 / 1000),  # differences 1 ulp apart
+                    ("kd", 0.5, 1.0, 0, 0.941), ("kd", 0.5, 1.0, 1, 0.997)])
+    c = compare.paired(steps)
+    r = _at(c, "alpha 0.5, T 4")
+    assert r["difference"] == pytest.approx(0.001) and r["n_seeds"] == 2 and r["sd"] == 0
+    assert math.isnan(r["ci_low"]) and not r["interval"] and not r["significant"] and r["verdict"] == "no interval"
+    assert compare.describe(r) == "alpha 0.5, T 4: +0.10 points against scratch, 2 seeds, all the same: no interval"
+    assert _at(c, "alpha 0.5, T 1")["verdict"] == "no difference"  # 0.4 and -0.1 points: a spread, an interval
+    assert compare.summary(c) == ["kd against scratch: 0 of 2 points better with 95% confidence, 0 worse, 1 not "
+                                  "distinguishable, 1 without an interval (the same difference with every seed) "
+                                  "(paired over 2 seeds)"]
+
+
 def test_words():
     c = compare.paired(TOY)
     assert compare.describe(_at(c, "alpha 0.5, T 4")) == "alpha 0.5, T 4 beats scratch by 1.43 points, 95% CI 0.92 to 1.95, 3 seeds"

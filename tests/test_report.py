@@ -81,7 +81,7 @@ def test_report_html_is_self_contained_with_every_figure_and_table(reported, cap
     assert headers == [
         ("point", "baseline", "accuracy (%)", "baseline (%)", "difference (points)", "95% CI (points)", "seeds", "verdict"),
         ("method", "alpha", "T", "seeds", "test accuracy (%)", "95% CI (%)"),
-        ("job", "method", "alpha", "T", "seed", "test accuracy (%)", "training s", "pack"),
+        ("job", "method", "alpha", "T", "seed", "test accuracy (%)", "its pack's training s", "pack"),
         ("job", "state", "detail"),
         ("id", "job", "method", "alpha", "T", "seed", "depends on"),
         ("what", "value (number of jobs)")]
