@@ -473,6 +473,8 @@ def pick_device(device: str | None) -> torch.device:
     ``KDSWEEP_TF32=0``: about 3x the float32 matmul rate of an H100 for a 10-bit mantissa in the
     products' inputs, which leaves accuracy as it is for these models."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cpu":  # 'cpu:1' is the CPU too, but tensors saved from it load nowhere: 'cpu:1' unknown
+        dev = torch.device("cpu")
     if dev.type == "cuda":
         if dev.index is not None:  # streams and CUDA graphs are made on the current device: this one
             torch.cuda.set_device(dev)

@@ -116,6 +116,18 @@ def test_teacher_from_another_dataset_is_refused(tmp_path, small, teacher_dir):
         train.run(cfg, tmp_path / "out", dataset=other, device="cpu")
 
 
+def test_a_cpu_with_an_index_is_the_cpu(tmp_path, small):
+    """--device cpu:1 is the CPU to torch, but tensors saved from it are tagged 'cpu:1', which no load
+    knows: the student called its good teacher damaged, set its result aside, and it trained again."""
+    teacher = tmp_path / "teacher"
+    train.run(make_config(method="teacher", epochs=1, batch_size=250), teacher, dataset=small, device="cpu:1")
+    saved = torch.load(teacher / "model.pt", weights_only=True)  # loads where no map_location is given
+    assert {str(v.device) for v in saved["state_dict"].values()} == {"cpu"}
+    r = train.run(make_config(method="kd", alpha=0.5, temperature=4.0, teacher=str(teacher), epochs=1, batch_size=250),
+                  tmp_path / "student", dataset=small, device="cpu:1")
+    assert r["metrics"]["test_accuracy"] > 0.5 and (teacher / "result.json").exists()
+
+
 def test_alpha_zero_kd_runs_without_teacher(tmp_path, small):
     r = train.run(make_config(method="kd", alpha=0.0, epochs=1, batch_size=100), tmp_path, dataset=small, device="cpu")
     assert r["metrics"]["test_accuracy"] > 0.5
