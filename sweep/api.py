@@ -60,8 +60,8 @@ def compare(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULT
     student grid point and baseline, with the mean difference over seeds and its 95% interval."""
     from sweep import collect as c, compare as cmp
 
-    (results,) = c.read_tables(folder(plan(sweep_file), results_root), (c.RESULTS,))
-    return cmp.paired(results)
+    p = plan(sweep_file)
+    return cmp.paired(c.current_results(p, folder(p, results_root)))
 
 
 def report(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS, max_jobs: int | None = None):
@@ -73,6 +73,8 @@ def report(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS
 
 
 def plot(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS, max_jobs: int | None = None) -> list[Path]:
-    from sweep import plots
+    from sweep import collect, plots
 
-    return plots.plot_all(folder(plan(sweep_file, max_jobs), results_root))
+    p = plan(sweep_file, max_jobs)
+    collect.current_results(p, folder(p, results_root))  # not the table of an earlier sweep file
+    return plots.plot_all(folder(p, results_root))

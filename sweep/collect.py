@@ -156,6 +156,18 @@ def saved_diff_hash(path: Path) -> str | None:
     return first.split(" sha256 ", 1)[1].split(":", 1)[0] if first.startswith("# ") and " sha256 " in first else None
 
 
+def current_results(plan: Plan, folder: Path):
+    """results.parquet, refused where it was collected for another version of the sweep file (rows
+    the plan no longer has): figures, comparisons and a report would show jobs it does not plan."""
+    (results,) = read_tables(folder, (RESULTS,))
+    other = sorted(set(results["job_id"]) - {j.id for j in plan.jobs}) if "job_id" in results else []
+    if other:
+        raise UserError(f"{folder / RESULTS}: holds {len(other)} job(s) that {plan.sweep.path or plan.sweep.name} "
+                        f"does not plan (e.g. {results.loc[results['job_id'] == other[0], 'name'].iloc[0]}): "
+                        "the sweep file changed since collect", hint="run 'kdsweep collect' first")
+    return results
+
+
 def read_tables(folder: Path, names: tuple[str, ...] = (RESULTS, EPOCHS)):
     """The sweep's Parquet tables, by name; ``UserError`` naming the file when one is missing or
     cannot be read as Parquet."""

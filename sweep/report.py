@@ -19,7 +19,6 @@ import pandas as pd
 
 from kd import atomic
 from kd.config import TEACHER_METHODS
-from kd.errors import UserError
 from sweep import collect, compare, plots, state
 from sweep.plan import Plan, units
 
@@ -79,12 +78,7 @@ class Written:
 
 def write(plan: Plan, folder: Path) -> Written:
     """Draw the figures, then write ``report.html`` and ``report.md`` into ``folder`` (atomically)."""
-    (results,) = collect.read_tables(folder, (collect.RESULTS,))
-    other = sorted(set(results["job_id"]) - {j.id for j in plan.jobs}) if "job_id" in results else []
-    if other:  # collected for another version of the sweep file: its rows, plan and file would not agree
-        raise UserError(f"{folder / collect.RESULTS}: holds {len(other)} job(s) that {plan.sweep.path or plan.sweep.name} "
-                        f"does not plan (e.g. {results.loc[results['job_id'] == other[0], 'name'].iloc[0]}): "
-                        "the sweep file changed since collect", hint="run 'kdsweep collect' first")
+    results = collect.current_results(plan, folder)
     slices: dict[Path, dict] = {}
     figures = plots.plot_all(folder, slices) if len(results) else []  # nothing finished: a report that says so
     title = f"kd-sweep report: {plan.sweep.name}"

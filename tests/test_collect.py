@@ -7,6 +7,8 @@ import subprocess
 import pandas as pd
 import pytest
 
+from kd.errors import UserError
+
 from sweep import api, collect, plots, state
 from sweep.cli import main
 from sweep_tables import SWEEP, accuracy, finish, finished_sweep
@@ -287,9 +289,13 @@ def test_after_an_edit_that_changes_every_job_the_old_jobs_are_named_and_the_rep
     assert main(["collect", str(path), "--results", str(root)]) == 0
     path.write_text(path.read_text().replace("epochs = 3", "epochs = 2"))
     capsys.readouterr()
-    assert main(["report", str(path), "--results", str(root)]) == 2
-    err = capsys.readouterr().err
-    assert "results.parquet: holds 6 job(s) that" in err and "hint: run 'kdsweep collect' first" in err, err
+    for command in ("report", "plot"):  # plot redrew the old table's figures, without a word
+        assert main([command, str(path), "--results", str(root)]) == 2
+        err = capsys.readouterr().err
+        assert "results.parquet: holds 6 job(s) that" in err and "hint: run 'kdsweep collect' first" in err, err
+    assert not (root / "hand" / "plots").exists()  # nothing drawn from the old table
+    with pytest.raises(UserError, match="results.parquet: holds 6 job"):
+        api.compare(path, results_root=root)
     assert main(["status", str(path), "--results", str(root)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-2].startswith(f"note: {root / 'hand' / 'jobs'} holds 6 finished jobs of other settings than "), out
