@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kd.config import TrainConfig
+from kd.errors import UserError
 
 HEAD, FULL = "head", "full"
 
@@ -62,6 +63,16 @@ def head_names(model: nn.Module) -> set[str]:
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     return {f"{linears[-1]}.{n}".lstrip(".") for n, _ in model.get_submodule(linears[-1]).named_parameters()} \
         if linears else set()
+
+
+def check_unfreeze(config: TrainConfig, model: nn.Module) -> None:
+    """Refuse an ``unfreeze_from`` past the model's last parameter tensor: it froze all but the
+    head, silently (the range a sweep file allows cannot know the model's count)."""
+    n = len(list(model.parameters()))
+    if config.unfreeze_from is not None and config.unfreeze_from >= n:
+        raise UserError(f"unfreeze_from: {config.unfreeze_from}, but {config.model} has {n} parameter tensors "
+                        f"(0 .. {n - 1}): no layer but the head would train",
+                        hint="'kdsweep models' counts each model's parameter tensors")
 
 
 def setup(model: nn.Module, params: dict[str, torch.Tensor], config: TrainConfig, which: str,

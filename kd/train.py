@@ -89,6 +89,8 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
         seen_by_teacher = kd_teacher.FORWARD_IMAGES["count"]
         data = dataset or kd_data.load(todo[0][0].dataset, data_root)
         steps_per_epoch(todo[0][0], len(data.train_y))  # a batch larger than the data: said before any folder
+        for c in {c.model: c for c, _ in todo if c.unfreeze_from is not None}.values():  # and this
+            phases.check_unfreeze(c, models.build(c.model, outputs(c, data), data.input_shape, "none"))
         online = teacher_mode == "online" or bool(todo[0][0].augment)  # augmented inputs: no cache is exact
         teachers = _teachers([c for c, _ in todo], data, dev, online, digests)
         states = [load_checkpoint(o / CHECKPOINT, dev) for _, o in todo]

@@ -674,8 +674,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         m = models.build(name, classes, shape, pretrained="none")
         fwd = flops_per_sample(m, shape, torch.device("cpu"))
         rows.append([name, "x".join(map(str, shape)), str(classes), f"{models.count_params(m):,}",
-                     f"{fwd / 1e6:,.1f}", f"{256 * fwd / 1e9:,.1f}"])
-    print(_table(["model", "input", "classes", "parameters", "MFLOP/sample (fwd)", "GFLOP/batch of 256"], rows))
+                     str(len(list(m.parameters()))), f"{fwd / 1e6:,.1f}", f"{256 * fwd / 1e9:,.1f}"])
+    print(_table(["model", "input", "classes", "parameters", "tensors (unfreeze_from)", "MFLOP/sample (fwd)",
+                  "GFLOP/batch of 256"], rows))
     return 0
 
 

@@ -427,6 +427,8 @@ TRAIN_FLAGS = [
     (["--method", "scratch", "--head-epochs", "12"], "--head-epochs: 12 must be less than epochs (12)"),
     (["--method", "scratch", "--finetune-lr", "inf"], "--finetune-lr: inf must be a finite number > 0"),
     (["--method", "scratch", "--unfreeze-from", "-1"], "--unfreeze-from: -1 must be >= 0"),
+    (["--method", "scratch", "--unfreeze-from", "6", "--finetune-lr", "0.01", "--epochs", "1"],  # froze all but
+     "unfreeze_from: 6, but mnist-mlp has 6 parameter tensors (0 .. 5): no layer but the head would train"),  # the head
     (["--method", "scratch", "--pretrained", ""], "--pretrained: empty"),
     (["--method", "scratch", "--model", "bogus"], "--model: unknown model 'bogus'"),
     (["--method", "scratch", "--model", "mnist_mlp"], "--model: unknown model 'mnist_mlp' (did you mean 'mnist-mlp'?)"),
