@@ -653,7 +653,11 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     from kd import models
 
     for name in models.IMAGENET_MODELS:
-        models.build(name, 2, (3, 224, 224), pretrained="imagenet")
+        try:
+            models.build(name, 2, (3, 224, 224), pretrained="imagenet")
+        except UserError as e:  # its hint is this command
+            raise UserError(str(e), hint="run it where download.pytorch.org answers (a login node), then share "
+                                         f"{torch.hub.get_dir()}/checkpoints (TORCH_HOME) with the jobs") from None
         print(f"{name}: {models.imagenet_weights(name)} in {torch.hub.get_dir()}/checkpoints")
     return 0
 

@@ -159,13 +159,15 @@ def paired(results: pd.DataFrame, metric: str = "test_accuracy", level: float = 
 
 def point_means(results: pd.DataFrame, metric: str = "test_accuracy", level: float = LEVEL) -> pd.DataFrame:
     """Every method's grid points: the mean of ``metric`` over seeds and its ``level`` interval
-    (a one-sample t interval of the mean; NaN bounds with one seed), in grid order."""
+    (a one-sample t interval of the mean, cut to [0, 1], where every metric here lies: two seeds far
+    apart gave '49.23% to 112.77%'; NaN bounds with one seed), sorted by method, then settings."""
     point = [c for c in settings_columns(results) if results[c].notna().any()]
     rows = []
     for values, group in results.groupby(["method", *point], dropna=False, sort=True):
         ci = t_interval(group[metric], level)
         rows.append({**dict(zip(["method", *point], values)), "n_seeds": ci.n, "mean": ci.mean,
-                     "ci_low": ci.low, "ci_high": ci.high})
+                     "ci_low": ci.low if math.isnan(ci.low) else max(ci.low, 0.0),
+                     "ci_high": ci.high if math.isnan(ci.high) else min(ci.high, 1.0)})
     return pd.DataFrame.from_records(rows, columns=["method", *point, "n_seeds", "mean", "ci_low", "ci_high"])
 
 

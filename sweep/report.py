@@ -132,7 +132,8 @@ def _ci(lo: float, hi: float, n: int) -> str:
 
 def comparison_blocks(comparisons: pd.DataFrame) -> tuple:
     if comparisons.empty:
-        return (Text("No comparisons: the sweep has no distilled students with a baseline (scratch) of the same seed."),)
+        return (Text("No comparisons: no distilled student has finished beside its baseline (the student from "
+                     "scratch) of the same seed."),)
     blocks: list = []
     order = (compare.BETTER, compare.WORSE, compare.SAME, compare.NO_INTERVAL)
     heads = {compare.BETTER: "Better than the baseline with 95% confidence:",

@@ -124,6 +124,8 @@ def test_point_means_interval_of_the_mean():
     # 0.900, 0.910, 0.905: mean 0.905, s = 0.005, half = 4.302653 * 0.005 / sqrt(3) = 0.0124207
     assert m["mean"] == pytest.approx(0.905) and m["n_seeds"] == 3
     assert (m["ci_low"], m["ci_high"]) == (pytest.approx(0.8925793, abs=1e-7), pytest.approx(0.9174207, abs=1e-7))
+    far = compare.point_means(_table([("scratch", NAN, NAN, 0, 0.60), ("scratch", NAN, NAN, 1, 1.00)])).iloc[0]
+    assert (far["ci_low"], far["ci_high"]) == (0.0, 1.0)  # the t interval, -1.74 to 3.34, cut to what can be
 
 
 def test_no_baseline_no_comparison():

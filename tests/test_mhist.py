@@ -111,7 +111,7 @@ def test_teacher_and_student_on_mhist_format_data(tmp_path):
         assert sum(map(sum, m["confusion"])) == 6 and 0 <= m["f1_ssa"] <= 1
 
 
-def test_pretrained_weights_missing_offline_say_how_to_get_them(tmp_path, monkeypatch):
+def test_pretrained_weights_missing_offline_say_how_to_get_them(tmp_path, monkeypatch, capsys):
     from kd import models
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache, and no network here
@@ -120,6 +120,13 @@ def test_pretrained_weights_missing_offline_say_how_to_get_them(tmp_path, monkey
     with pytest.raises(UserError, match="pretrained weights .* for resnet50 are not in torchvision's cache") as e:
         models.build("resnet50", 2, (3, 32, 32))
     assert "kdsweep weights" in e.value.hint
+    from sweep.cli import main  # kdsweep weights itself, offline: a hint that is not itself
+
+    assert main(["weights"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: pretrained weights ") and err[1] == (
+        f"hint: run it where download.pytorch.org answers (a login node), then share {tmp_path}/torch/hub/checkpoints "
+        "(TORCH_HOME) with the jobs"), err
 
 
 def test_binary_metrics_by_hand():
