@@ -319,15 +319,17 @@ def _difference_heatmap(comparisons: pd.DataFrame, path: Path, title: str) -> Pa
 
 
 def _per_epoch(epochs: pd.DataFrame, path: Path, title: str) -> Path:
-    """Test accuracy per epoch: the mean of each group of jobs (teacher, scratch, KD per alpha over
-    its temperatures and seeds), the band spanning its jobs' lowest and highest."""
+    """Test accuracy per epoch: the mean of each group of jobs (teacher, scratch, each distilled
+    method per alpha over its temperatures and seeds: alpha 0 is not distilled), the band spanning
+    its jobs' lowest and highest."""
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
-    kd = epochs[epochs["method"] == "kd"]
-    alphas = sorted(kd["alpha"].dropna().unique())
+    distilled = epochs[epochs["method"].isin(DISTILLED)]
+    alphas = sorted(distilled["alpha"].dropna().unique())
     cmap = dict(zip(alphas, plt.cm.viridis(np.linspace(0.05, 0.85, max(len(alphas), 1)))))
     groups = [("teacher", None, "black", "--", "teacher"), ("scratch", None, "dimgrey", ":", "student from scratch"),
-              *[("kd", a, cmap[a], "-", f"KD, alpha = {a:g}") for a in alphas],
-              *[(m, None, c, "-.", m) for m, c in zip(sorted(set(epochs["method"]) - {"teacher", "scratch", "kd"}),
+              *[(m, a, cmap[a], DISTILLED[m][1], f"{DISTILLED[m][0]}, alpha = {a:g}") for m in DISTILLED
+                for a in sorted(distilled.loc[distilled["method"] == m, "alpha"].dropna().unique())],
+              *[(m, None, c, "-.", m) for m, c in zip(sorted(set(epochs["method"]) - {"teacher", "scratch", *DISTILLED}),
                                                        plt.cm.tab10.colors)]]
     for method, alpha, color, style, label in groups:
         g = epochs[(epochs["method"] == method) & ((epochs["alpha"] == alpha) if alpha is not None else True)]

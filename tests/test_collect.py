@@ -390,7 +390,8 @@ def _drawn(monkeypatch) -> dict:
 
     def keep(fig, path):
         ax = fig.axes[0]
-        seen[path.name] = (ax.get_title(), [t.get_text() for legend in fig.legends for t in legend.get_texts()])
+        legends = [*fig.legends, *([ax.get_legend()] if ax.get_legend() else [])]
+        seen[path.name] = (ax.get_title(), [t.get_text() for legend in legends for t in legend.get_texts()])
         return real(fig, path)
     monkeypatch.setattr(plots, "_save", keep)
     return seen
@@ -431,3 +432,14 @@ def test_a_grid_of_teachers_alone_tells_its_rows_apart():
                          for b in (0.5, 2.0) for k in (2, 4) for s in (0, 1)])
     assert compare.varying_settings(rows) == ["subclasses", "beta"]  # kd.config.SETTINGS' order
     assert compare.varying_settings(rows[rows["beta"] == 0.5]) == ["subclasses"]
+
+
+def test_the_per_epoch_figure_draws_subclass_students_per_alpha(tmp_path, monkeypatch):
+    """Subclass students at alpha 0 (no teacher: not distilled) and 0.5 were one line, their mean."""
+    rows = [{"job_id": f"{m}{a}{s}", "method": m, "alpha": a, "epoch": e, "test_accuracy": 0.8 + (a or 0) / 10}
+            for m, alphas in (("scratch", (None,)), ("subclass", (0.0, 0.5)), ("subclass-teacher", (None,)))
+            for a in alphas for s in (0, 1) for e in (1, 2, 3)]
+    drawn = _drawn(monkeypatch)
+    plots._per_epoch(pd.DataFrame(rows).astype({"alpha": float}), tmp_path / "e.png", "subclass")
+    assert drawn["e.png"][1] == ["student from scratch (mean of 2 jobs)", "subclass KD, alpha = 0 (mean of 2 jobs)",
+                                 "subclass KD, alpha = 0.5 (mean of 2 jobs)", "subclass-teacher (mean of 2 jobs)"]
