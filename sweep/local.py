@@ -172,14 +172,17 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                                    "resume starts it", seconds)
                         else:
                             rc = unit.proc.returncode
-                            last = getattr(unit.proc, "last_line", "")
-                            detail = (s.detail if 0 <= rc < 128 and s.detail else
+                            last = getattr(unit.proc, "last_line", "") or _error_in_log(unit, folder)
+                            detail = (s.detail if 0 <= rc < 128 and s.detail and s.state == state.FAILED else
                                       _ended(rc) + (f": {last}" if last else ""))
                             if rc != 0 and s.state != state.FAILED:  # its worker failed or was killed before it
                                 jdir = state.job_dir(folder, job)  # could say so: status too
                                 if rc < 0:  # killed mid-training: and what resume does
                                     detail = f"{detail}; {state.resume_from(jdir)}"
-                                state.record_error(jdir, detail)
+                                try:
+                                    state.record_error(jdir, detail)
+                                except (UserError, OSError) as e:  # a full disk: said here, the run goes on
+                                    detail += f" (not recorded for status: {e})"
                             finish(job, "failed", detail, seconds)
                 # a unit waiting for a teacher that will not finish would wait for ever: stop it
                 for unit in running:
@@ -200,7 +203,12 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                 for unit in (ready + early)[:jobs - len(running)]:
                     waiting.remove(unit)
                     after = [state.job_dir(folder, d) for d in sorted(unit.needs - done)]
-                    unit.proc, unit.started = start(unit.jobs, after), time.monotonic()
+                    try:
+                        unit.proc, unit.started = start(unit.jobs, after), time.monotonic()
+                    except OSError as e:  # its log cannot be made (a full disk): it fails, the run goes on
+                        for job in unit.jobs:
+                            finish(job, "failed", f"not started: {e.filename}: {e.strerror}")
+                        continue
                     running.append(unit)
                     summary.ran.extend(j.id for j in unit.jobs)
                     for job in unit.jobs:
@@ -242,6 +250,18 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+def _error_in_log(unit: _Unit, folder: Path) -> str:
+    """The last 'error: ' line its worker wrote into the unit's log (a pack's: its first job's):
+    what it failed of where it could not record it (a full disk)."""
+    try:
+        with open(state.job_dir(folder, unit.jobs[0]) / "log", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((ln[len("error: "):][:300] for ln in reversed(lines) if ln.startswith("error: ")), "")
 
 
 def _ended(status: int) -> str:

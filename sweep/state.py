@@ -243,7 +243,8 @@ def job_state(folder: Path, config: dict[str, Any] | None = None) -> JobState:
             return JobState(RUNNING, f"pid {attempt.get('pid')} on {attempt.get('host')} (heartbeat {silent:.0f} s ago)")
         return JobState(INTERRUPTED, f"no heartbeat from pid {attempt.get('pid')} on {attempt.get('host')} "
                                      f"for {silent / 60:.0f} min: taken for dead; {resume_from(folder)}")
-    return JobState(INTERRUPTED, f"the process ended without a result or an error (killed?); {resume_from(folder)}")
+    return JobState(INTERRUPTED, "the process ended without a result or an error (killed? or a full disk: its log "
+                                 f"says); {resume_from(folder)}")
 
 
 def stopped(folder: Path, attempt: dict | None = None) -> str | None:

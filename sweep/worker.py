@@ -145,7 +145,10 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
             for f in todo:
                 if not (f / "result.json").exists():
                     error = own.get(f, e)
-                    state.record_error(f, first_line(error), "".join(traceback.format_exception(error)))
+                    try:
+                        state.record_error(f, first_line(error), "".join(traceback.format_exception(error)))
+                    except (UserError, OSError) as unrecorded:  # a full disk: the error itself is what to say
+                        logging.getLogger(__name__).error("%s: not recorded (%s)", first_line(error), unrecorded)
             raise
         finally:
             stop_heartbeat()

@@ -252,6 +252,40 @@ def test_a_full_disk_fails_each_unwritten_member_with_its_own_file_and_a_rerun_w
     assert all((o / "result.json").exists() for o in outs)
 
 
+@pytest.mark.parametrize("inodes", [13, 14])
+def test_a_disk_too_full_to_record_a_failure_fails_that_unit_and_the_run_goes_on(tmp_path, inodes):
+    """A file system out of room (here: of inodes) where a job's result and then its error.json
+    cannot be written, or its next unit's log: the run stopped at once on that error.json ('error:
+    .../error.json: cannot write it', exit 2, the other units never started, the real cause said
+    nowhere). Now each such job fails with the file it could not write, the run goes on to the end,
+    and once there is room one resume finishes the rest."""
+    import os
+    import sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount_tmpfs(disk, f"50m,nr_inodes={inodes}")
+    try:
+        sweep_file = tmp_path / "two.toml"
+        sweep_file.write_text('name = "two"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n[train]\nepochs = 1\n'
+                              "batch_size = 500\n[grid]\nseed = [0, 1]\n")
+        cli = [sys.executable, "-m", "sweep.cli", "-q"]
+        env = {**os.environ, "TQDM_DISABLE": "1"}
+        p = subprocess.run([*cli, "run", str(sweep_file), "--results", str(disk), "--pack", "1"],
+                           capture_output=True, text=True, env=env)
+        assert p.returncode == 1 and "Traceback" not in p.stderr + p.stdout, p.stderr
+        failed = [ln for ln in p.stdout.splitlines() if ln.startswith("failed")]
+        assert failed and all("No space left on device" in ln for ln in failed), p.stdout
+        assert failed[-1].endswith("scratch-s1: not started: " + str(disk / "two" / "jobs" / failed[-1].split()[1] / "log")
+                                   + ": No space left on device"), p.stdout
+        subprocess.run(["mount", "-o", f"remount,nr_inodes={inodes + 100}", str(disk)], check=True)
+        p = subprocess.run([*cli, "resume", str(sweep_file), "--results", str(disk)], capture_output=True, text=True,
+                           env=env)
+        assert p.returncode == 0 and p.stdout.splitlines()[-1].startswith("2/2 done"), p.stdout + p.stderr
+    finally:
+        unmount(disk)
+
+
 def test_a_teacher_in_a_read_only_folder_teaches_without_its_logits_cached(tmp_path, small, teacher_dir, caplog):
     """A colleague's teacher, read-only: the student computes the logits, says they are not cached,
     and trains (it failed on the cache's write)."""

@@ -144,7 +144,7 @@ def test_status_after_kill_shows_the_interrupted_job(killed_and_resumed):
     assert got == want
     for line in out.splitlines()[1:-1]:  # the student that had a checkpoint: resume goes on from it
         if k["mid"][0].name in line:
-            assert line.endswith("(killed?); resume continues from its checkpoint"), line
+            assert line.endswith("(killed? or a full disk: its log says); resume continues from its checkpoint"), line
     counts = [f"{n} {s}" for s in ("interrupted", "pending") if (n := list(want.values()).count(s))]
     assert out.splitlines()[-1] == ", ".join([f"{len(k['done_before'])}/4 done", *counts]) + \
         f"  ->  kdsweep resume {k['sweep_file']} --results {k['results']}"
