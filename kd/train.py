@@ -592,17 +592,21 @@ class CheckpointWriter:
     """Writes checkpoints in a background thread, one batch at a time, while training goes on (a
     pack of 24 reference students writes 360 MB a checkpoint: a second of this machine's disk).
     ``write`` first waits for the batch before it (the same files), and ``wait`` for the last one;
-    either raises what the writing raised (a full disk is not hidden). Used as a context manager,
-    it waits at the end; when the training raised, it still waits (the unit's lock is held until
-    then, and nothing writes a checkpoint after its unit ended), logs its own error, and lets the
-    training's error go on."""
+    ``wait`` raises what the writing raised. A file the disk refused (full, read-only: kd.atomic's
+    UserError) at a periodic checkpoint is a warning where ``write`` or the end of training finds
+    it: the checkpoint before it stays whole, and training goes on (it failed the job at the next
+    checkpoint, or at its end, even once there was room again: all its training lost); a stop's
+    checkpoint, waited for with ``wait()``, still fails the job when it cannot be written. Used as
+    a context manager, it waits at the end; when the training raised, it still waits (the unit's
+    lock is held until then, and nothing writes a checkpoint after its unit ended), logs its own
+    error, and lets the training's error go on."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def write(self, files: list[tuple[Path, dict[str, Any]]]) -> None:
-        self.wait()
+        self.wait(periodic=True)
 
         def run() -> None:
             try:
@@ -614,20 +618,23 @@ class CheckpointWriter:
         self._thread = threading.Thread(target=run, name="checkpoint-writer")
         self._thread.start()
 
-    def wait(self) -> None:
+    def wait(self, periodic: bool = False) -> None:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
+            if periodic and isinstance(error, UserError):
+                log.warning("checkpoint not written (%s): training goes on; its last checkpoint stays", error)
+                return
             raise error
 
     def __enter__(self) -> CheckpointWriter:
         return self
 
     def __exit__(self, kind, error, tb) -> None:
-        if kind is None:
-            self.wait()
+        if kind is None:  # trained to the end: its results are what counts now
+            self.wait(periodic=True)
             return
         try:
             self.wait()

@@ -286,6 +286,31 @@ def test_a_disk_too_full_to_record_a_failure_fails_that_unit_and_the_run_goes_on
         unmount(disk)
 
 
+def test_a_periodic_checkpoint_the_disk_refuses_is_a_warning_and_a_stops_is_an_error(small_disk, caplog):
+    """A disk full for a moment at a periodic checkpoint failed the job at its next checkpoint, or at
+    its end, even with room again: all its training lost for a file that only saves a rerun time.
+    Now the checkpoint before it stays, training goes on; a stop's checkpoint must be written."""
+    import logging
+
+    from kd.errors import UserError
+
+    big = {"w": torch.zeros(2_000_000)}  # 8 MB onto 6
+    writer = train.CheckpointWriter()
+    writer.write([(small_disk / "c.pt", {"epoch": 1})])
+    writer.write([(small_disk / "c.pt", big)])
+    with caplog.at_level(logging.WARNING, logger="kd.train"):
+        writer.write([(small_disk / "c.pt", {"epoch": 3})])  # finds the one before refused: says so, goes on
+        writer.wait()
+    assert f"checkpoint not written ({small_disk / 'c.pt'}: cannot write it (No space left on device))" in caplog.text
+    assert sealed.load(small_disk / "c.pt") == {"epoch": 3}
+    with train.CheckpointWriter() as writer:  # the end of training finds it refused: a warning too
+        writer.write([(small_disk / "c.pt", big)])
+    assert sealed.load(small_disk / "c.pt") == {"epoch": 3} and not list(small_disk.glob(".tmp-*"))
+    writer.write([(small_disk / "c.pt", big)])
+    with pytest.raises(UserError, match="c.pt: cannot write it"):  # a stop's: it must be there
+        writer.wait()
+
+
 def test_a_teacher_in_a_read_only_folder_teaches_without_its_logits_cached(tmp_path, small, teacher_dir, caplog):
     """A colleague's teacher, read-only: the student computes the logits, says they are not cached,
     and trains (it failed on the cache's write)."""
