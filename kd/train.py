@@ -528,6 +528,8 @@ def final(config: TrainConfig, out: Path, model: torch.nn.Module, state: Callabl
     }
 
     def write() -> None:
+        if not out.is_dir():  # moved or deleted while it trained: not a folder of its own made anew elsewhere
+            raise UserError(f"{out}: gone during training (moved or deleted?): its results are not written")
         # config saved: a teacher knows its own outputs
         size, sha256 = atomic.write_hashed(out / MODEL, lambda f: torch.save(
             {"config": config.to_dict(), "state_dict": state()}, f))

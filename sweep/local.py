@@ -206,6 +206,9 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                     try:
                         unit.proc, unit.started = start(unit.jobs, after), time.monotonic()
                     except OSError as e:  # its log cannot be made (a full disk): it fails, the run goes on
+                        if not (folder / "plan.json").is_file():  # unless the sweep's folder is gone
+                            raise UserError(f"{folder}: moved or deleted during the run: the run stopped",
+                                            hint="status and resume where the folder is now (--results)") from None
                         for job in unit.jobs:
                             finish(job, "failed", f"not started: {e.filename}: {e.strerror}")
                         continue

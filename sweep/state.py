@@ -178,7 +178,10 @@ def record_attempt(folder: Path, **extra: Any) -> None:
 
 
 def record_error(folder: Path, line: str, traceback: str | None = None) -> None:
-    """The attempt failed: its error's last line (what status shows), and its traceback if any."""
+    """The attempt failed: its error's last line (what status shows), and its traceback if any
+    (nothing where the folder is gone: moved during the run, it is not made anew)."""
+    if not folder.is_dir():
+        return
     atomic.write_json(folder / "error.json", {"line": line, **({"traceback": traceback} if traceback else {})})
 
 

@@ -612,3 +612,24 @@ def test_a_killed_runs_worker_that_outlasts_the_wait_leaves_its_job_running_not_
         assert not (jdir / "error.json").exists() and state.job_state(jdir).state == state.RUNNING
     finally:
         busy.kill()
+
+
+def test_a_results_folder_moved_during_the_run_stops_it_in_one_line_and_is_not_made_anew(tmp_path):
+    """Moved while its teacher trained: the run ended in a traceback (the next unit's log not found),
+    and the worker made the old folder anew for the teacher's result, splitting the sweep in two."""
+    sweep_file = tmp_path / "moved.toml"
+    sweep_file.write_text('name = "moved"\ndataset = "mnist"\nmethods = ["teacher", "scratch"]\n[train]\n'
+                          "epochs = 1\nbatch_size = 100\n[teacher]\nepochs = 3\n")
+    plan = api.plan(sweep_file)
+    teacher = next(j for j in plan.jobs if j.method == "teacher")
+    old, new = tmp_path / "old", tmp_path / "new"
+    proc = _kdsweep("-q", "run", str(sweep_file), "--results", str(old))
+    _until_training(proc, state.job_dir(old / "moved", teacher))
+    old.rename(new)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    assert out.splitlines()[-2:] == [f"error: {old / 'moved'}: moved or deleted during the run: the run stopped",
+                                     "hint: status and resume where the folder is now (--results)"], out
+    assert not old.exists()  # nothing made anew there
+    resumed = _kdsweep("-q", "resume", str(sweep_file), "--results", str(new))
+    assert resumed.communicate(timeout=300)[0].splitlines()[-1].startswith("2/2 done") and resumed.returncode == 0
