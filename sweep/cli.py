@@ -714,7 +714,7 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = False
+    debug, args = False, None
     try:
         args = build_parser().parse_args(argv)
         debug = args.debug
@@ -728,6 +728,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hint: {_one_line(e.hint)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head or less, which closed early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python exits
+        if getattr(args, "command", None) in ("run", "resume"):  # not a reader's choice: work stopped midway
+            try:
+                print("error: the output closed (its pipe's reader ended): the run stopped, its running jobs "
+                      "checkpointed; 'kdsweep resume' goes on from there", file=sys.stderr)
+            except OSError:
+                pass
+            return 1
         sys.stderr.close()
         return 0
     except OSError as e:

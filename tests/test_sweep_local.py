@@ -633,3 +633,19 @@ def test_a_results_folder_moved_during_the_run_stops_it_in_one_line_and_is_not_m
     assert not old.exists()  # nothing made anew there
     resumed = _kdsweep("-q", "resume", str(sweep_file), "--results", str(new))
     assert resumed.communicate(timeout=300)[0].splitlines()[-1].startswith("2/2 done") and resumed.returncode == 0
+
+
+def test_a_run_whose_output_pipe_closes_says_it_stopped(tmp_path):
+    """'kdsweep run ... | head -1': the run stopped at its second line, silently, with exit status 0
+    (right for status's table, not for a run whose jobs did not run)."""
+    sweep_file = tmp_path / "piped.toml"
+    sweep_file.write_text('name = "piped"\ndataset = "mnist"\nmethods = ["scratch"]\n[train]\nepochs = 1\n'
+                          "batch_size = 100\n[grid]\nseed = [0, 1]\n")
+    run = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", str(sweep_file), "--results", str(tmp_path / "r"),
+                            "--pack", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run.stdout.readline().startswith("running 2 of 2 jobs of piped")
+    run.stdout.close()  # as head does after its line
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == 1 and err.splitlines()[-1] == (
+        "error: the output closed (its pipe's reader ended): the run stopped, its running jobs checkpointed; "
+        "'kdsweep resume' goes on from there"), err
