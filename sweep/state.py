@@ -89,7 +89,19 @@ def sweep_run(folder: Path) -> int | None:
     if not m:  # a lock from before hosts and start times were written
         return None
     pid = int(m.group(1))  # running here, and not its pid used again since
-    return pid if alive({"host": m.group(2), "pid": pid, "proc_start": m.group(3)}) else None
+    if not alive({"host": m.group(2), "pid": pid, "proc_start": m.group(3)}):
+        return None
+    return None if _holds_open(pid, folder / ".lock") is False else pid  # not a copy of the folder it runs in
+
+
+def _holds_open(pid: int, path: Path) -> bool | None:
+    """Whether process ``pid`` has ``path`` open (a run holds its sweep's lock file open: a copy of
+    the folder, made while it ran, names it too); None where /proc does not say (another user's)."""
+    try:
+        want = str(path.resolve())
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == want for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
 
 
 def foreign_done(folder: Path, plan: Plan) -> int:
