@@ -649,3 +649,20 @@ def test_a_run_whose_output_pipe_closes_says_it_stopped(tmp_path):
     assert run.returncode == 1 and err.splitlines()[-1] == (
         "error: the output closed (its pipe's reader ended): the run stopped, its running jobs checkpointed; "
         "'kdsweep resume' goes on from there"), err
+
+
+def test_a_folder_copied_during_a_run_is_not_the_runs(tmp_path):
+    """status on a copy made while the run went on said the run worked there ('its pending jobs are
+    its to start'): the run's pid is alive on this host, but it holds the original's lock file open."""
+    sweep_file = tmp_path / "copied.toml"
+    sweep_file.write_text('name = "copied"\ndataset = "mnist"\nmethods = ["teacher"]\n[train]\nepochs = 3\n'
+                          "batch_size = 100\n")
+    teacher = api.plan(sweep_file).jobs[0]
+    proc = _kdsweep("-q", "run", str(sweep_file), "--results", str(tmp_path / "r"))
+    try:
+        _until_training(proc, state.job_dir(tmp_path / "r" / "copied", teacher))
+        shutil.copytree(tmp_path / "r", tmp_path / "copy")
+        assert state.sweep_run(tmp_path / "r" / "copied") == proc.pid
+        assert state.sweep_run(tmp_path / "copy" / "copied") is None
+    finally:
+        proc.communicate(timeout=120)
