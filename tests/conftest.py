@@ -3,6 +3,8 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,21 @@ def trained_an_epoch(folder: Path) -> bool:
     checkpoint is no such sign: by default one is written only every 10 minutes, or when stopped.)"""
     log = folder / "log"
     return log.exists() and re.search(r"epoch +1/\d+ ", log.read_text()) is not None
+
+
+@contextmanager
+def read_only_view(source: Path, at: Path):
+    """``source`` seen read-only at ``at``, as a cluster's shared folders are (a bind mount: root
+    makes it, as in CI); the test skips where mounting is refused."""
+    at.mkdir()
+    bound = subprocess.run(["mount", "--bind", str(source), str(at)], capture_output=True, text=True)
+    if bound.returncode:
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(at)], check=True)
+        yield at
+    finally:
+        subprocess.run(["umount", "-l", str(at)], check=False)
 
 
 def make_idx_root(root: Path, folder: str = "MNIST", n_train: int = 60, n_test: int = 20, gz: bool = True) -> Path:

@@ -48,16 +48,10 @@ def test_a_read_only_data_folder_caches_in_the_users_cache_or_nowhere(tmp_path, 
     """A cluster's shared datasets are read-only: the decoded tensors go to ~/.cache/kdsweep (its
     place here: $XDG_CACHE_HOME), and where that is refused too the job decodes and trains on."""
     import logging
-    import subprocess
 
-    source = make_mhist(tmp_path / "source")
-    shared = tmp_path / "MHIST"
-    shared.mkdir()
-    bound = subprocess.run(["mount", "--bind", str(source), str(shared)], capture_output=True, text=True)
-    if bound.returncode:
-        pytest.skip(f"cannot bind-mount here: {bound.stderr.strip()}")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(shared)], check=True)
+    from conftest import read_only_view
+
+    with read_only_view(make_mhist(tmp_path / "source"), tmp_path / "MHIST") as shared:
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
         with caplog.at_level(logging.INFO, logger="kd.mhist"):
             d = data.load("mhist", tmp_path)
@@ -72,8 +66,6 @@ def test_a_read_only_data_folder_caches_in_the_users_cache_or_nowhere(tmp_path, 
             assert data.load("mhist", tmp_path).fingerprint() == d.fingerprint()
         assert (f"MHIST decoded, not cached ({shared}/.kdsweep-mhist-" in caplog.text
                 and f"{shared / 'cache'}: Read-only file system): each job decodes it again" in caplog.text), caplog.text
-    finally:
-        subprocess.run(["umount", "-l", str(shared)], check=False)
 
 
 def test_images_folder_instead_of_zip(tmp_path):

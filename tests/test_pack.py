@@ -317,19 +317,12 @@ def test_a_teacher_in_a_read_only_folder_teaches_without_its_logits_cached(tmp_p
     import logging
     import shutil
 
+    from conftest import read_only_view
+
     source = tmp_path / "source"
     shutil.copytree(teacher_dir, source, ignore=shutil.ignore_patterns("logits-*"))
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    bound = subprocess.run(["mount", "--bind", str(source), str(shared)], capture_output=True, text=True)
-    if bound.returncode:
-        pytest.skip(f"cannot bind-mount here: {bound.stderr.strip()}")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(shared)], check=True)
-        with caplog.at_level(logging.WARNING, logger="kd.teacher"):
-            result = train.run(_kd(shared, epochs=1), tmp_path / "student", dataset=small, device="cpu")
-    finally:
-        subprocess.run(["umount", "-l", str(shared)], check=False)
+    with read_only_view(source, tmp_path / "shared") as shared, caplog.at_level(logging.WARNING, logger="kd.teacher"):
+        result = train.run(_kd(shared, epochs=1), tmp_path / "student", dataset=small, device="cpu")
     assert result["metrics"]["test_accuracy"] > 0.5 and (tmp_path / "student" / "result.json").exists()
     assert f"teacher logits not cached ({shared}/logits-mnist-5k-" in caplog.text
     assert "cannot write it (Read-only file system)): the next student computes them again" in caplog.text
