@@ -75,13 +75,11 @@ def check_present(root: Path) -> None:
     themselves are decoded by the jobs."""
     if not (root / "annotations.csv").is_file():
         raise _csv_missing(root / "annotations.csv")
-    _images_path(root)  # the images missing altogether: said before any row of the CSV
-    rows = _rows(root / "annotations.csv")
-    read, source = _image_source(root)
-    names = read.names()
-    for i, name, _, _ in rows:
+    images = _Images(root)  # the images missing altogether: said before any row of the CSV
+    names = images.names()
+    for i, name, _, _ in _rows(root / "annotations.csv"):
         if name not in names:
-            raise UserError(f"{source}: image '{name}' (named in annotations.csv row {i}) is missing")
+            raise UserError(f"{images.source}: image '{name}' (named in annotations.csv row {i}) is missing")
 
 
 def _images_path(root: Path) -> Path:
@@ -93,10 +91,11 @@ def _images_path(root: Path) -> Path:
 
 
 class _Images:
-    """The images by name, from images.zip or images/: ``read(name)`` gives a PNG's bytes (None when
-    it is not there), ``names()`` the names there are."""
+    """The images by name, from ``root``'s images.zip or images/ (``source``): ``read(name)`` gives
+    a PNG's bytes (None when it is not there), ``names()`` the names there are."""
 
-    def __init__(self, source: Path) -> None:
+    def __init__(self, root: Path) -> None:
+        source = _images_path(root)
         self.source, self.archive, self.members = source, None, {}
         if source.suffix == ".zip":
             try:
@@ -114,12 +113,6 @@ class _Images:
         if self.archive is not None:
             return set(self.members)
         return {p.name for p in self.source.iterdir() if p.is_file()}
-
-
-def _image_source(root: Path) -> tuple[_Images, Path]:
-    """A function name -> PNG bytes, over images.zip or images/, and the source's path."""
-    source = _images_path(root)
-    return _Images(source), source
 
 
 def _decode(blob: bytes, where: str) -> np.ndarray:
@@ -168,7 +161,8 @@ def load_arrays(root: Path) -> dict[str, torch.Tensor]:
                 return torch.load(cache, weights_only=True)
             except Exception as e:  # a damaged cache is rebuilt
                 log.warning("MHIST cache %s unreadable (%s): decoding again", cache, e)
-    read, source = _image_source(root)
+    read = _Images(root)
+    source = read.source
     images, shape = {}, None
     for i, name, _, _ in rows:
         try:
