@@ -57,8 +57,11 @@ DATA=${DATA:-$HERE/gpu-carry/data}
 SWEEP=${SWEEP:-sweep/examples/reference-fashion-mnist.toml}
 
 stage() {  # stage NAME SECONDS COMMAND...: run it bounded, its output in $OUT/NAME.txt, a line here
-    local name=$1 limit=$2 t0=$SECONDS
+    local name=$1 base=$1 limit=$2 t0=$SECONDS n=2
     shift 2
+    while [ -e "$OUT/$name.txt" ]; do  # a stage run twice in one call keeps both outputs
+        name=$base-$n; n=$((n + 1))
+    done
     timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
     local rc=$?
     echo "$name: exit $rc after $((SECONDS - t0)) s: $(tail -n 1 "$OUT/$name.txt")"
