@@ -148,7 +148,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                 waiting.append(_Unit(todo))
         threads = max(1, (os.cpu_count() or 1) // jobs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
-        pool = Pool(env, data_root, device)
+        pool = Pool(env, data_root, device, plan.sweep.dataset)
         start = functools.partial(_start, folder=folder, pool=pool)
         running: list[_Unit] = []
         try:
@@ -216,6 +216,8 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                     summary.ran.extend(j.id for j in unit.jobs)
                     for job in unit.jobs:
                         emit(Event(job, "started"))
+                if not waiting:  # nothing left to start: idle workers exit now, not at the run's end
+                    pool.retire_idle()
                 if waiting and not running:  # a bug: a teacher neither done, nor running, nor lost
                     raise RuntimeError(f"cannot schedule {[j.name for u in waiting for j in u.jobs]}")
                 if running:

@@ -22,9 +22,12 @@ from pathlib import Path
 class Worker:
     """One ``sweep.worker --serve`` process. ``run`` gives it a unit; ``poll`` says when it ended."""
 
-    def __init__(self, env: dict[str, str], data_root: Path | None, device: str | None) -> None:
+    def __init__(self, env: dict[str, str], data_root: Path | None, device: str | None,
+                 dataset: str | None = None) -> None:
         read, write = os.pipe()
         cmd = [sys.executable, "-m", "sweep.worker", "--serve", str(write)]
+        if dataset:
+            cmd += ["--read-ahead", dataset]
         if data_root:
             cmd += ["--data-root", str(data_root)]
         if device:
@@ -100,11 +103,21 @@ class Worker:
 
     def close(self) -> None:
         """Ask an idle worker to exit (end of input), and reap it."""
-        if self.alive:
+        self.end()
+        self.reap()
+
+    def end(self) -> None:
+        """Ask an idle worker to exit (the end of its input): it exits at once, freeing its device
+        memory meanwhile (a CUDA context's teardown takes a few tenths of a second)."""
+        if self.alive and not self.proc.stdin.closed:
             try:
                 self.proc.stdin.close()
             except OSError:
                 pass
+
+    def reap(self) -> None:
+        """Wait for it to exit (killed after 30 s), and close its files."""
+        if self.alive:
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -149,9 +162,11 @@ class Pool:
     """Workers started as units need them: an idle one takes the next unit, else a new one starts
     (the scheduler runs at most ``jobs`` units at once, so there are at most that many)."""
 
-    def __init__(self, env: dict[str, str], data_root: Path | None, device: str | None) -> None:
-        self.env, self.data_root, self.device = env, data_root, device
+    def __init__(self, env: dict[str, str], data_root: Path | None, device: str | None,
+                 dataset: str | None = None) -> None:
+        self.env, self.data_root, self.device, self.dataset = env, data_root, device, dataset
         self.workers: list[Worker] = []
+        self.retired: list[Worker] = []  # ended early (retire_idle), reaped at close
 
     def wait(self, timeout: float) -> None:
         """Until a busy worker answers or dies (its answer pipe is readable, or at its end), or
@@ -170,10 +185,21 @@ class Pool:
         if idle:
             worker = idle[0]
         else:
-            worker = Worker(self.env, self.data_root, self.device)
+            worker = Worker(self.env, self.data_root, self.device, self.dataset)
             self.workers.append(worker)
         return worker.run(folders, after, log)
 
+    def retire_idle(self) -> None:
+        """End the idle workers now (no unit is left for them): they exit while the others work."""
+        for w in [w for w in self.workers if not w.busy]:
+            w.end()
+            self.workers.remove(w)
+            self.retired.append(w)
+
     def close(self) -> None:
+        """End every worker, then reap them: their exits overlap."""
         for w in self.workers:
-            w.close()
+            w.end()
+        for w in self.retired + self.workers:
+            w.reap()
+        self.retired, self.workers = [], []

@@ -131,6 +131,16 @@ def test_resume_after_kill_finishes_every_job_once(killed_and_resumed):
     assert f"resuming {4 - len(k['done_before'])} of 4 jobs" in k["resume_out"]
 
 
+def test_the_teachers_unit_caches_the_logits_its_students_read(killed_and_resumed):
+    r = killed_and_resumed
+    (teacher,) = [j for j in r["plan"].jobs if j.method == "teacher"]
+    tdir = state.job_dir(r["folder"], teacher)
+    assert "teacher logits cached in" in (tdir / "log").read_text()
+    assert len(list(tdir.glob("logits-*.pt"))) == 1
+    students = [state.job_dir(r["folder"], j) / "log" for j in r["plan"].jobs if j.method == "kd"]
+    assert not any("teacher logits cached" in f.read_text() for f in students if f.exists())
+
+
 def test_status_after_kill_shows_the_interrupted_job(killed_and_resumed):
     """One unit ran at the kill (-j 1): the pack of the student that had a checkpoint. Its jobs are
     interrupted, those done before are done, and the others never started."""
@@ -327,6 +337,31 @@ def test_jobs_limits_the_training_processes(tmp_path, started, jobs, seeds):
     pids = {json.loads((state.job_dir(tmp_path / "seeds", j) / "attempt.json").read_text())["pid"]
             for j in api.plan(sweep_file).jobs}
     assert pids == seen  # each unit ran in one of them
+
+
+def test_a_worker_with_no_unit_left_to_take_exits_while_the_others_train(tmp_path, started):
+    """-j 2: teacher and scratch first; the kd pack takes the worker that frees first; the other
+    worker has nothing left to take and exits then, not at the run's end (its device memory freed,
+    and its exit not waited for after the last unit)."""
+    sweep_file = tmp_path / "tiny.toml"
+    sweep_file.write_text(TINY.replace("epochs = 4", "epochs = 12"))
+    plan = api.plan(sweep_file)
+    folder = tmp_path / "tiny"
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "-j", "2")
+    kd = [state.job_dir(folder, j) for j in plan.jobs if j.method == "kd"]
+    while proc.poll() is None and not all((d / "attempt.json").exists() for d in kd):
+        time.sleep(0.01)
+    while proc.poll() is None:  # the kd pack trains: the worker it did not take exits meanwhile
+        first = {j.method: state.read_json(state.job_dir(folder, j) / "attempt.json") for j in plan.jobs}
+        (other,) = {first["teacher"]["pid"], first["scratch"]["pid"]} - {first["kd"]["pid"]}
+        if not _workers(proc.pid) or other not in _workers(proc.pid):
+            break
+        time.sleep(0.01)
+    students_done = [(d / "result.json").exists() for d in kd]
+    out = proc.communicate()[0]
+    assert proc.returncode == 0, out
+    assert len(_workers(proc.pid)) == 0
+    assert not all(students_done), "the idle worker lived on until the students were done"
 
 
 def test_sigterm_stops_the_run_and_its_children(tmp_path, started):
