@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import torch
 from kd import atomic, data as kd_data, graphs, metrics as kd_metrics, models, phases, provenance, results, rng, sealed
 from kd import teacher as kd_teacher
 from kd.config import NOT_PACKABLE, PACK_SHARED, PACKED_METHODS, TEACHER_METHODS, TrainConfig, cuda_graphs, packable, switch
-from kd.errors import Diverged, UserError
+from kd.errors import Diverged, UserError, first_line
 from kd.losses import class_logits, cross_entropy, kd_loss, subclass_teacher_loss
 from kd.stack import Stack, stack_optimizer, unstack_optimizer
 
@@ -50,7 +50,8 @@ def run(config: TrainConfig, out_dir: Path | str, **kwargs: Any) -> dict[str, An
 def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_root: Path | None = None,
              device: str | None = None, dataset: kd_data.Dataset | None = None,
              stop: Callable[[], bool] | None = None, teacher_mode: str = "cached",
-             checkpoint_every: float | None = None, keep_checkpoint: bool = False) -> list[dict[str, Any] | None]:
+             checkpoint_every: float | None = None, keep_checkpoint: bool = False,
+             cache_logits: Collection[Path | str] = ()) -> list[dict[str, Any] | None]:
     """Train N >= 1 jobs together, each into its own folder; returns their results (None for those
     stopped early). Finished work is never redone.
 
@@ -61,6 +62,10 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
     writing state that a signal would have saved anyway. ``teacher_mode`` "cached" reads the teacher's
     logits from its cache (exact: no augmentation), "online" runs the teacher on every batch.
     A finished job keeps ``model.pt`` and ``result.json``; its checkpoint goes unless ``keep_checkpoint``.
+    ``cache_logits``: the folders of teachers whose students will read their logits from the cache:
+    those are cached before the result is written (kd.teacher.cached_logits, the students' own
+    call), here, where the model's kernels are warm, not in the students' process, which then
+    finds them at its start.
     A folder that holds another job (other settings) is refused; a damaged ``result.json`` is
     moved aside (kept, renamed) and the job runs again.
     """
@@ -103,7 +108,8 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
             groups.setdefault((state["epoch"], state.get("step", 0)) if state else (0, 0), []).append((c, o, state))
         for members in groups.values():
             for (_, o, _), r in zip(members, _train(members, data, teachers, dev, stop, checkpoint_every,
-                                                    seen_by_teacher, keep_checkpoint)):
+                                                    seen_by_teacher, keep_checkpoint,
+                                                    {Path(f) for f in cache_logits})):
                 if isinstance(r, Diverged):  # its checkpoint holds what is not numbers: nothing to resume
                     (o / CHECKPOINT).unlink(missing_ok=True)
                 if isinstance(r, Exception):  # diverged, or its result not written (a full disk): a
@@ -207,7 +213,8 @@ def _teachers(configs: list[TrainConfig], data: kd_data.Dataset, dev: torch.devi
 
 def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.Dataset, teachers,
            dev: torch.device, stop: Callable[[], bool] | None, checkpoint_every: float | None,
-           seen_by_teacher: int, keep_checkpoint: bool = False) -> list[dict | Exception | None]:
+           seen_by_teacher: int, keep_checkpoint: bool = False,
+           cache_logits: Collection[Path] = ()) -> list[dict | Exception | None]:
     """Train members (config, folder, checkpoint or None; all at the same position) as one stack:
     each one's result, or its own error (``Diverged``, or what kept its result from being written),
     or None for each when stopped. ``seen_by_teacher``: the teachers' forward-pass count when the
@@ -370,6 +377,7 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
             continue
         result, write = final(c, outs[i], nets[i], functools.partial(state_of, i), histories[i], data, dev, flops,
                               pack_size=n, teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher,
+                              cache_logits=outs[i] in cache_logits,
                               fused_cnn=stack.fast_cnn)  # kd.pool's kernels and channels-last inputs
         results.append(result)
         writes.append((i, write))
@@ -502,11 +510,12 @@ def epoch_record(epoch: int, config: TrainConfig, train_loss: float, test_loss: 
 
 def final(config: TrainConfig, out: Path, model: torch.nn.Module, state: Callable[[], dict[str, torch.Tensor]],
           history: list[dict], data: kd_data.Dataset, dev: torch.device, flops: int,
-          **extra: Any) -> tuple[dict[str, Any], Callable[[], None]]:
+          cache_logits: bool = False, **extra: Any) -> tuple[dict[str, Any], Callable[[], None]]:
     """A finished job's result, and what writes it: its final weights (``state()``: a copy of them
     in host memory; ``model``: its architecture), then ``result.json`` (last, atomically: the job
     is done). The writing touches host tensors alone (their copy, serialising, hashing, the disk):
-    a pack's members write side by side (``write_all``)."""
+    a pack's members write side by side (``write_all``). ``cache_logits``: a teacher's logits on
+    the training set are cached between the two (their cache is keyed by model.pt's hash)."""
     metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
                "train_loss": history[-1]["train_loss"]}
     if data.num_classes == 2:  # F1 per class, macro F1, ROC AUC, confusion matrix
@@ -535,6 +544,11 @@ def final(config: TrainConfig, out: Path, model: torch.nn.Module, state: Callabl
             {"config": config.to_dict(), "state_dict": state()}, f))
         # what a student checks before it trusts a teacher's model.pt, and status by its size
         result["model_file"].update(bytes=size, sha256=sha256)
+        if cache_logits:  # before the result: a student started by it finds them
+            try:
+                kd_teacher.cached_logits(out / MODEL, data, dev, digest=sha256)
+            except Exception as e:  # noqa: BLE001 - the teacher is done all the same; its student computes them
+                log.warning("%s: teacher logits not cached (%s): its student computes them", out.name, first_line(e))
         atomic.write_json(out / RESULT, result)
     return result, write
 

@@ -178,7 +178,22 @@ def _train(todo: list[Path], data_root: Path | None, device: str | None, stop: C
         return
     train.run_pack(configs, todo, data_root=data_root, device=device, stop=stop, dataset=dataset,
                    checkpoint_every=checkpoint_every(),
-                   keep_checkpoint=switch("KDSWEEP_KEEP_CHECKPOINTS", False))
+                   keep_checkpoint=switch("KDSWEEP_KEEP_CHECKPOINTS", False),
+                   cache_logits=read_from_cache(todo))
+
+
+def read_from_cache(folders: list[Path]) -> list[Path]:
+    """The job folders among ``folders`` (a unit's) whose logits a student of the sweep's plan
+    (plan.json, beside ``jobs/``) will read from the teacher cache, i.e. trains without augmentation:
+    the teacher's unit caches them (kd.train.run_pack), so that the students' unit finds them ready.
+    None where the plan cannot be read: the students then compute them, as they would anyway."""
+    plan = state.read_json(folders[0].parent.parent / "plan.json") if folders else None
+    jobs = plan.get("jobs") if isinstance(plan, dict) else None
+    if not isinstance(jobs, list):
+        return []
+    read = {t for j in jobs if isinstance(j, dict) and not (j.get("config") or {}).get("augment")
+            for t in j.get("depends_on") or ()}
+    return [f for f in folders if f.name in read]
 
 
 _LOADED: dict[tuple, object] = {}  # the dataset this process loaded last: a worker's next unit reuses it
@@ -197,7 +212,7 @@ def _dataset(name: str, root: Path | None):
     return _LOADED[key]
 
 
-def _wait_for(folders: list[Path], stop: Callable[[], bool] | None, poll: float = 0.2) -> bool:
+def _wait_for(folders: list[Path], stop: Callable[[], bool] | None, poll: float = 0.05) -> bool:
     """Until every folder has its result (True) or ``stop()`` (False); a failure there fails this unit."""
     from kd.errors import UserError
 
@@ -246,16 +261,24 @@ def _stop_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve(channel: int, data_root: Path | None, device: str | None) -> int:
+def serve(channel: int, data_root: Path | None, device: str | None, read_ahead: str | None = None) -> int:
     """A long-lived worker (sweep.pool): imports torch once, then runs the units it reads from stdin,
     one JSON line each, until its end; each unit's output goes into the unit's log, and its exit
-    status back as one line on file descriptor ``channel``. A signal stops the unit and the worker."""
+    status back as one line on file descriptor ``channel``. A signal stops the unit and the worker.
+    ``read_ahead``: the dataset its units train on, read while torch is imported."""
     stop = StopFlag(patient=True)
     stop.catch(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # a hangup: the terminal closed
     _stop_with_parent()
+    if read_ahead:  # the sweep's data read meanwhile (kd.data.read_ahead)
+        from kd import data
+
+        data.read_ahead(read_ahead, data_root)
     from kd import graphs, train
 
-    train.pick_device(device)  # torch and CUDA: once per worker, not once per unit
+    if train.pick_device(device).type == "cuda" and switch("KDSWEEP_FUSED_CNN", True):  # torch and CUDA:
+        from kd import pool  # once per worker, not once per unit; and Triton's cache key in a thread
+
+        pool.warm_up()
     with os.fdopen(channel, "w") as answers:
         for line in sys.stdin:
             request = json.loads(line)
@@ -306,10 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path)
     p.add_argument("--device")
     p.add_argument("--serve", type=int, metavar="FD", help="run units read from stdin; answer on file descriptor FD")
+    p.add_argument("--read-ahead", metavar="DATASET", help="with --serve: read this dataset while torch is imported")
     args = p.parse_args(argv)
     logs.setup(fmt=logs.FILE_FORMAT)  # its stderr: the unit's log (kdsweep run), milliseconds too
     if args.serve is not None:
-        return serve(args.serve, args.data_root, args.device)
+        return serve(args.serve, args.data_root, args.device, args.read_ahead)
     if not args.folders:
         p.error("give the job folders of one unit, or --serve FD")
     stop = StopFlag()

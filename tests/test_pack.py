@@ -8,7 +8,7 @@ import tomllib
 import pytest
 import torch
 
-from kd import sealed, teacher as kd_teacher, train
+from kd import models, sealed, teacher as kd_teacher, train
 from kd.config import auto_pack, make_config
 from kd_fixtures import second_teacher_dir, teacher_dir, tiny  # noqa: F401 - session fixtures
 from sweep import local, plan as planner, spec
@@ -450,6 +450,27 @@ def test_teacher_runs_once_per_teacher_not_per_step(tmp_path, small, teacher_dir
     assert kd_teacher.FORWARD_IMAGES["count"] == 5000
     assert_same(tmp_path / "a", tmp_path / "d", atol=0)
     assert_same(tmp_path / "a", tmp_path / "e", atol=0)
+
+
+def test_a_teacher_pack_caches_the_logits_its_students_read(tmp_path, small):
+    """cache_logits: the teacher's unit caches its logits (before its result: a student started by
+    the result finds them), with the student's own call: the student reads them, no forward pass."""
+    cfg = make_config(method="teacher", epochs=1, batch_size=100)
+    outs = [tmp_path / "t0", tmp_path / "t1"]
+    kd_teacher.FORWARD_IMAGES["count"] = 0
+    train.run_pack([cfg, make_config(method="teacher", epochs=1, batch_size=100, seed=1)], outs,
+                   dataset=small, device="cpu", cache_logits=[outs[0]])
+    assert kd_teacher.FORWARD_IMAGES["count"] == 1000  # t0's training images, once
+    (cache,) = outs[0].glob("logits-*.pt")
+    assert not list(outs[1].glob("logits-*.pt"))  # no student of its reads a cache: none made
+    assert cache.stat().st_mtime_ns <= (outs[0] / "result.json").stat().st_mtime_ns
+    saved = sealed.load(cache)
+    recorded = json.loads((outs[0] / "result.json").read_text())["model_file"]["sha256"]
+    assert saved["model_sha256"] == recorded[:16]
+    train.run(_kd(outs[0]), tmp_path / "s", dataset=small, device="cpu")
+    assert kd_teacher.FORWARD_IMAGES["count"] == 1000  # the student read them
+    fresh = kd_teacher.load(outs[0] / "model.pt", small, torch.device("cpu"))
+    assert torch.equal(saved["train"], models.logits_of(fresh, small.train_x, models.CPU_PREDICT_BATCH))
 
 
 def test_teacher_cache_is_per_dataset_content(tmp_path, small, teacher_dir):

@@ -302,3 +302,25 @@ def test_an_errors_line_is_its_first_line_with_text_and_its_class():
     assert first_line(RuntimeError("\n  CUDA error: out of memory\nmore")) == "RuntimeError: CUDA error: out of memory"
     assert first_line(ValueError("x" * 300), 200) == "ValueError: " + "x" * 200
     assert first_line(OSError(28, "No space left on device")) == "OSError: [Errno 28] No space left on device"
+
+
+def test_the_teachers_whose_students_read_the_cache_are_read_from_the_plan(tmp_path):
+    """A teacher's unit caches its logits where a student of the plan reads them: one with the
+    teacher among its depends_on, not augmented (an augmented student runs the teacher online)."""
+    from sweep import worker
+
+    sweep = tmp_path / "s"
+    folders = [sweep / "jobs" / j for j in ("t1", "t2", "t3", "x")]
+    for f in folders:
+        f.mkdir(parents=True)
+    jobs = [{"id": "t1", "config": {}, "depends_on": []}, {"id": "t2", "config": {}, "depends_on": []},
+            {"id": "t3", "config": {}, "depends_on": []},
+            {"id": "k1", "config": {"method": "kd"}, "depends_on": ["t1"]},
+            {"id": "k2", "config": {"method": "kd", "augment": True}, "depends_on": ["t2"]},
+            {"id": "k3", "config": {"method": "kd", "augment": False}, "depends_on": ["t3"]}]
+    (sweep / "plan.json").write_text(json.dumps({"sweep": "s", "jobs": jobs}))
+    assert worker.read_from_cache(folders) == [folders[0], folders[2]]
+    (sweep / "plan.json").write_text("{damaged")
+    assert worker.read_from_cache(folders) == []  # the students compute them, as they would anyway
+    (sweep / "plan.json").unlink()
+    assert worker.read_from_cache(folders) == []
