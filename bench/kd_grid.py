@@ -123,6 +123,8 @@ def main() -> None:
         state.write_plan(folder, plan)  # its folder and config, as `kdsweep run` writes them
         sh([sys.executable, "-m", "sweep.worker", str(state.job_dir(folder, teacher)), "--device", args.device]
            + (["--data-root", args.data_root] if args.data_root else []), env)
+        for cache in state.job_dir(folder, teacher).glob("logits-*.pt"):  # cached by the teacher's unit for its
+            cache.unlink()  # students: kd-sweep's timed side computes them, as its run would have
     if args.compare_with:
         return compare_versions(args, run, results, folder, env)
     start = tmp / "start"
