@@ -216,6 +216,9 @@ def main() -> None:
     print("  kd-sweep epochs' time per unit (last run): " + ", ".join(f"{k} {v:.1f} s" for k, v in split.items())
           + "; the rest is process start, data loading, teacher cache and checkpoints")
     ours_teacher = sum(r.get("teacher_forward_images", 0) / r.get("pack_size", 1) for r in done)
+    if not ours_teacher:  # the teachers' own units cached their logits (not counted in any result): once each
+        ours_teacher = len(d.train_y) * sum(1 for j in plan.jobs if j.method == "teacher"
+                                             and any(state.job_dir(folder, j).glob("logits-*.pt")))
     print(f"  teacher forward images: reference loop {ref['teacher_images'] * scale:,.0f}, "
           f"one process per point {statistics.mean(r['teacher_images'] for r in runs) * len(points):,.0f}, "
           f"kd-sweep {ours_teacher:,.0f}")

@@ -35,6 +35,10 @@ class Diverged(UserError):
         self.folders, self.epochs = [Path(f) for f in folders], list(epochs)
 
 
+class Stopped(Exception):
+    """A computation given a ``stop`` callback was asked to stop (a signal) before its end."""
+
+
 def first_line(e: BaseException, limit: int | None = None) -> str:
     """``Name: the message's first line`` (its first line with text, cut to ``limit`` characters), or
     ``Name`` alone where the message is empty: what a one-line error or an error.json says of ``e``."""

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from kd.data import to_float
-from kd.errors import UserError
+from kd.errors import Stopped, UserError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 EVAL_BATCH = 1000  # images per forward pass where a model only predicts (evaluation, a teacher's logits)
@@ -150,10 +150,17 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """The model's logits (eval mode) for every image of a uint8 split."""
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH,
+              stop: Callable[[], bool] | None = None) -> torch.Tensor:
+    """The model's logits (eval mode) for every image of a uint8 split; ``stop`` is asked between
+    batches (kd.errors.Stopped when it says so)."""
     model.eval()
-    return torch.cat([_predict(model, to_float(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    out = []
+    for i in range(0, len(x), batch_size):
+        if stop is not None and stop():
+            raise Stopped("stopped before the logits were all computed")
+        out.append(_predict(model, to_float(x[i:i + batch_size])))
+    return torch.cat(out)
 
 
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

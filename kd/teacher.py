@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -95,11 +96,11 @@ def load(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int |
     return teacher
 
 
-def forward(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def forward(teacher: torch.nn.Module, x: torch.Tensor, stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """The teacher's logits for uint8 images (or, already scaled and augmented, float ones)."""
     FORWARD_IMAGES["count"] += len(x)
     if x.dtype == torch.uint8:
-        return models.logits_of(teacher, x, models.predict_batch(x.device))
+        return models.logits_of(teacher, x, models.predict_batch(x.device), stop)
     with torch.no_grad():
         return teacher(x)
 
@@ -112,9 +113,10 @@ def _check_outputs(file: Path, method: str, has: int, wanted: int | None) -> Non
 
 
 def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device, outputs: int | None = None,
-                  digest: str | None = None) -> torch.Tensor:
+                  digest: str | None = None, stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """The teacher's logits on the training set, from the cache beside ``file`` or computed and cached;
-    ``digest``: the file's SHA-256 where the caller has checked it already (``verified``)."""
+    ``digest``: the file's SHA-256 where the caller has checked it already (``verified``); ``stop``:
+    asked between batches of the forward pass (kd.errors.Stopped; nothing cached)."""
     model_hash = (digest or verified(file))[:16]
     cache = file.parent / f"logits-{data.name}-{data.fingerprint()}.pt"
     if cache.exists():
@@ -129,7 +131,7 @@ def cached_logits(file: Path, data: kd_data.Dataset, device: torch.device, outpu
                 return saved["train"]
             log.info("teacher cache %s is stale: recomputing", cache)
     teacher = load(file, data, device, outputs)
-    train = forward(teacher, data.train_x.to(device))
+    train = forward(teacher, data.train_x.to(device), stop)
     try:
         sealed.save(cache, {"model_sha256": model_hash, "dataset": data.name, "train": train.cpu()})
     except (UserError, OSError) as e:  # a teacher file in a read-only folder (a colleague's; `kdsweep train --teacher`)

@@ -63,9 +63,9 @@ def run_pack(configs: list[TrainConfig], out_dirs: list[Path | str], *, data_roo
     logits from its cache (exact: no augmentation), "online" runs the teacher on every batch.
     A finished job keeps ``model.pt`` and ``result.json``; its checkpoint goes unless ``keep_checkpoint``.
     ``cache_logits``: the folders of teachers whose students will read their logits from the cache:
-    those are cached before the result is written (kd.teacher.cached_logits, the students' own
-    call), here, where the model's kernels are warm, not in the students' process, which then
-    finds them at its start.
+    those are cached here once the results are written (kd.teacher.cached_logits, the students' own
+    call), where the model's kernels are warm, not in the students' process, which then finds them
+    at its start (sweep.worker has an early-started student wait for its teacher's unit to end).
     A folder that holds another job (other settings) is refused; a damaged ``result.json`` is
     moved aside (kept, renamed) and the job runs again.
     """
@@ -377,7 +377,6 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
             continue
         result, write = final(c, outs[i], nets[i], functools.partial(state_of, i), histories[i], data, dev, flops,
                               pack_size=n, teacher_forward_images=kd_teacher.FORWARD_IMAGES["count"] - seen_by_teacher,
-                              cache_logits=outs[i] in cache_logits,
                               fused_cnn=stack.fast_cnn)  # kd.pool's kernels and channels-last inputs
         results.append(result)
         writes.append((i, write))
@@ -388,7 +387,26 @@ def _train(members: list[tuple[TrainConfig, Path, dict | None]], data: kd_data.D
                 raise error
             results[i] = error
     log.info("results written: %d in %.2f s", errors.count(None), time.perf_counter() - t0)
+    written = [i for (i, _), error in zip(writes, errors) if error is None]
+    cache_teacher_logits([(outs[i], results[i]["model_file"]["sha256"]) for i in written if outs[i] in cache_logits],
+                         data, dev, stop)
     return results
+
+
+def cache_teacher_logits(teachers: list[tuple[Path, str]], data: kd_data.Dataset, dev: torch.device,
+                         stop: Callable[[], bool] | None) -> None:
+    """Finished teachers' logits on the training set (folder, model.pt's SHA-256), cached for their
+    students with the students' own call (kd.teacher.cached_logits). The teachers are done already
+    (their results written first: a kill here loses nothing); a stop skips what is left, and any
+    failure is a warning: their students compute the logits, as they would have."""
+    for out, sha256 in teachers:
+        if stop is not None and stop():
+            log.info("stopped: the logits of %d teacher(s) not cached (their students compute them)", len(teachers))
+            return
+        try:
+            kd_teacher.cached_logits(out / MODEL, data, dev, digest=sha256, stop=stop)
+        except Exception as e:  # noqa: BLE001 - see above
+            log.warning("%s: teacher logits not cached (%s): its students compute them", out.name, first_line(e))
 
 
 def diverged_at(history: list[dict[str, Any]]) -> int | None:
@@ -510,12 +528,11 @@ def epoch_record(epoch: int, config: TrainConfig, train_loss: float, test_loss: 
 
 def final(config: TrainConfig, out: Path, model: torch.nn.Module, state: Callable[[], dict[str, torch.Tensor]],
           history: list[dict], data: kd_data.Dataset, dev: torch.device, flops: int,
-          cache_logits: bool = False, **extra: Any) -> tuple[dict[str, Any], Callable[[], None]]:
+          **extra: Any) -> tuple[dict[str, Any], Callable[[], None]]:
     """A finished job's result, and what writes it: its final weights (``state()``: a copy of them
     in host memory; ``model``: its architecture), then ``result.json`` (last, atomically: the job
     is done). The writing touches host tensors alone (their copy, serialising, hashing, the disk):
-    a pack's members write side by side (``write_all``). ``cache_logits``: a teacher's logits on
-    the training set are cached between the two (their cache is keyed by model.pt's hash)."""
+    a pack's members write side by side (``write_all``)."""
     metrics = {"test_accuracy": history[-1]["test_accuracy"], "test_loss": history[-1]["test_loss"],
                "train_loss": history[-1]["train_loss"]}
     if data.num_classes == 2:  # F1 per class, macro F1, ROC AUC, confusion matrix
@@ -544,11 +561,6 @@ def final(config: TrainConfig, out: Path, model: torch.nn.Module, state: Callabl
             {"config": config.to_dict(), "state_dict": state()}, f))
         # what a student checks before it trusts a teacher's model.pt, and status by its size
         result["model_file"].update(bytes=size, sha256=sha256)
-        if cache_logits:  # before the result: a student started by it finds them
-            try:
-                kd_teacher.cached_logits(out / MODEL, data, dev, digest=sha256)
-            except Exception as e:  # noqa: BLE001 - the teacher is done all the same; its student computes them
-                log.warning("%s: teacher logits not cached (%s): its student computes them", out.name, first_line(e))
         atomic.write_json(out / RESULT, result)
     return result, write
 

@@ -333,6 +333,19 @@ def job_locks(folders: list[Path], wait_s: float = 60.0) -> Iterator[None]:
             f.close()
 
 
+def held(folder: Path) -> bool:
+    """Whether a process holds the job folder's lock now (``job_locks``: its unit is not over)."""
+    try:
+        with open(folder / ".lock", "a+") as f:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            return False  # closing the file releases the lock just taken
+    except OSError:  # no folder, or one not ours to write: nobody trains there from here
+        return False
+
+
 def heartbeat(folders: list[Path]) -> Callable[[], None]:
     """Touch each folder's attempt.json every HEARTBEAT_S seconds from a daemon thread; returns stop()."""
     done = threading.Event()

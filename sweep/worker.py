@@ -189,10 +189,11 @@ def read_from_cache(folders: list[Path]) -> list[Path]:
     None where the plan cannot be read: the students then compute them, as they would anyway."""
     plan = state.read_json(folders[0].parent.parent / "plan.json") if folders else None
     jobs = plan.get("jobs") if isinstance(plan, dict) else None
-    if not isinstance(jobs, list):
-        return []
-    read = {t for j in jobs if isinstance(j, dict) and not (j.get("config") or {}).get("augment")
-            for t in j.get("depends_on") or ()}
+    read: set[str] = set()
+    for j in jobs if isinstance(jobs, list) else ():
+        config, needs = (j.get("config"), j.get("depends_on")) if isinstance(j, dict) else (None, None)
+        if isinstance(config, dict) and not config.get("augment") and isinstance(needs, list):
+            read.update(t for t in needs if isinstance(t, str))
     return [f for f in folders if f.name in read]
 
 
@@ -213,13 +214,15 @@ def _dataset(name: str, root: Path | None):
 
 
 def _wait_for(folders: list[Path], stop: Callable[[], bool] | None, poll: float = 0.05) -> bool:
-    """Until every folder has its result (True) or ``stop()`` (False); a failure there fails this unit."""
+    """Until every folder has its result (True) or ``stop()`` (False); a failure there fails this unit.
+    Then, for at most LOCK_WAIT_S, until their units are over (their job locks free): a teacher's
+    unit caches its students' logits after its result (kd.train.cache_teacher_logits)."""
     from kd.errors import UserError
 
     while True:
         waiting = [f for f in folders if not (f / "result.json").exists()]
         if not waiting:
-            return True
+            break
         if stop is not None and stop():
             return False
         for f in waiting:
@@ -227,6 +230,12 @@ def _wait_for(folders: list[Path], stop: Callable[[], bool] | None, poll: float 
             if error is not None:
                 raise UserError(f"its teacher {f.name} failed: {error.get('line', '')}")
         time.sleep(poll)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while any(state.held(f) for f in folders) and time.monotonic() < deadline:
+        if stop is not None and stop():
+            return False
+        time.sleep(poll)
+    return True
 
 
 def run_one(folders: list[Path], after: list[Path], data_root: Path | None, device: str | None,
@@ -285,6 +294,9 @@ def serve(channel: int, data_root: Path | None, device: str | None, read_ahead: 
             with _output_into(Path(request["log"])):
                 status = run_one([Path(f) for f in request["folders"]], [Path(a) for a in request["after"]],
                                  data_root, device, stop)
+            if read_ahead:  # what the unit did not take (it loaded nothing) is not kept
+                data.drop_read_ahead()
+                read_ahead = None
             # a signal stops the worker too: it says so with the answer, so that no unit is sent its way;
             # so does a failed CUDA capture, which leaves CUDA's generator unusable in this process
             spent = graphs.FAILED_CAPTURES["count"] > 0

@@ -453,8 +453,8 @@ def test_teacher_runs_once_per_teacher_not_per_step(tmp_path, small, teacher_dir
 
 
 def test_a_teacher_pack_caches_the_logits_its_students_read(tmp_path, small):
-    """cache_logits: the teacher's unit caches its logits (before its result: a student started by
-    the result finds them), with the student's own call: the student reads them, no forward pass."""
+    """cache_logits: the teacher's unit caches its logits once its result is written, with the
+    student's own call: the student reads them, no forward pass."""
     cfg = make_config(method="teacher", epochs=1, batch_size=100)
     outs = [tmp_path / "t0", tmp_path / "t1"]
     kd_teacher.FORWARD_IMAGES["count"] = 0
@@ -463,7 +463,6 @@ def test_a_teacher_pack_caches_the_logits_its_students_read(tmp_path, small):
     assert kd_teacher.FORWARD_IMAGES["count"] == 1000  # t0's training images, once
     (cache,) = outs[0].glob("logits-*.pt")
     assert not list(outs[1].glob("logits-*.pt"))  # no student of its reads a cache: none made
-    assert cache.stat().st_mtime_ns <= (outs[0] / "result.json").stat().st_mtime_ns
     saved = sealed.load(cache)
     recorded = json.loads((outs[0] / "result.json").read_text())["model_file"]["sha256"]
     assert saved["model_sha256"] == recorded[:16]
@@ -471,6 +470,24 @@ def test_a_teacher_pack_caches_the_logits_its_students_read(tmp_path, small):
     assert kd_teacher.FORWARD_IMAGES["count"] == 1000  # the student read them
     fresh = kd_teacher.load(outs[0] / "model.pt", small, torch.device("cpu"))
     assert torch.equal(saved["train"], models.logits_of(fresh, small.train_x, models.CPU_PREDICT_BATCH))
+
+
+def test_a_stop_skips_the_teachers_logits_cache_and_the_teacher_stays_done(tmp_path, small, teacher_dir, caplog):
+    """The cache is a speed-up made after the teacher's result: a stop (a signal) skips it, before
+    or during its forward pass, leaving no file; the students compute the logits."""
+    caplog.set_level("INFO")
+    t = tmp_path / "t"
+    shutil.copytree(teacher_dir, t, ignore=shutil.ignore_patterns("logits-*"))
+    sha = json.loads((t / "result.json").read_text())["model_file"]["sha256"]
+    train.cache_teacher_logits([(t, sha)], small, torch.device("cpu"), stop=lambda: True)
+    assert "the logits of 1 teacher(s) not cached" in caplog.text
+    calls = iter(range(100))
+    train.cache_teacher_logits([(t, sha)], small, torch.device("cpu"), stop=lambda: next(calls) >= 3)  # mid-way
+    assert "teacher logits not cached (Stopped: stopped before the logits were all computed)" in caplog.text
+    assert sorted(p.name for p in t.iterdir()) == sorted(p.name for p in teacher_dir.iterdir()
+                                                          if not p.name.startswith("logits-"))
+    train.cache_teacher_logits([(t, sha)], small, torch.device("cpu"), stop=lambda: False)
+    assert len(list(t.glob("logits-*.pt"))) == 1
 
 
 def test_teacher_cache_is_per_dataset_content(tmp_path, small, teacher_dir):

@@ -321,6 +321,52 @@ def test_the_teachers_whose_students_read_the_cache_are_read_from_the_plan(tmp_p
     (sweep / "plan.json").write_text(json.dumps({"sweep": "s", "jobs": jobs}))
     assert worker.read_from_cache(folders) == [folders[0], folders[2]]
     (sweep / "plan.json").write_text("{damaged")
-    assert worker.read_from_cache(folders) == []  # the students compute them, as they would anyway
+    assert worker.read_from_cache(folders) == []
+    odd = [{"config": "x", "depends_on": ["t1"]}, {"config": {}, "depends_on": 5}, {"config": {}, "depends_on": [["t2"]]},
+           {"config": None, "depends_on": ["t3"]}, "a job", {"config": {}, "depends_on": ["t3"]}]
+    (sweep / "plan.json").write_text(json.dumps({"sweep": "s", "jobs": odd}))  # valid JSON of odd shapes
+    assert worker.read_from_cache(folders) == [folders[2]]  # the students compute them, as they would anyway
     (sweep / "plan.json").unlink()
     assert worker.read_from_cache(folders) == []
+
+
+HOLD = """import fcntl, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.lockf(f, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _held_by_another_process(folder, seconds):
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(folder / ".lock"), str(seconds)], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_student_started_early_waits_for_its_teachers_unit_to_end_not_only_its_result(tmp_path, monkeypatch):
+    """A teacher's unit caches its students' logits after its result: the student waits until the
+    unit is over (its job lock free), at most LOCK_WAIT_S, so that it finds them."""
+    from sweep import worker
+
+    teacher = tmp_path / "t"
+    teacher.mkdir()
+    (teacher / "result.json").write_text("{}")
+    holder = _held_by_another_process(teacher, 0.8)
+    t0 = time.monotonic()
+    assert worker._wait_for([teacher], None)
+    assert 0.5 < time.monotonic() - t0 < 10 and holder.wait() == 0
+    t0 = time.monotonic()
+    assert worker._wait_for([teacher], None)  # nobody holds it: at once
+    assert time.monotonic() - t0 < 0.5
+    monkeypatch.setattr(worker, "LOCK_WAIT_S", 0.3)
+    holder = _held_by_another_process(teacher, 30)
+    try:
+        t0 = time.monotonic()
+        assert worker._wait_for([teacher], None)  # a lock held on and on: not waited for beyond LOCK_WAIT_S
+        assert time.monotonic() - t0 < 5
+        assert worker._wait_for([teacher], lambda: True) is False  # a stop ends the wait
+    finally:
+        holder.kill()
+        holder.wait()
