@@ -17,6 +17,7 @@ import importlib.util
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,7 +71,8 @@ def default_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "kdsweep" / "data"
 
 
-_READ_AHEAD: dict[Path, tuple[tuple[int, int, int], bytes]] = {}  # path: (its stat when read, its bytes)
+_READ_AHEAD: dict[Path, tuple[tuple[int, ...], int, bytes]] = {}  # path: (its stat, when read (ns), its bytes)
+RACY_NS = 1_000_000_000  # a file changed this close before it was read ahead may change again unseen
 _READING: dict[str, threading.Thread] = {}  # dataset name: the thread reading its files ahead
 
 
@@ -78,7 +80,7 @@ def read_ahead(name: str, root: Path | None = None) -> None:
     """Start reading the files of ``name`` into memory in a thread, for a later ``load`` in this
     process to take (a worker starts it before importing torch, which decompressing Fashion-MNIST,
     0.4 s, then overlaps: gzip and the disk release the GIL). The IDX datasets only; whatever goes
-    wrong is left for ``load`` to find and say."""
+    wrong is left for ``load`` to find and say; ``drop_read_ahead`` forgets what no load took."""
     base = name.removesuffix("-binary")
     if base not in IDX_DIRS or name in _READING:
         return
@@ -89,13 +91,28 @@ def read_ahead(name: str, root: Path | None = None) -> None:
             for b in IDX_FILES.values():
                 p = _idx_path(d, b)
                 if p is not None:
-                    st = p.stat()
-                    _READ_AHEAD[p] = ((st.st_ino, st.st_size, st.st_mtime_ns), _read_raw(p))
-        except (OSError, EOFError, UserError):
+                    when = time.time_ns()
+                    _READ_AHEAD[p] = (_signature(p), when, _read_raw(p))
+        except Exception:  # noqa: BLE001 - load meets it again and says it (a damaged gzip: zlib.error)
             pass
 
     _READING[name] = threading.Thread(target=read, name=f"read-ahead-{name}", daemon=True)
     _READING[name].start()
+
+
+def drop_read_ahead() -> None:
+    """Forget the files read ahead that no ``load`` took (a worker's unit that loaded nothing)."""
+    for t in list(_READING.values()):
+        t.join()
+    _READING.clear()
+    _READ_AHEAD.clear()
+
+
+def _signature(path: Path) -> tuple[int, ...]:
+    """What tells a file replaced or rewritten since: its inode, size, and modification and change
+    times (the change time cannot be set back, as ``cp -p`` or ``touch -d`` set the other)."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _read_raw(path: Path) -> bytes:
@@ -105,12 +122,14 @@ def _read_raw(path: Path) -> bytes:
 
 
 def _taken_ahead(path: Path) -> bytes | None:
-    """The bytes read ahead for ``path``, if the file is still the one read (else None)."""
+    """The bytes read ahead for ``path``, if the file is still the one read (else None): the same
+    inode, size and times, and last changed well before it was read (file times have a clock tick's
+    grain: a file rewritten within one of its last change shows the same times)."""
     ahead = _READ_AHEAD.pop(path, None)
     if ahead is None:
         return None
-    st = path.stat()
-    return ahead[1] if ahead[0] == (st.st_ino, st.st_size, st.st_mtime_ns) else None
+    signature, when, raw = ahead
+    return raw if signature == _signature(path) and signature[-1] < when - RACY_NS else None
 
 
 def read_idx(path: Path) -> np.ndarray:

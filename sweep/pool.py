@@ -171,6 +171,8 @@ class Pool:
     def wait(self, timeout: float) -> None:
         """Until a busy worker answers or dies (its answer pipe is readable, or at its end), or
         ``timeout`` seconds: a unit's end is seen at once, not at the next poll."""
+        for w in self.retired:  # reaped as they exit, not left as zombies until the run's end
+            w.proc.poll()
         pipes = [w._answers for w in self.workers if w.busy and not w.closed]
         if pipes:
             select.select(pipes, [], [], timeout)

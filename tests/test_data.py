@@ -1,3 +1,6 @@
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -19,19 +22,44 @@ def test_idx_dataset_in_torchvision_layout(tmp_path, gz):
     assert d.train_x[7, 0].numpy().tobytes() == blob[16 + 7 * 784: 16 + 8 * 784]
 
 
-def test_a_dataset_read_ahead_is_the_one_loaded_and_a_file_changed_since_is_read_again(tmp_path):
+def test_a_dataset_read_ahead_is_the_one_loaded_and_a_file_changed_since_is_read_again(tmp_path, capfd, monkeypatch):
     raw = make_idx_root(tmp_path, "MNIST", n_train=60, n_test=20, gz=True)
     plain = data.load("mnist", tmp_path)
+    time.sleep(data.RACY_NS / 1e9 + 0.1)  # files just written are read again (their times' grain): not these
     data.read_ahead("mnist", tmp_path)
-    assert set(data._READ_AHEAD) <= set(raw.iterdir())
+    data._READING["mnist"].join()
+    assert set(data._READ_AHEAD) == set(raw.iterdir())
+    reads = []
+    monkeypatch.setattr(data, "_read_raw", lambda p: reads.append(p) or p.read_bytes())
     ahead = data.load("mnist", tmp_path)
+    assert reads == []  # every file's bytes taken from the read-ahead
     assert not data._READ_AHEAD and not data._READING  # taken, nothing kept
+    monkeypatch.undo()
     for k in ("train_x", "train_y", "test_x", "test_y"):
         assert torch.equal(getattr(plain, k), getattr(ahead, k))
     data.read_ahead("mnist-binary", tmp_path)  # a two-class view reads the same files
     data._READING["mnist-binary"].join()
     write_idx(raw / "t10k-labels-idx1-ubyte", np.full(20, 3), gz=True)  # replaced after it was read
     assert (data.load("mnist-binary", tmp_path).test_y == 0).all()  # digit 3: the new labels, read again
+    labels = raw / "t10k-labels-idx1-ubyte.gz"
+    time.sleep(data.RACY_NS / 1e9 + 0.1)  # not racy: only its change time can tell the rewrite below
+    data.read_ahead("mnist", tmp_path)
+    data._READING["mnist"].join()
+    before = labels.stat()
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.full(20, 7), gz=True)  # the same size, its time set back
+    # (as cp -p and rsync -t do)
+    os.utime(labels, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert labels.stat().st_size == before.st_size
+    assert (data.load("mnist", tmp_path).test_y == 7).all()  # read again: its change time moved
+    data.read_ahead("mnist", tmp_path)
+    data.drop_read_ahead()  # a unit that loaded nothing: nothing kept
+    assert not data._READ_AHEAD and not data._READING
+    labels.write_bytes(labels.read_bytes()[:-30] + b"\x00" * 30)  # a damaged gzip
+    data.read_ahead("mnist", tmp_path)
+    data._READING["mnist"].join()
+    assert "Traceback" not in capfd.readouterr().err  # the thread says nothing: load does
+    with pytest.raises(Exception):
+        data.load("mnist", tmp_path)
     data.read_ahead("mnist", tmp_path / "nowhere")  # a missing dataset: load says so, not the thread
     with pytest.raises(UserError, match="IDX files not found"):
         data.load("mnist", tmp_path / "nowhere")
