@@ -16,6 +16,9 @@
 #   The fourth (2026-11-27, H100s, each call a fresh machine, about 30 s a start): `tests seeds seeds
 #   gridj` (186 s), `spy startup` (49 s: where a run's time goes, every process sampled), `seeds
 #   seeds seeds d2h compile` (192 s), `seeds seeds seeds gridj` (125 s): 685 s of its 900.
+#   Next: `seeds seeds seeds gridj` (about 2.5 min) on an H100: the teachers' logits cache now written
+#   after their results and the early student's wait for its teacher's job lock (made after that
+#   session's last call, so not timed on a GPU): the 5-seed grid should stay at 28-30 s.
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
