@@ -480,7 +480,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         # are not its to start
         its = {j.get("id") for j in last.get("jobs", []) if isinstance(j, dict)}
         new = [j.name for j, s in states if s.state == state.PENDING and its and j.id not in its]
-        print(f"note: a 'kdsweep run' of {plan.sweep.name} (pid {running}) works in {folder} now: "
+        print(f"note: a '{state.sweep_holder(folder)}' of {plan.sweep.name} (pid {running}) works in {folder} now: "
               "its pending jobs are its to start" + (
                   f", but for {_count(len(new), 'job')} it does not plan (the file changed since it started: "
                   f"{', '.join(new[:3])}{', ...' if len(new) > 3 else ''}): resume them once it ends" if new else ""))

@@ -1,7 +1,8 @@
 """The results folder on disk, and each job's state as its folder tells it.
 
     results/<sweep>/plan.json               the plan last run (ids, names, configs, dependencies)
-    results/<sweep>/.lock                   held by the 'kdsweep run' (or submission) at work on the sweep
+    results/<sweep>/.lock                   held by the 'kdsweep run' (resume, submission) at work on the
+                                            sweep: its pid, host and start, then its command
     results/<sweep>/jobs/<id>/config.json   what the job runs
                              /attempt.json  who runs it now (host, pid, start), written at start and
                                             touched every HEARTBEAT_S seconds while it runs
@@ -19,6 +20,7 @@ import fcntl
 import json
 import os
 import re
+import sys
 import socket
 import threading
 import time
@@ -66,11 +68,13 @@ def sweep_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip().split(" since ")[0]  # "pid N on HOST" (its start time is for sweep_run)
-            raise UserError(f"{folder}: another 'kdsweep run' is running this sweep ({holder})") from None
+            lines = f.read().strip().splitlines() or [""]
+            holder = lines[0].split(" since ")[0]  # "pid N on HOST" (its start time is for sweep_run)
+            what = lines[1] if len(lines) > 1 else "kdsweep run"  # a lock written before commands were
+            raise UserError(f"{folder}: another '{what}' is running this sweep ({holder})") from None
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {_process_start(os.getpid())}")
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {_process_start(os.getpid())}\n{command()}")
         f.flush()
         try:
             yield
@@ -79,11 +83,34 @@ def sweep_lock(folder: Path) -> Iterator[None]:
             f.truncate()
 
 
-def sweep_run(folder: Path) -> int | None:
-    """The pid of the 'kdsweep run' that holds the sweep's lock now, on this host; else None. Read
-    from what the run wrote there (testing the lock would make a run starting this instant refuse)."""
+def command() -> str:
+    """This process as its user would name it: 'kdsweep resume' (the CLI, or ``python -m
+    sweep.cli``), else its program ('ipykernel_launcher.py': kd-sweep's API in a notebook)."""
+    argv = sys.argv or [""]
+    if Path(argv[0]).name in ("kdsweep", "cli.py"):
+        words = [a for a in argv[1:] if not a.startswith("-")]
+        return f"kdsweep {words[0]}" if words else "kdsweep"
+    name = Path(argv[0])
+    return (name.parent.name if name.name == "__main__.py" else name.name) or "python"  # python -m pytest: pytest
+
+
+def sweep_holder(folder: Path) -> str:
+    """The command that holds (or last held) the sweep's lock, as it wrote it ('kdsweep run' for a
+    lock written before commands were)."""
     try:
-        m = re.fullmatch(r"pid (\d+) on (\S+) since (\S+)", (folder / ".lock").read_text().strip())
+        lines = (folder / ".lock").read_text().strip().splitlines()
+    except OSError:
+        lines = []
+    return lines[1] if len(lines) > 1 else "kdsweep run"
+
+
+def sweep_run(folder: Path) -> int | None:
+    """The pid of the 'kdsweep run' (or resume, or notebook) that holds the sweep's lock now, on this
+    host; else None. Read from what the run wrote there (testing the lock would make a run starting
+    this instant refuse)."""
+    try:
+        first = ((folder / ".lock").read_text().strip().splitlines() or [""])[0]
+        m = re.fullmatch(r"pid (\d+) on (\S+) since (\S+)", first)
     except OSError:
         return None
     if not m:  # a lock from before hosts and start times were written

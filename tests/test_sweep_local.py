@@ -246,10 +246,35 @@ def test_a_second_run_of_the_same_sweep_is_refused(killed_and_resumed, tmp_path,
     with state.sweep_lock(results / "tiny"):
         assert main(["run", str(k["sweep_file"]), "--results", str(results)]) == 2
     out, err = capsys.readouterr()
-    assert f"error: {results / 'tiny'}: another 'kdsweep run' is running this sweep (pid {os.getpid()} on " \
+    assert f"error: {results / 'tiny'}: another '{state.command()}' is running this sweep (pid {os.getpid()} on " \
            f"{socket.gethostname()})" in err
     assert "running" not in out  # no 'running 1 of 4 jobs' before the refusal
     assert _attempts(student) == attempts and not (student / "result.json").exists()  # nothing started
+
+
+def test_a_run_refused_by_a_resume_at_work_names_the_resume_and_status_names_it_too(killed_and_resumed, tmp_path,
+                                                                                  started):
+    k = killed_and_resumed
+    sweep_file, folder = k["sweep_file"], tmp_path / "tiny"
+    shutil.copytree(k["folder"], folder)
+    for j in k["plan"].jobs:  # the students to train again: the resume works a few seconds
+        if j.method != "teacher":
+            (state.job_dir(folder, j) / "result.json").unlink()
+    resume = started("-q", "resume", str(sweep_file), "--results", str(tmp_path))
+    deadline = time.monotonic() + 60
+    while state.sweep_run(folder) is None:  # until it holds the sweep's lock
+        assert time.monotonic() < deadline and resume.poll() is None, resume.communicate()[0]
+        time.sleep(0.01)
+    second = _run_main(["run", str(sweep_file), "--results", str(tmp_path)])
+    status = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
+    os.killpg(resume.pid, signal.SIGTERM)
+    resume.communicate()
+    assert second[0] == 2
+    assert second[2].strip().splitlines()[-1] == (f"error: {folder}: another 'kdsweep resume' is running this sweep "
+                                                  f"(pid {resume.pid} on {socket.gethostname()})")
+    if state.sweep_run(folder) is None and "note: a 'kdsweep" not in status[1]:
+        return  # it ended before status looked: nothing more to see
+    assert f"note: a 'kdsweep resume' of tiny (pid {resume.pid}) works in {folder} now" in status[1]
 
 
 def test_a_job_folder_of_other_settings_is_named_by_status_and_refused_by_resume(killed_and_resumed, tmp_path,
