@@ -257,9 +257,8 @@ def test_a_run_refused_by_a_resume_at_work_names_the_resume_and_status_names_it_
     k = killed_and_resumed
     sweep_file, folder = k["sweep_file"], tmp_path / "tiny"
     shutil.copytree(k["folder"], folder)
-    for j in k["plan"].jobs:  # the students to train again: the resume works a few seconds
-        if j.method != "teacher":
-            (state.job_dir(folder, j) / "result.json").unlink()
+    for j in k["plan"].jobs:  # every job to train again: the resume works for seconds
+        (state.job_dir(folder, j) / "result.json").unlink()
     resume = started("-q", "resume", str(sweep_file), "--results", str(tmp_path))
     deadline = time.monotonic() + 60
     while state.sweep_run(folder) is None:  # until it holds the sweep's lock
