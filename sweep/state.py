@@ -68,9 +68,8 @@ def sweep_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            lines = f.read().strip().splitlines() or [""]
-            holder = lines[0].split(" since ")[0]  # "pid N on HOST" (its start time is for sweep_run)
-            what = lines[1] if len(lines) > 1 else "kdsweep run"  # a lock written before commands were
+            first, what = _lock_record(f.read())
+            holder = first.split(" since ")[0]  # "pid N on HOST" (its start time is for sweep_run)
             raise UserError(f"{folder}: another '{what}' is running this sweep ({holder})") from None
         f.seek(0)
         f.truncate()
@@ -94,14 +93,19 @@ def command() -> str:
     return (name.parent.name if name.name == "__main__.py" else name.name) or "python"  # python -m pytest: pytest
 
 
+def _lock_record(text: str) -> tuple[str, str]:
+    """A sweep lock file's two lines: 'pid N on HOST since START', and its holder's command
+    ('kdsweep run' for a lock written before commands were)."""
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else ""), (lines[1] if len(lines) > 1 else "kdsweep run")
+
+
 def sweep_holder(folder: Path) -> str:
-    """The command that holds (or last held) the sweep's lock, as it wrote it ('kdsweep run' for a
-    lock written before commands were)."""
+    """The command that holds (or last held) the sweep's lock, as it wrote it."""
     try:
-        lines = (folder / ".lock").read_text().strip().splitlines()
+        return _lock_record((folder / ".lock").read_text())[1]
     except OSError:
-        lines = []
-    return lines[1] if len(lines) > 1 else "kdsweep run"
+        return _lock_record("")[1]
 
 
 def sweep_run(folder: Path) -> int | None:
@@ -109,8 +113,7 @@ def sweep_run(folder: Path) -> int | None:
     host; else None. Read from what the run wrote there (testing the lock would make a run starting
     this instant refuse)."""
     try:
-        first = ((folder / ".lock").read_text().strip().splitlines() or [""])[0]
-        m = re.fullmatch(r"pid (\d+) on (\S+) since (\S+)", first)
+        m = re.fullmatch(r"pid (\d+) on (\S+) since (\S+)", _lock_record((folder / ".lock").read_text())[0])
     except OSError:
         return None
     if not m:  # a lock from before hosts and start times were written
