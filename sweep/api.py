@@ -76,5 +76,5 @@ def plot(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS, 
     from sweep import collect, plots
 
     p = plan(sweep_file, max_jobs)
-    collect.current_results(p, folder(p, results_root))  # not the table of an earlier sweep file
-    return plots.plot_all(folder(p, results_root))
+    f = folder(p, results_root)
+    return plots.plot_all(f, results=collect.current_results(p, f))  # not the table of an earlier sweep file

@@ -34,10 +34,13 @@ DPI = 150
 CI_WORDS = "95% CI"
 
 
-def plot_all(folder: Path, slices_of: dict[Path, dict] | None = None) -> list[Path]:
+def plot_all(folder: Path, slices_of: dict[Path, dict] | None = None, results: pd.DataFrame | None = None) -> list[Path]:
     """Draw every figure that the sweep's data supports into ``folder/plots``; returns the files
-    (``slices_of``, where given, gets each file's slice: the settings its jobs share, {} for all)."""
-    results, epochs = collect.read_tables(folder)
+    (``slices_of``, where given, gets each file's slice: the settings its jobs share, {} for all).
+    ``results``: results.parquet where the caller has read it already (collect.current_results)."""
+    if results is None:
+        (results,) = collect.read_tables(folder, (collect.RESULTS,))
+    (epochs,) = collect.read_tables(folder, (collect.EPOCHS,))
     if results.empty:
         _drop_stale(folder / "plots", [])
         raise UserError(f"{folder / collect.RESULTS}: no finished jobs to plot")

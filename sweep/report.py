@@ -80,7 +80,7 @@ def write(plan: Plan, folder: Path) -> Written:
     """Draw the figures, then write ``report.html`` and ``report.md`` into ``folder`` (atomically)."""
     results = collect.current_results(plan, folder)
     slices: dict[Path, dict] = {}
-    figures = plots.plot_all(folder, slices) if len(results) else []  # nothing finished: a report that says so
+    figures = plots.plot_all(folder, slices, results) if len(results) else []  # nothing finished: a report that says so
     title = f"kd-sweep report: {plan.sweep.name}"
     sections = build(plan, folder, results, figures, slices)
     out_html, out_md = folder / HTML, folder / MARKDOWN
