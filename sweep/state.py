@@ -275,10 +275,16 @@ def job_state(folder: Path, config: dict[str, Any] | None = None) -> JobState:
             return JobState(INTERRUPTED, ("attempt.json unreadable" if damaged else "attempt.json missing")
                             + f" (who ran it, and how it ended, unknown); {resume_from(folder)}")
         return JobState(PENDING)
-    if alive(attempt):
+    living = alive(attempt)
+    if living and lock_holder(folder) is not False:
         return JobState(RUNNING, f"pid {attempt['pid']} on {attempt['host']}")
     if attempt.get("stopped"):
         return JobState(INTERRUPTED, stopped(folder, attempt))
+    if living:  # its process lives, but holds no lock here: a copy of the folder, or a long-lived worker
+        # that went on to other units after this one ended unrecorded
+        return JobState(INTERRUPTED, f"pid {attempt['pid']} on {attempt['host']} does not train it here (a copy of "
+                                     f"its folder? or its unit ended without a result or an error: its log says); "
+                                     f"{resume_from(folder)}")
     if attempt.get("host") != socket.gethostname():  # a node (or a Slurm task Slurm forgot, or cannot be asked of)
         try:
             silent = time.time() - (folder / "attempt.json").stat().st_mtime
@@ -357,23 +363,46 @@ def job_locks(folders: list[Path], wait_s: float = 60.0) -> Iterator[None]:
                                         f"({(read_json(folder / 'attempt.json') or {}).get('host', '?')}); "
                                         f"not starting a second one") from None
                     time.sleep(0.5)
+            _HELD_HERE.add(_file_key(f))
         yield
     finally:
         for f in files:
+            _HELD_HERE.discard(_file_key(f))
             f.close()
 
 
-def held(folder: Path) -> bool:
-    """Whether a process holds the job folder's lock now (``job_locks``: its unit is not over)."""
+# The lock files this process holds: POSIX record locks belong to the process, and closing any
+# descriptor of the file, even one only opened to ask, releases them.
+_HELD_HERE: set[tuple[int, int]] = set()
+
+
+def _file_key(f) -> tuple[int, int]:
+    st = os.fstat(f.fileno())
+    return st.st_dev, st.st_ino
+
+
+def lock_holder(folder: Path) -> bool | None:
+    """Whether a process (this one too) holds the job folder's lock now (``job_locks``: its unit is
+    not over): True, False, or None where it cannot be told (a folder not ours to write)."""
     try:
-        with open(folder / ".lock", "a+") as f:
+        st = os.stat(folder / ".lock")
+        if (st.st_dev, st.st_ino) in _HELD_HERE:
+            return True
+        with open(folder / ".lock", "r+") as f:
             try:
                 fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 return True
             return False  # closing the file releases the lock just taken
-    except OSError:  # no folder, or one not ours to write: nobody trains there from here
+    except FileNotFoundError:  # never locked (job_locks makes the file), or no folder
         return False
+    except OSError:
+        return None
+
+
+def held(folder: Path) -> bool:
+    """Whether a process holds the job folder's lock now; False where it cannot be told."""
+    return lock_holder(folder) is True
 
 
 def heartbeat(folders: list[Path]) -> Callable[[], None]:

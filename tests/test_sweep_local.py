@@ -610,25 +610,31 @@ def _planned_job(tmp_path):
     return sweep_file, state.job_dir(tmp_path / "seeds", plan.jobs[0])
 
 
+def _worker_holding(jdir: Path, seconds: float) -> subprocess.Popen:
+    """A stand-in worker: a process of its own that holds the job folder's lock (POSIX record locks
+    are a process's: one this test held would be its own, and released by the status it asks)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                             "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(float(sys.argv[2]))",
+                             str(jdir / ".lock"), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "locked\n"
+    (jdir / "attempt.json").write_text(json.dumps({"host": socket.gethostname(), "pid": proc.pid}))
+    return proc
+
+
 def test_resume_waits_for_the_worker_of_a_killed_run_instead_of_skipping_its_job(tmp_path):
     """kill -9 of a run leaves its worker checkpointing on its way out: a resume at once must not
     skip that job as 'already running' (a second resume was needed) but wait for the job's lock."""
-    import fcntl
-    import socket
     import threading
 
     sweep_file, jdir = _planned_job(tmp_path)
-    dying = subprocess.Popen(["sleep", "30"])  # the orphaned worker: alive, on this host, holding the lock
+    dying = _worker_holding(jdir, 30)  # the orphaned worker: alive, on this host, holding the lock
     try:
-        (jdir / "attempt.json").write_text(json.dumps({"host": socket.gethostname(), "pid": dying.pid}))
-        lock = open(jdir / ".lock", "a+")
-        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert state.job_state(jdir).state == state.RUNNING
 
         def exits() -> None:  # it checkpoints and exits 3 s later
             time.sleep(3)
             dying.kill()
             dying.wait()
-            lock.close()
         threading.Thread(target=exits, daemon=True).start()
         rc, out, err = _run_main(["resume", str(sweep_file), "--results", str(tmp_path)])
     finally:
@@ -655,20 +661,35 @@ def test_status_during_a_run_says_the_run_works_there_and_points_to_status(tmp_p
 def test_a_killed_runs_worker_that_outlasts_the_wait_leaves_its_job_running_not_failed(tmp_path):
     """Past the job lock's wait the worker of a killed run still trains: the resume says the job is
     already running and writes no error into the folder that worker trains in."""
-    import fcntl
-    import socket
-
     sweep_file, jdir = _planned_job(tmp_path)
-    busy = subprocess.Popen(["sleep", "60"])
+    busy = _worker_holding(jdir, 60)
     try:
-        (jdir / "attempt.json").write_text(json.dumps({"host": socket.gethostname(), "pid": busy.pid}))
-        with open(jdir / ".lock", "a+") as lock:
-            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            r = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(sweep_file), "--results",
-                                str(tmp_path)], capture_output=True, text=True,
-                               env={**os.environ, "KDSWEEP_LOCK_WAIT": "1"})
+        r = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(sweep_file), "--results",
+                            str(tmp_path)], capture_output=True, text=True, env={**os.environ, "KDSWEEP_LOCK_WAIT": "1"})
         assert r.returncode == 1 and f"already running (pid {busy.pid} on " in r.stdout, (r.stdout, r.stderr)
         assert not (jdir / "error.json").exists() and state.job_state(jdir).state == state.RUNNING
+    finally:
+        busy.kill()
+
+
+def test_a_copied_job_folder_is_not_running_where_its_process_does_not_train(tmp_path):
+    """A folder copied (cp -a) while its job trained named a live process: status called the copy
+    'running' as long as the original trained. The process holds the original's lock, not the
+    copy's: the copy is interrupted, and resume there goes on from its checkpoint."""
+    sweep_file, jdir = _planned_job(tmp_path)
+    busy = _worker_holding(jdir, 60)
+    try:
+        copy = tmp_path / "copy"
+        shutil.copytree(tmp_path / "seeds", copy / "seeds")
+        copied = copy / jdir.relative_to(tmp_path)
+        assert state.job_state(jdir).state == state.RUNNING
+        s = state.job_state(copied)
+        assert (s.state, s.detail) == (state.INTERRUPTED, f"pid {busy.pid} on {socket.gethostname()} does not train "
+                                       "it here (a copy of its folder? or its unit ended without a result or an "
+                                       "error: its log says); no checkpoint: resume starts it over"), s
+        rc, out, err = _run_main(["resume", str(sweep_file), "--results", str(copy)])
+        assert rc == 0, (out, err)
+        assert state.job_state(copied).state == state.DONE and state.job_state(jdir).state == state.RUNNING
     finally:
         busy.kill()
 

@@ -370,3 +370,16 @@ def test_a_student_started_early_waits_for_its_teachers_unit_to_end_not_only_its
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_asking_whether_a_folder_is_locked_keeps_this_processs_own_lock(tmp_path):
+    """POSIX record locks are the process's: a status asked inside a unit (run_unit reads its jobs'
+    states under their locks) would take the lock again, succeed, and release it on closing."""
+    folder = _folder(tmp_path)
+    probe = [sys.executable, "-c", "import sys; from pathlib import Path; from sweep import state; "
+             "print(state.lock_holder(Path(sys.argv[1])))", str(folder)]
+    with state.job_locks([folder]):
+        assert state.lock_holder(folder) is True and state.held(folder)
+        assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout == "True\n"  # still held
+    assert state.lock_holder(folder) is False
+    assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout == "False\n"
