@@ -17,6 +17,7 @@ from typing import Any
 from kd import atomic
 
 RECORD = "slurm/submissions.json"
+SLURM_ID = re.compile(r"\d+(_\d+)?")
 # sacct state -> (our state, reason)
 SACCT = {
     "PENDING": ("queued", ""), "REQUEUED": ("queued", "requeued"), "REQUEUE_HOLD": ("queued", "requeued, held"),
@@ -43,6 +44,11 @@ def read_record(folder: Path) -> list[dict[str, Any]]:
         record = e
     if not (isinstance(record, list) and all(isinstance(r, dict) and isinstance(r.get("jobs"), dict) for r in record)):
         why = f"not JSON: {record}" if isinstance(record, Exception) else "not a list of submissions"
+    else:
+        odd = next((f"{jid!r}: {sid!r}" for r in record for jid, sid in r["jobs"].items()
+                    if not (isinstance(sid, str) and SLURM_ID.fullmatch(sid))), None)
+        why = odd and f"{odd} is not a Slurm job id such as \"1234\" or \"1234_5\""
+    if why:
         raise UserError(f"{path}: damaged ({why}); it says which Slurm jobs run this sweep",
                         hint="restore it, or move it aside and scancel this sweep's queued jobs: without it status "
                              "goes by the job folders alone, and resume submits again what Slurm still holds")
@@ -50,9 +56,12 @@ def read_record(folder: Path) -> list[dict[str, Any]]:
 
 
 def add_submission(folder: Path, level: str, slurm_ids: dict[str, str], profile: str,
-                   profile_file: Path | None = None) -> None:
+                   profile_file: Path | None = None, name: str | None = None) -> None:
+    """Record an array: its level, profile, when, each job's task id, and the array's Slurm job name
+    (by which status tells this sweep's task from another job that got its id since)."""
     record = read_record(folder)
     record.append({"level": level, "profile": profile, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   **({"name": name} if name else {}),
                    "jobs": slurm_ids, **({"profile_file": str(profile_file.resolve())} if profile_file else {})})
     atomic.write_json(folder / RECORD, record)
 
@@ -66,6 +75,12 @@ def submitted_ids(folder: Path) -> dict[str, list[str]]:
     return out
 
 
+def submitted_names(folder: Path) -> dict[str, str]:
+    """Each recorded Slurm id -> the job name it was submitted under (where its record says)."""
+    return {sid: sub["name"] for sub in read_record(folder) if isinstance(sub.get("name"), str)
+            for sid in sub["jobs"].values()}
+
+
 def latest_ids(folder: Path) -> dict[str, str]:
     """Each submitted job's latest Slurm id."""
     return {jid: sids[-1] for jid, sids in submitted_ids(folder).items()}
@@ -75,20 +90,23 @@ class Unreachable(Exception):
     """Neither sacct nor squeue answered (no controller, no Slurm commands here): what Slurm runs is unknown."""
 
 
-def query(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
+def query(slurm_ids: list[str], names: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
     """Slurm id -> (our state, reason); sacct where accounting exists, squeue otherwise.
     ``Unreachable`` when neither answers: an id missing from an answer means Slurm forgot it, which
-    must not be said of ids no one could ask about."""
+    must not be said of ids no one could ask about. ``names``: the job name each id was submitted
+    under; an id that Slurm holds under another name is another job's (Slurm's ids start again after
+    its state is lost, or on another cluster): Slurm forgot ours."""
     if not slurm_ids:
         return {}
-    accounted = _sacct(slurm_ids) if shutil.which("sacct") else None
+    names = names or {}
+    accounted = _sacct(slurm_ids, names) if shutil.which("sacct") else None
     found = dict(accounted or {})
     # squeue for what sacct does not know yet (no accounting, or slurmdbd behind), and for why a queued
     # job waits (a requeued job held until its BeginTime, a dependency that can never be satisfied)
     ask = [i for i in slurm_ids if i not in found or found[i][0] == "queued"]
     if ask:
         try:
-            queued = _squeue(ask)
+            queued = _squeue(ask, names)
         except Unreachable:
             if accounted is None or any(i not in accounted for i in ask):  # an id no one could answer for
                 raise
@@ -120,34 +138,45 @@ def _expand(jobid: str) -> list[str]:
     return out
 
 
-def _sacct(slurm_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+def _sacct(slurm_ids: list[str], names: dict[str, str]) -> dict[str, tuple[str, str]] | None:
     arrays = sorted({i.split("_")[0] for i in slurm_ids})
     try:
-        p = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "--format=JobID,State,ExitCode",
+        p = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "--format=JobID,State,ExitCode,JobName",
                             "-j", ",".join(arrays)], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if p.returncode != 0:
         return None
-    found = parse_sacct(p.stdout)
+    found = parse_sacct(p.stdout, names)
     return {i: found[i] for i in slurm_ids if i in found}
 
 
-def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
-    """Slurm id -> (our state, reason) from ``sacct -n -P -X -D --format=JobID,State,ExitCode``."""
+def parse_sacct(text: str, names: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """Slurm id -> (our state, reason) from ``sacct -n -P -X -D --format=JobID,State,ExitCode,JobName``
+    (or without JobName); a line of another name than ``names`` gives its id is another job's."""
     found: dict[str, tuple[str, str]] = {}
     for line in text.splitlines():  # with -D, one line per attempt, oldest first: the last one wins
-        parts = line.split("|")
+        parts = line.split("|", 3)
         if len(parts) < 3 or not parts[1].strip():
             continue
         jobid, st, code = parts[0], parts[1].split()[0], parts[2]
+        others = _others(jobid, parts[3] if len(parts) > 3 else None, names)
         ours, reason = SACCT.get(st, ("running", st.lower()))
         if st == "FAILED":  # ExitCode is "code:signal"
             exit_code, _, signum = code.partition(":")
             reason = f"killed by {_signal_name(signum)}" if signum.strip() not in ("", "0") else f"exit code {exit_code}"
         for jid in _expand(jobid):
-            found[jid] = (ours, reason)
+            if jid not in others:
+                found[jid] = (ours, reason)
     return found
+
+
+def _others(jobid: str, name: str | None, names: dict[str, str] | None) -> set[str]:
+    """The ids in a line of sacct or squeue that belong to another job than the one submitted under
+    them: Slurm holds them under another name (``names``: id -> the name it was submitted under)."""
+    if name is None or not names:
+        return set()
+    return {jid for jid in _expand(jobid) if names.get(jid, name) != name}
 
 
 def _signal_name(number: str) -> str:
@@ -159,11 +188,11 @@ def _signal_name(number: str) -> str:
         return f"signal {number}"
 
 
-def _squeue(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
+def _squeue(slurm_ids: list[str], names: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
     if not shutil.which("squeue"):
         raise Unreachable("no squeue command on this machine")
     try:
-        p = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%t|%r|%S", "-j",
+        p = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%t|%r|%S|%j", "-j",
                             ",".join(sorted({i.split('_')[0] for i in slurm_ids}))],
                            capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
@@ -173,7 +202,7 @@ def _squeue(slurm_ids: list[str]) -> dict[str, tuple[str, str]]:
     # 'Invalid job id': every one asked about has ended and been forgotten, an answer like any other
     if p.returncode != 0 and "Invalid job id" not in p.stderr:
         raise Unreachable(f"squeue: {(p.stderr.strip().splitlines() or [f'exit status {p.returncode}'])[-1]}")
-    found = parse_squeue(p.stdout)
+    found = parse_squeue(p.stdout, names)
     # squeue forgets finished jobs: an id it does not list has ended (the job folder says how)
     return {i: found[i] for i in slurm_ids if i in found}
 
@@ -223,12 +252,17 @@ def _why(reason: str, start: str, jid: str) -> str:
     return line.format(start=_clock(start), id=jid, reason=reason)
 
 
-def parse_squeue(text: str) -> dict[str, tuple[str, str]]:
-    """Slurm id -> (our state, why it waits) from ``squeue -h -r -o '%i|%t|%r|%S'`` (or ``'%i|%t'``)."""
+def parse_squeue(text: str, names: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """Slurm id -> (our state, why it waits) from ``squeue -h -r -o '%i|%t|%r|%S|%j'`` (or fewer
+    fields: ``'%i|%t'``); a line of another name than ``names`` gives its id is another job's."""
     found = {}
     for line in text.splitlines():
-        jobid, st, reason, start = (line.split("|") + ["", "", ""])[:4]
+        parts = line.split("|", 4)
+        jobid, st, reason, start = (parts + ["", "", ""])[:4]
+        others = _others(jobid.strip(), parts[4] if len(parts) > 4 else None, names)
         for jid in _expand(jobid.strip()):
+            if jid in others:
+                continue
             why = _why(reason.strip(), start.strip(), jid)
             found[jid] = (SQUEUE.get(st.strip(), "running"), why)
     return found

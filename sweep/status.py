@@ -28,7 +28,7 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
     ids = {jid: sids[-1] for jid, sids in every.items()}  # the latest; below, the one whose state stands
     submitted = {jid: sids for jid, sids in every.items() if jid in states and states[jid].state != state.DONE}
     try:
-        seen = slurm.query([sid for sids in submitted.values() for sid in sids])
+        seen = slurm.query([sid for sids in submitted.values() for sid in sids], slurm.submitted_names(folder))
     except slurm.Unreachable as e:
         if strict:
             raise UserError(f"cannot ask Slurm about {len(submitted)} submitted jobs of this sweep ({e}): not "
@@ -76,20 +76,29 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
                 and state.resume_from(job) not in reason:  # said once (the job's own line may say it)
             reason = "; ".join(filter(None, [reason, state.resume_from(job)]))
         states[jid] = state.JobState(st, f"slurm {sid}" + (f": {reason}" if reason else ""), slurm_id=sid)
-    task_of: dict[str, list[str]] = {}  # a Slurm task -> its jobs (a pack's students share one)
-    for jid, s in states.items():
+    array_of: dict[str, list[str]] = {}  # a Slurm array -> its jobs (its tasks share one dependency; a pack's
+    for jid, s in states.items():  # students share one task)
         if s.slurm_id:
-            task_of.setdefault(s.slurm_id, []).append(jid)
+            array_of.setdefault(s.slurm_id.split("_")[0], []).append(jid)
     for jid, s in states.items():  # students of a teacher that will not finish
         if s.state not in (state.QUEUED, state.CANCELLED):
             continue
         lost = [d for d in jobs[jid].depends_on if states[d].state not in (state.DONE, state.RUNNING, state.QUEUED)
                 or _newer(ids.get(d), ids.get(jid))]
-        mates = [d for m in task_of.get(s.slurm_id, []) for d in jobs[m].depends_on
-                 if states[d].state not in (state.DONE, state.RUNNING, state.QUEUED)]
-        if not lost and mates and s.state == state.CANCELLED:  # its own teacher is fine: a pack-mate's is not
-            states[jid] = state.JobState(s.state, f"{s.detail}: the teacher {jobs[mates[0]].name} of a student in "
-                                                  f"its pack {states[mates[0]].state}", slurm_id=s.slurm_id)
+        mates = [(m, d) for m in array_of.get((s.slurm_id or "").split("_")[0], []) for d in jobs[m].depends_on
+                 if d not in jobs[jid].depends_on]
+        if not lost and s.state == state.CANCELLED and (
+                bad := [(m, d) for m, d in mates if states[d].state not in (state.DONE, state.RUNNING, state.QUEUED)]):
+            m, d = bad[0]  # its own teacher is fine: the array's dependency on another's cancelled it
+            where = "pack" if states[m].slurm_id == s.slurm_id else "array"
+            states[jid] = state.JobState(s.state, f"{s.detail}: the teacher {jobs[d].name} of a student in its {where} "
+                                                  f"{states[d].state}", slurm_id=s.slurm_id)
+        elif not lost and s.detail.endswith(": waiting for its teacher") and jobs[jid].depends_on \
+                and all(states[d].state == state.DONE for d in jobs[jid].depends_on) \
+                and (waits := sorted({jobs[d].name for m, d in mates if states[d].state != state.DONE})):
+            states[jid] = dataclasses.replace(s, detail=s.detail.removesuffix("its teacher") + (
+                f"the teachers of other students in its array ({', '.join(waits[:3])}{', ...' * (len(waits) > 3)}; "
+                "its own is done)"))
         elif lost:
             t = lost[0]
             why = (f"its teacher {jobs[t].name} {states[t].state}" if not _newer(ids.get(t), ids.get(jid))
@@ -114,7 +123,7 @@ def unplanned_active(plan: Plan, folder: Path) -> list[str]:
     if not ids:
         return []
     try:
-        seen = slurm.query(sorted(ids))
+        seen = slurm.query(sorted(ids), slurm.submitted_names(folder))
     except slurm.Unreachable:
         return []
     return sorted(sid for sid in ids if seen.get(sid, ("",))[0] in (state.RUNNING, state.QUEUED))

@@ -124,12 +124,9 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
                 and (not status.active(states[j.id]) or j.id in stranded)}
         if not todo:
             return out
-        known = {**slurm.latest_ids(folder), **{jid: s.slurm_id for jid, s in states.items() if s.slurm_id}}
-        for jid, s in states.items():  # training, its submission unrecorded (the record lost): its own task
-            if status.active(s) and jid not in known and (sid := status.attempt_task(folder, jid)):
-                known[jid] = sid
+        known = _waitable(folder, states)
         if stranded:
-            slurm.cancel(sorted({known[jid] for jid in stranded}))  # a pack's students share one task
+            slurm.cancel(sorted({states[jid].slurm_id for jid in stranded}))  # a pack's students share one task
             out.cancelled = len(stranded)
         mounts = _mounts(folder, data_root)
         try:
@@ -182,10 +179,26 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
                     f" ({earlier}; resume submits the rest once this is fixed)" if earlier else "")) from None
             sys.stderr.write(said.getvalue())  # accepted: whatever sbatch warned of is shown
             ids = {j.id: s.job_id for t, s in zip(tasks, submitted) for j in t}
-            slurm.add_submission(folder, LEVEL_NAMES[i], ids, p.name, p.path)
+            slurm.add_submission(folder, LEVEL_NAMES[i], ids, p.name, p.path, name=params["job_name"])
             known.update(ids)
             out.arrays.append((LEVEL_NAMES[i], submitted[0].job_id.split("_")[0], len(tasks)))
     return out
+
+
+def _waitable(folder: Path, states: dict[str, state.JobState]) -> dict[str, str]:
+    """The Slurm task of each job that Slurm holds queued or running now: what a student may wait on.
+    An id Slurm no longer knows (or that names another job now: its ids start again after its state
+    is lost) would be a dependency it takes as met, and the student would start at once and fail."""
+    known = {jid: s.slurm_id for jid, s in states.items() if s.slurm_id and status.active(s)}
+    # training, its submission unrecorded (the record lost): the task its attempt.json names, if Slurm holds it
+    lost = {jid: sid for jid, s in states.items()
+            if status.active(s) and jid not in known and (sid := status.attempt_task(folder, jid))}
+    try:
+        seen = slurm.query(sorted(set(lost.values()))) if lost else {}
+    except slurm.Unreachable:
+        seen = {}
+    known.update({jid: sid for jid, sid in lost.items() if seen.get(sid, ("",))[0] in (state.RUNNING, state.QUEUED)})
+    return known
 
 
 def _submitit_files(folder: Path) -> set[Path]:

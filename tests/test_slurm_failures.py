@@ -178,3 +178,102 @@ def test_a_task_cancelled_while_it_waited_is_pending_with_why_and_one_resume_run
     kdsweep("resume", sweep_file, "--results", results, "--profile", profile)
     states = wait_until(sweep_file, results, all_final)
     assert {s.state for s in states.values()} == {state.DONE}, states
+
+
+def _held_job(name: str) -> str:
+    """Another user's job, held: what an id of this sweep's record names after Slurm's ids start again."""
+    out = subprocess.run(["sbatch", "--parsable", "-H", "-J", name, "-o", "/dev/null", "--wrap", "sleep 300"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip().split(";")[0]
+
+
+def test_a_recorded_id_that_slurm_now_gives_another_job_is_not_this_sweeps(slurm_cluster, tmp_path, mini_mnist_env):
+    """Slurm's ids start again after its state is lost: the record's ids then name other jobs. Status
+    called them this sweep's (queued), resume skipped them, and, the teacher failed, scancelled
+    the other job as a student stranded behind it."""
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name="recycled", teacher_epochs=1, teacher_batch=100))
+    results = tmp_path / "r"
+    plan = api.plan(sweep_file)
+    folder = results / "recycled"
+    state.write_plan(folder, plan)
+    teacher = next(j for j in plan.jobs if j.method == "teacher")
+    students = [j for j in plan.jobs if j.method == "kd"]
+    theirs = [_held_job("someone-elses"), _held_job("someone-elses")]
+    try:
+        from sweep import slurm
+
+        slurm.add_submission(folder, "first", {teacher.id: theirs[0]}, "local-slurm", name="recycled-first")
+        slurm.add_submission(folder, "students", {j.id: theirs[1] for j in students}, "local-slurm",
+                             name="recycled-students")
+        state.record_error(state.job_dir(folder, teacher), "RuntimeError: it failed")  # its students: stranded?
+        out, lines = _status_lines(sweep_file, results)
+        for j in students:
+            assert f"pending  slurm {theirs[1]}: Slurm no longer knows it" in lines[j.name], out
+        assert "failed" in lines["teacher-s0"], out
+        out = kdsweep("resume", sweep_file, "--results", results, "--profile", "local-slurm").stdout
+        assert "cancelled" not in out and "submitted first array" in out and "submitted students array" in out, out
+        queue = subprocess.run(["squeue", "-h", "-o", "%i %j %t", "-j", ",".join(theirs)], capture_output=True,
+                               text=True, check=True).stdout.split("\n")
+        assert sorted(q for q in queue if q) == sorted(f"{i} someone-elses PD" for i in theirs)  # untouched
+    finally:
+        subprocess.run(["scancel", *theirs], check=False)
+        mine = {sid.split("_")[0] for sub in _submissions(results, "recycled")[2:] for sid in sub["jobs"].values()}
+        if mine:
+            subprocess.run(["scancel", *mine], check=False)
+
+
+def test_students_do_not_wait_on_a_task_slurm_has_forgotten(slurm_cluster, tmp_path, mini_mnist_env):
+    """A teacher trains (its heartbeat is fresh) under a task Slurm no longer knows (the cluster's
+    state lost): an afterok on that id is met at once, and the students started and failed. They are
+    held back until the teacher is done."""
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name="forgotten", teacher_epochs=1, teacher_batch=100))
+    results = tmp_path / "r"
+    plan = api.plan(sweep_file)
+    folder = results / "forgotten"
+    state.write_plan(folder, plan)
+    teacher = next(j for j in plan.jobs if j.method == "teacher")
+    from sweep import slurm
+
+    placeholder = _held_job("placeholder")
+    subprocess.run(["scancel", placeholder], check=True)
+    gone = str(int(placeholder) + 1000)  # an id this cluster has not given (yet)
+    slurm.add_submission(folder, "first", {teacher.id: gone}, "local-slurm", name="forgotten-first")
+    (state.job_dir(folder, teacher) / "attempt.json").write_text(
+        json.dumps({"host": "node7", "pid": 4242, "slurm_job_id": gone}))
+    out = kdsweep("resume", sweep_file, "--results", results, "--profile", "local-slurm").stdout
+    assert "not submitted: 2 students whose teacher trains where Slurm cannot be asked to wait for it: " \
+           "teacher-s0 (pid 4242 on node7" in out, out
+    assert "submitted" not in out.replace("not submitted", ""), out
+    assert len(_submissions(results, "forgotten")) == 1
+
+
+def test_a_student_cancelled_with_its_array_for_another_students_teacher_says_which(slurm_cluster, tmp_path,
+                                                                                      mini_mnist_env):
+    """A students array waits (afterok) on the teacher tasks of all its students: one cancelled
+    cancels the whole array. The student whose own teacher is done said 'cancelled' and no more."""
+    from sweep_tables import finish
+
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name="mates", teacher_epochs=1, teacher_batch=100).replace(
+        "temperature = [2, 4]", "temperature = [2]\nseed = [0, 1]").replace("[train]", "pack = 1\n[train]"))
+    results = tmp_path / "r"
+    plan = api.plan(sweep_file)
+    folder = results / "mates"
+    finish(folder, plan, skip=tuple(j.name for j in plan.jobs if j.name != "teacher-s0"))  # teacher-s0 is done
+    out = kdsweep("resume", sweep_file, "--results", results, "--profile", "local-slurm").stdout
+    first, students = _submissions(results, "mates")
+    try:
+        states = wait_until(sweep_file, results, lambda st: "waiting" in st["kd-a0.5-T2-s0"].detail, timeout=30)
+        assert states["kd-a0.5-T2-s0"].detail.endswith(": waiting for the teachers of other students in its array "
+                                                       "(teacher-s1; its own is done)"), states  # not 'its teacher'
+        subprocess.run(["scancel", *set(first["jobs"].values())], check=True)  # teacher-s1
+        wait_until(sweep_file, results, lambda st: all(st[n].state == state.CANCELLED
+                                                       for n in ("teacher-s1", "kd-a0.5-T2-s0", "kd-a0.5-T2-s1")))
+        out, lines = _status_lines(sweep_file, results)
+        assert lines["kd-a0.5-T2-s1"].endswith("its teacher teacher-s1 cancelled"), out
+        assert lines["kd-a0.5-T2-s0"].endswith("the teacher teacher-s1 of a student in its array cancelled"), out
+    finally:
+        subprocess.run(["scancel", *{s.split("_")[0] for r in (first, students) for s in r["jobs"].values()}],
+                       check=False)

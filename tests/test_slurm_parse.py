@@ -91,8 +91,8 @@ def test_query_asks_sacct_for_the_arrays_then_squeue_for_the_rest(tmp_path, monk
     found = slurm.query(["4212_0", "4212_5", "4215_0", "4216_0"])
     assert found == {"4212_0": ("running", ""), "4212_5": ("failed", "exit code 1"), "4215_0": ("running", "")}
     assert (tmp_path / "sacct.args").read_text().split() == [
-        "-n", "-P", "-X", "-D", "--format=JobID,State,ExitCode", "-j", "4212,4215,4216"]
-    assert (tmp_path / "squeue.args").read_text().split() == ["-h", "-r", "-o", "%i|%t|%r|%S", "-j", "4215,4216"]
+        "-n", "-P", "-X", "-D", "--format=JobID,State,ExitCode,JobName", "-j", "4212,4215,4216"]
+    assert (tmp_path / "squeue.args").read_text().split() == ["-h", "-r", "-o", "%i|%t|%r|%S|%j", "-j", "4215,4216"]
 
 
 def _half_submitted(tmp_path):
@@ -264,3 +264,29 @@ def test_a_refused_students_array_also_says_which_queued_students_it_cancelled(t
     assert str(e.value) == ("sbatch refused the students array: sbatch: error: QOSMaxSubmitJobPerUserLimit (cancelled "
                             "before it: 4 students queued behind a failed teacher; submitted before it: first array 4300 (2 "
                             "tasks); resume submits the rest once this is fixed)")
+
+
+def test_lines_of_a_job_of_another_name_are_not_the_recorded_ids():
+    """sacct and squeue lines name each job: an id whose line names another job than the one it was
+    submitted under is that job's (Slurm gave the id again), not this sweep's."""
+    names = {"12_0": "mine-first", "12_1": "mine-first", "13": "mine-students"}
+    sacct = "12_[0-1]|PENDING|0:0|someone-elses\n13|RUNNING|0:0|mine-students\n14|FAILED|1:0|a|b\n"
+    assert slurm.parse_sacct(sacct, names) == {"13": ("running", ""), "14": ("failed", "exit code 1")}
+    assert slurm.parse_sacct(sacct) == {"12_0": ("queued", ""), "12_1": ("queued", ""), "13": ("running", ""),
+                                        "14": ("failed", "exit code 1")}  # nothing to check against
+    squeue = "12_0|PD|Dependency|N/A|mine-first\n13|R|None|2026-11-27T06:00:00|other\n"
+    assert slurm.parse_squeue(squeue, names) == {"12_0": ("queued", "waiting for its teacher")}
+
+
+@pytest.mark.parametrize("jobs, why", [
+    ('{"x": 5}', "'x': 5 is not a Slurm job id"),
+    ('{"x": "12_a"}', "'x': '12_a' is not a Slurm job id"),
+    ('{"x": null}', "'x': None is not a Slurm job id"),
+])
+def test_a_record_whose_ids_are_not_slurm_ids_is_damaged_in_one_line(tmp_path, jobs, why):
+    from kd.errors import UserError
+
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "submissions.json").write_text(f'[{{"jobs": {jobs}}}]')
+    with pytest.raises(UserError, match=f"submissions.json: damaged \\({why}"):
+        slurm.read_record(tmp_path)
