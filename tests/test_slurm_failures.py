@@ -187,18 +187,22 @@ def _held_job(name: str) -> str:
     return out.strip().split(";")[0]
 
 
+def _planned(tmp_path, name):
+    """A sweep whose plan and job folders are written, as a run leaves them before it submits:
+    (its file, the results root, its folder, its teacher, its students)."""
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name=name, teacher_epochs=1, teacher_batch=100))
+    plan = api.plan(sweep_file)
+    state.write_plan(tmp_path / "r" / name, plan)
+    return (sweep_file, tmp_path / "r", tmp_path / "r" / name, next(j for j in plan.jobs if j.method == "teacher"),
+            [j for j in plan.jobs if j.method == "kd"])
+
+
 def test_a_recorded_id_that_slurm_now_gives_another_job_is_not_this_sweeps(slurm_cluster, tmp_path, mini_mnist_env):
     """Slurm's ids start again after its state is lost: the record's ids then name other jobs. Status
     called them this sweep's (queued), resume skipped them, and, the teacher failed, scancelled
     the other job as a student stranded behind it."""
-    sweep_file = tmp_path / "s.toml"
-    sweep_file.write_text(SWEEP.format(name="recycled", teacher_epochs=1, teacher_batch=100))
-    results = tmp_path / "r"
-    plan = api.plan(sweep_file)
-    folder = results / "recycled"
-    state.write_plan(folder, plan)
-    teacher = next(j for j in plan.jobs if j.method == "teacher")
-    students = [j for j in plan.jobs if j.method == "kd"]
+    sweep_file, results, folder, teacher, students = _planned(tmp_path, "recycled")
     theirs = [_held_job("someone-elses"), _held_job("someone-elses")]
     try:
         from sweep import slurm
@@ -227,13 +231,7 @@ def test_students_do_not_wait_on_a_task_slurm_has_forgotten(slurm_cluster, tmp_p
     """A teacher trains (its heartbeat is fresh) under a task Slurm no longer knows (the cluster's
     state lost): an afterok on that id is met at once, and the students started and failed. They are
     held back until the teacher is done."""
-    sweep_file = tmp_path / "s.toml"
-    sweep_file.write_text(SWEEP.format(name="forgotten", teacher_epochs=1, teacher_batch=100))
-    results = tmp_path / "r"
-    plan = api.plan(sweep_file)
-    folder = results / "forgotten"
-    state.write_plan(folder, plan)
-    teacher = next(j for j in plan.jobs if j.method == "teacher")
+    sweep_file, results, folder, teacher, _ = _planned(tmp_path, "forgotten")
     from sweep import slurm
 
     placeholder = _held_job("placeholder")
