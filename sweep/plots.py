@@ -168,9 +168,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _seeds(per_point: pd.Series) -> str:
-    """``5 seeds``; ``2-5 seeds`` where points have different numbers of them (some jobs unfinished)."""
-    lo, hi = int(per_point.min()), int(per_point.max())
+def _seeds(per_point: pd.Series, results: pd.DataFrame | None = None, drawn: tuple[str, ...] = ()) -> str:
+    """``5 seeds``; ``2-5 seeds`` where points have different numbers of them (some jobs unfinished),
+    counting the jobs of the ``drawn`` methods (teacher, scratch) the figure shows too."""
+    counts = [int(n) for n in per_point]
+    if results is not None:
+        counts += [int(n) for m in drawn if (n := results.loc[results["method"] == m, "seed"].nunique())]
+    lo, hi = min(counts), max(counts)
     return f"{hi} seeds" if lo == hi else f"{lo}-{hi} seeds (per point: some are missing)"
 
 
@@ -214,7 +218,8 @@ def _accuracy_vs_temperature(results: pd.DataFrame, path: Path, title: str) -> P
         ax.errorbar(stats.index * dodge, 100 * stats["mean"], yerr=_error(stats), marker=marker, markersize=5,
                     capsize=3, linewidth=1.5, linestyle=style, color=colors[alpha], label=f"{word}, alpha = {alpha:g}")
     seeds = int(kd["n_seeds"].max())
-    detail = (f"mean of {_seeds(kd['n_seeds'])}; bars and grey band: {CI_WORDS} of the mean" if seeds > 1
+    detail = (f"mean of {_seeds(kd['n_seeds'], results, ('teacher', 'scratch'))}; bars and grey band: {CI_WORDS} "
+              "of the mean" if seeds > 1
               else "1 seed: no interval (run more seeds for error bars)")
     _temperature_axes(ax, results, "student test accuracy (%)", f"Student accuracy vs temperature: {title}\n{detail}")
     return _save(fig, path)
@@ -280,7 +285,8 @@ def _heatmap(results: pd.DataFrame, path: Path, title: str) -> Path:
                     color="white" if v < (lo + hi) / 2 else "black")
     fig.colorbar(im, ax=ax, label="test accuracy (%)")
     seeds = kd.groupby(["alpha", "temperature"])["seed"].nunique()
-    ax.set_title(f"Student accuracy (%): {title}" + (f"\nmean of {_seeds(seeds)}" if seeds.max() > 1 else ""))
+    ax.set_title(f"Student accuracy (%): {title}" + (f"\nmean of {_seeds(seeds, results, ('scratch',))}"
+                                                     if seeds.max() > 1 else ""))
     return _save(fig, path)
 
 

@@ -443,3 +443,17 @@ def test_the_per_epoch_figure_draws_subclass_students_per_alpha(tmp_path, monkey
     plots._per_epoch(pd.DataFrame(rows).astype({"alpha": float}), tmp_path / "e.png", "subclass")
     assert drawn["e.png"][1] == ["student from scratch (mean of 2 jobs)", "subclass KD, alpha = 0 (mean of 2 jobs)",
                                  "subclass KD, alpha = 0.5 (mean of 2 jobs)", "subclass-teacher (mean of 2 jobs)"]
+
+
+def test_figures_count_the_seeds_of_the_scratch_and_teacher_they_draw(tmp_path, monkeypatch):
+    """A third seed's scratch and teacher done, its students not: the heatmap's alpha 0 row (the
+    scratch mean over 3 seeds) and the band were titled 'mean of 2 seeds' beside students of 2."""
+    from sweep_tables import sweep_file as write_sweep
+
+    third = tuple(j.name for j in api.plan(write_sweep(tmp_path)).jobs if j.method == "kd" and j.name.endswith("-s2"))
+    sweep_file, root, plan = finished_sweep(tmp_path, skip=third)
+    api.collect(sweep_file, results_root=root)
+    drawn = _drawn(monkeypatch)
+    api.plot(sweep_file, results_root=root)
+    for name in ("accuracy_vs_temperature.png", "heatmap_alpha_temperature.png"):
+        assert "mean of 2-3 seeds (per point: some are missing)" in drawn[name][0], (name, drawn[name][0])
