@@ -98,7 +98,7 @@ def build(plan: Plan, folder: Path, results: pd.DataFrame, figures: list[Path],
     seeds = results["seed"].nunique() if len(results) else 0
     finished = len(results) - sum(d.endswith(STALE) for _, _, d in unfinished)  # rows whose job is still done
     later = sum(st == "done after collect" for _, st, _ in unfinished)  # the table is older than the folders
-    still = len(unfinished) - later
+    still = len(unfinished) - later - sum(d == GONE for _, _, d in unfinished)
     headline = [Text(f"{plan.sweep.description or plan.sweep.name}. {finished} of {len(plan.jobs)} jobs "
                      f"finished, {seeds} seed{'s' if seeds != 1 else ''}"
                      + (f"; {still} not finished (see below)" if still else "")
@@ -177,6 +177,7 @@ def _num(v, fmt: str = "g") -> str:
 
 
 STALE = "in the tables from an earlier collect: run 'kdsweep collect' again"
+GONE = "its folder is gone: its row, from an earlier collect, stays in the tables (collect keeps it)"
 
 
 def unfinished_jobs(plan: Plan, folder: Path, results: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -191,7 +192,9 @@ def unfinished_jobs(plan: Plan, folder: Path, results: pd.DataFrame) -> list[tup
                 if j.id not in have]
     out = []
     for job, s in status.job_states(plan, folder):
-        if job.id in have and s.state != state.DONE:
+        if job.id in have and s.state != state.DONE and not state.job_dir(folder, job).exists():
+            out.append((job.name, "done, folder gone", GONE))
+        elif job.id in have and s.state != state.DONE:
             out.append((job.name, s.state, f"{s.detail + '; ' if s.detail else ''}{STALE}"))
         elif job.id not in have:
             out.append((job.name, "done after collect", "run 'kdsweep collect' again") if s.state == state.DONE
@@ -202,9 +205,17 @@ def unfinished_jobs(plan: Plan, folder: Path, results: pd.DataFrame) -> list[tup
 def unfinished_blocks(plan: Plan, unfinished: list[tuple[str, str, str]]) -> tuple:
     if not unfinished:
         return (Text(f"None: all {len(plan.jobs)} jobs are in the results."),)
-    counts = Counter(s for _, s, _ in unfinished)
-    return (Text(", ".join(f"{n} {s}" for s, n in counts.most_common()) + "; not in the tables or figures."),
-            Table(("job", "state", "detail"), tuple(unfinished)))
+    counts = Counter(s for _, s, d in unfinished if not _in_tables(d))
+    kept = sum(_in_tables(d) for _, _, d in unfinished)
+    said = ([", ".join(f"{n} {s}" for s, n in counts.most_common()) + "; not in the tables or figures."] if counts
+            else []) + ([f"{kept} in the tables from an earlier collect, whose folders no longer hold their result "
+                         "(see the detail)."] if kept else [])
+    return (Text(" ".join(said)), Table(("job", "state", "detail"), tuple(unfinished)))
+
+
+def _in_tables(detail: str) -> bool:
+    """An unfinished_jobs detail of a job whose row the tables still hold."""
+    return detail.endswith(STALE) or detail == GONE
 
 
 def _device_kind(results: pd.DataFrame) -> str:

@@ -177,3 +177,22 @@ def test_the_headline_says_which_jobs_finished_since_the_last_collect(tmp_path, 
     headline = capsys.readouterr().out.splitlines()[0]
     assert headline.endswith(f"{len(plan.jobs) - 2} of {len(plan.jobs)} jobs finished, 3 seeds; 1 not finished "
                              "(see below); 1 more finished since the last collect: run 'kdsweep collect' again."), headline
+
+
+def test_a_job_whose_folder_is_gone_is_in_the_tables_and_said_so(tmp_path, capsys):
+    """Its row kept (collect refuses to drop it): the report called it 'pending; not in the tables or
+    figures' above a row of every table, and told to collect again, which refuses."""
+    import shutil
+
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    assert main(["collect", str(sweep_file), "--results", str(root)]) == 0
+    gone = next(j for j in plan.jobs if j.name == "kd-a0.5-T4-s1")
+    shutil.rmtree(state.job_dir(api.folder(plan, root), gone))
+    capsys.readouterr()
+    assert main(["report", str(sweep_file), "--results", str(root)]) == 0
+    headline = capsys.readouterr().out.splitlines()[0]
+    assert headline.endswith(f"{len(plan.jobs)} of {len(plan.jobs)} jobs finished, 3 seeds."), headline
+    md = (api.folder(plan, root) / "report.md").read_text()
+    assert "not in the tables" not in md and "pending" not in md, md
+    assert "1 in the tables from an earlier collect, whose folders no longer hold their result (see the detail)." in md
+    assert f"| kd-a0.5-T4-s1 | done, folder gone | {report.GONE} |" in md, md
