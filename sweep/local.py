@@ -237,7 +237,7 @@ def _orphan(jdir: Path, s: state.JobState) -> bool:
     the worker waits for the job's lock (a minute), then resumes from the checkpoint, where skipping
     it took a second resume."""
     attempt = state.read_json(jdir / "attempt.json") or {}
-    return (s.state == state.RUNNING and s.slurm_id is None and not attempt.get("slurm_job_id")
+    return (s.state in (state.RUNNING, state.QUEUED) and s.slurm_id is None and not attempt.get("slurm_job_id")
             and attempt.get("host") == socket.gethostname())
 
 

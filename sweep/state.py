@@ -227,6 +227,22 @@ def record_error(folder: Path, line: str, traceback: str | None = None) -> None:
     atomic.write_json(folder / "error.json", {"line": line, **({"traceback": traceback} if traceback else {})})
 
 
+def record_began(folder: Path) -> None:
+    """A unit started ahead of its teacher begins training: no longer waiting (``waiting_for``)."""
+    attempt = read_json(folder / "attempt.json") or {}
+    attempt.pop("waiting_for", None)
+    atomic.write_json(folder / "attempt.json", attempt)
+
+
+def never_began(folder: Path, signal_name: str) -> None:
+    """Stopped while it waited for its teacher: pending again (no attempt), or, where an earlier
+    attempt left a checkpoint, stopped with it."""
+    if checkpoint_state(folder) is None:
+        (folder / "attempt.json").unlink(missing_ok=True)
+    else:
+        record_stop(folder, signal_name)
+
+
 def record_stop(folder: Path, signal_name: str) -> None:
     """The attempt ended on a signal, with a checkpoint where it was (its ``stopped``)."""
     attempt = read_json(folder / "attempt.json") or {}
@@ -277,6 +293,9 @@ def job_state(folder: Path, config: dict[str, Any] | None = None) -> JobState:
         return JobState(PENDING)
     living = alive(attempt)
     if living and lock_holder(folder) is not False:
+        if attempt.get("waiting_for"):  # started ahead: queued behind its teacher, in its process
+            return JobState(QUEUED, f"waiting for its teacher {', '.join(map(str, attempt['waiting_for']))} "
+                                    f"(pid {attempt['pid']} on {attempt['host']}, started ahead)")
         return JobState(RUNNING, f"pid {attempt['pid']} on {attempt['host']}")
     if attempt.get("stopped"):
         return JobState(INTERRUPTED, stopped(folder, attempt))

@@ -80,8 +80,8 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
     for jid, s in states.items():  # students share one task)
         if s.slurm_id:
             array_of.setdefault(s.slurm_id.split("_")[0], []).append(jid)
-    for jid, s in states.items():  # students of a teacher that will not finish
-        if s.state not in (state.QUEUED, state.CANCELLED):
+    for jid, s in states.items():  # students of a teacher that will not finish (on Slurm: a local run's
+        if s.state not in (state.QUEUED, state.CANCELLED) or not s.slurm_id:  # unit fails with it)
             continue
         lost = [d for d in jobs[jid].depends_on if states[d].state not in (state.DONE, state.RUNNING, state.QUEUED)
                 or _newer(ids.get(d), ids.get(jid))]

@@ -122,21 +122,25 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
         if not todo:
             logging.getLogger(__name__).info("done meanwhile by the process that held its lock: nothing to do")
             return [state.read_json(f / "result.json") for f in folders]
+        waiting = [(state.read_json(Path(a) / "config.json") or {}).get("name", Path(a).name) for a in after]
         for f in todo:
             for stray in f.glob(".tmp-*"):  # a write cut by a kill; under the lock no one else writes here
                 stray.unlink(missing_ok=True)
             if now[f].state == state.DAMAGED:  # unreadable, another job's result, a teacher's model.pt gone
                 logging.getLogger(__name__).warning("%s: %s: kept as %s; the job runs again", f,
                                                     state.own_result(f)[1], results.keep_aside(f / "result.json").name)
-            state.record_attempt(f, pack_size=len(todo), **attempt)
+            state.record_attempt(f, pack_size=len(todo), **attempt, **({"waiting_for": waiting} if after else {}))
         stop_heartbeat = state.heartbeat(todo)
         try:
-            _train(todo, data_root, device, stop, after)
+            began = _train(todo, data_root, device, stop, after)
             signum = getattr(stop, "signal", None)
             if signum:  # stopped by a signal, checkpointed: status says so, not "killed?"
                 for f in todo:
                     if not (f / "result.json").exists():
-                        state.record_stop(f, signal.Signals(signum).name)
+                        if began:
+                            state.record_stop(f, signal.Signals(signum).name)
+                        else:  # stopped while it waited for its teacher: it never began
+                            state.never_began(f, signal.Signals(signum).name)
         except Exception as e:  # a kill or Ctrl-C leaves no error.json: the job shows as interrupted
             own = getattr(e, "per_member", {})  # members that failed for reasons of their own (kd.train)
             for err in {id(x): x for x in [e, *own.values()]}.values():
@@ -166,7 +170,8 @@ def _teacher_damaged(folder: Path, line: str) -> None:
 
 
 def _train(todo: list[Path], data_root: Path | None, device: str | None, stop: Callable[[], bool] | None,
-           after: list[Path]) -> None:
+           after: list[Path]) -> bool:
+    """Train the unit's jobs; False where it was stopped before it began (waiting for its teacher)."""
     configs = [train_config(f) for f in todo]
     from kd import phases, train
 
@@ -174,12 +179,16 @@ def _train(todo: list[Path], data_root: Path | None, device: str | None, stop: C
     if after:  # start up (CUDA, the data) while the teacher trains
         train.pick_device(device)
     dataset = _dataset(configs[0].dataset, data_root)
-    if after and not _wait_for([Path(a) for a in after], stop):
-        return
+    if after:
+        if not _wait_for([Path(a) for a in after], stop):
+            return False
+        for f in todo:
+            state.record_began(f)
     train.run_pack(configs, todo, data_root=data_root, device=device, stop=stop, dataset=dataset,
                    checkpoint_every=checkpoint_every(),
                    keep_checkpoint=switch("KDSWEEP_KEEP_CHECKPOINTS", False),
                    cache_logits=read_from_cache(todo))
+    return True
 
 
 def read_from_cache(folders: list[Path]) -> list[Path]:

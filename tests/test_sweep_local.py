@@ -746,3 +746,36 @@ def test_a_folder_copied_during_a_run_is_not_the_runs(tmp_path):
         assert state.sweep_run(tmp_path / "copy" / "copied") is None
     finally:
         proc.communicate(timeout=120)
+
+
+def test_students_started_ahead_are_queued_behind_their_teacher_and_pending_after_a_stop(tmp_path, started):
+    """-j 2: the students' unit starts while the teacher trains, and waits. Status called them
+    'running' (its worker's pid), and after a Ctrl-C 'stopped by SIGINT, no checkpoint' though
+    they had never begun: queued, waiting for their teacher; then pending again."""
+    sweep_file = tmp_path / "tiny.toml"
+    sweep_file.write_text(TINY.replace('"scratch", ', "").replace("epochs = 1\n", "epochs = 50\n")
+                          .replace("[0, 0.5]", "[0.5]"))
+    plan = api.plan(sweep_file)
+    folder = tmp_path / "tiny"
+    teacher = next(j for j in plan.jobs if j.method == "teacher")
+    kd = [state.job_dir(folder, j) for j in plan.jobs if j.method == "kd"]
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "-j", "2")
+    deadline = time.monotonic() + 120
+    while not all("waiting_for" in (state.read_json(d / "attempt.json") or {}) for d in kd):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.02)
+    pid = state.read_json(kd[0] / "attempt.json")["pid"]
+    for d in kd:
+        s = state.job_state(d)
+        assert (s.state, s.detail) == (state.QUEUED, f"waiting for its teacher teacher-s0 (pid {pid} on "
+                                                     f"{socket.gethostname()}, started ahead)"), s
+    rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
+    assert "0/3 done, 1 running, 2 queued" in out.splitlines()[-1], out
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    for d in kd:
+        assert state.job_state(d).state == state.PENDING and not (d / "attempt.json").exists()
+    assert state.job_state(state.job_dir(folder, teacher)).state == state.INTERRUPTED
+    rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
+    assert out.splitlines()[-1].startswith("0/3 done, 1 interrupted, 2 pending  ->  kdsweep resume"), out
