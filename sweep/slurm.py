@@ -7,6 +7,8 @@ ask Slurm about the sweep.
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -79,6 +81,41 @@ def submitted_names(folder: Path) -> dict[str, str]:
     """Each recorded Slurm id -> the job name it was submitted under (where its record says)."""
     return {sid: sub["name"] for sub in read_record(folder) if isinstance(sub.get("name"), str)
             for sid in sub["jobs"].values()}
+
+
+def unrecorded(folder: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    """Arrays that Slurm holds (queued or running) for this user, submitted from this sweep's folder
+    (their batch script is under its slurm/), that its record does not list (the record lost, or put
+    back from an older copy): array id -> (its job name, job id -> task id), read from the tasks'
+    own submitit files. Empty where nothing was submitted from here or Slurm cannot be asked."""
+    base = folder / "slurm"
+    if not base.is_dir() or not shutil.which("squeue"):
+        return {}
+    recorded = {sid.split("_")[0] for sids in submitted_ids(folder).values() for sid in sids}
+    try:
+        p = subprocess.run(["squeue", "--me", "-h", "-o", "%A|%j|%Z|%o"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if p.returncode != 0:
+        return {}
+    here = os.path.realpath(base) + os.sep
+    out: dict[str, tuple[str, dict[str, str]]] = {}
+    for line in p.stdout.splitlines():
+        array, name, workdir, script = (line.split("|", 3) + ["", "", ""])[:4]
+        if not array.isdigit() or array in recorded or array in out \
+                or not os.path.realpath(os.path.join(workdir, script)).startswith(here):
+            continue
+        jobs = {}
+        for task in [base / array, *sorted(base.glob(f"{array}_*"))]:
+            try:
+                with open(task / f"{task.name}_submitted.pkl", "rb") as f:
+                    call = pickle.load(f)  # submitit's, written by kd-sweep's submission: (job folders, data root)
+                jobs.update({Path(job).name: task.name for job in call.args[0]})
+            except Exception:  # noqa: BLE001 - no such task, or a file not of this shape: nothing to read
+                continue
+        if jobs:
+            out[array] = (name, jobs)
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))  # submitted in this order: teachers first
 
 
 def latest_ids(folder: Path) -> dict[str, str]:

@@ -25,10 +25,15 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
     jobs = {job.id: job for job in plan.jobs}
     states = {jid: _folder_state(state.job_dir(folder, jid), jobs[jid]) for jid in jobs}
     every = slurm.submitted_ids(folder)
+    names = slurm.submitted_names(folder)
+    for name, found in slurm.unrecorded(folder).values():  # missing from the record: Slurm holds them all the same
+        for jid, sid in found.items():
+            every.setdefault(jid, []).append(sid)
+            names[sid] = name
     ids = {jid: sids[-1] for jid, sids in every.items()}  # the latest; below, the one whose state stands
     submitted = {jid: sids for jid, sids in every.items() if jid in states and states[jid].state != state.DONE}
     try:
-        seen = slurm.query([sid for sids in submitted.values() for sid in sids], slurm.submitted_names(folder))
+        seen = slurm.query([sid for sids in submitted.values() for sid in sids], names)
     except slurm.Unreachable as e:
         if strict:
             raise UserError(f"cannot ask Slurm about {len(submitted)} submitted jobs of this sweep ({e}): not "
@@ -103,7 +108,8 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
             t = lost[0]
             why = (f"its teacher {jobs[t].name} {states[t].state}" if not _newer(ids.get(t), ids.get(jid))
                    else f"its teacher {jobs[t].name} was submitted again after it")
-            states[jid] = state.JobState(s.state, f"{s.detail}: {why}" + (
+            where = f"slurm {s.slurm_id}" if s.state == state.QUEUED else s.detail  # why it waits (held, ...) moot
+            states[jid] = state.JobState(s.state, f"{where}: {why}" + (
                 ": never to be met; resume cancels and resubmits it" if s.state == state.QUEUED else ""),
                 stranded=s.state == state.QUEUED, slurm_id=s.slurm_id)
     return [(job, states[job.id]) for job in plan.jobs]

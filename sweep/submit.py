@@ -105,6 +105,7 @@ class Submitted:
     held_back: list[str] = field(default_factory=list)  # students not submitted: their teacher trains where
     # no Slurm id is known to wait on (a local run; a lost submissions record and no task in its folder)
     held_for: list[str] = field(default_factory=list)  # those teachers: "name (its state's detail)"
+    found: list[str] = field(default_factory=list)  # arrays of this sweep in Slurm's queue its record lacked
 
 
 def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = None,
@@ -116,6 +117,11 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
     out = Submitted()
     with state.sweep_lock(folder):
         state.write_plan(folder, plan, data_root)
+        for array, (name, jobs) in slurm.unrecorded(folder).items():  # Slurm holds them: recorded again, not
+            level = name.rsplit("-", 1)[-1]  # submitted twice
+            slurm.add_submission(folder, level if level in LEVEL_NAMES else LEVEL_NAMES[0], jobs,
+                                 "(found in Slurm's queue)", name=name)
+            out.found.append(array)
         states = dict((j.id, s) for j, s in status.job_states(plan, folder, strict=True))
         out.already_done = sum(s.state == state.DONE for s in states.values())
         stranded = {jid for jid, s in states.items() if s.stranded}  # queued behind a teacher that failed

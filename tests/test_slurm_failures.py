@@ -101,8 +101,12 @@ def test_cancelled_teacher_cancels_its_students_and_one_resume_recovers(slurm_cl
         f"3/3 done  ->  kdsweep collect {sweep_file} --results {results}"
 
 
-def test_a_lost_record_resubmits_students_behind_the_task_that_trains_their_teacher(slurm_cluster, tmp_path,
-                                                                                   mini_mnist_env):
+def test_a_lost_record_is_made_again_from_slurms_queue_and_nothing_runs_twice(slurm_cluster, tmp_path,
+                                                                            mini_mnist_env):
+    """The record lost while the teacher trained and its students waited: status called them
+    pending, and resume submitted both arrays again (a task standing aside on a node for a minute).
+    Slurm's queue names the arrays submitted from the sweep's folder, and their tasks' own files the
+    jobs: status shows them as Slurm has them, resume records them again and submits nothing."""
     sweep_file = tmp_path / "s.toml"
     sweep_file.write_text(SWEEP.format(name="lost", teacher_epochs=3, teacher_batch=16))  # about 3 s an epoch
     results = tmp_path / "r"
@@ -113,15 +117,21 @@ def test_a_lost_record_resubmits_students_behind_the_task_that_trains_their_teac
                and (state.job_dir(results / "lost", teacher) / "attempt.json").exists())
     first = _submissions(results, "lost")
     (results / "lost" / "slurm" / "submissions.json").unlink()  # a stray rm: what was submitted is forgotten
+    out, lines = _status_lines(sweep_file, results)
+    arrays = [r["jobs"][j] for r in first for j in r["jobs"]]
+    assert f"running  slurm {first[0]['jobs'][teacher.id]}" in lines["teacher-s0"], out
+    assert all("queued" in lines[n] for n in ("kd-a0.5-T2-s0", "kd-a0.5-T4-s0")), out
+    assert f"note: 2 arrays of this sweep in Slurm's queue that {results / 'lost' / 'slurm' / 'submissions.json'} " \
+           f"does not list ({', '.join(sorted({a.split('_')[0] for a in arrays}, key=int))})" in out, out
     out = kdsweep("resume", sweep_file, *args).stdout
-    assert "submitted first array" not in out and "submitted students array" in out, out  # the teacher trains
-    (again,) = _submissions(results, "lost")
-    (task,) = {again["jobs"][j] for j in again["jobs"]}
-    dependency = subprocess.run(["squeue", "-h", "-j", task.split("_")[0], "-o", "%E"], capture_output=True,
-                                text=True, check=True).stdout
-    assert f"afterok:{first[0]['jobs'][teacher.id].split('_')[0]}" in dependency, dependency  # not at once
+    assert "recorded again: 2 arrays of this sweep in Slurm's queue" in out and "nothing to submit" in out, out
+    again = _submissions(results, "lost")
+    assert [r["jobs"] for r in again] == [r["jobs"] for r in first] and [r["name"] for r in again] == \
+        [r["name"] for r in first]
     states = wait_until(sweep_file, results, all_final, timeout=300)
     assert {s.state for s in states.values()} == {state.DONE}, states
+    for job in api.plan(sweep_file).jobs:  # each trained by one task, once
+        assert (state.job_dir(results / "lost", job) / "log").read_text().count("=== ") == 1
 
 
 def test_students_of_a_teacher_training_out_of_slurms_sight_are_held_back(slurm_cluster, tmp_path, mini_mnist_env):
@@ -254,7 +264,7 @@ def test_a_student_cancelled_with_its_array_for_another_students_teacher_says_wh
     from sweep_tables import finish
 
     sweep_file = tmp_path / "s.toml"
-    sweep_file.write_text(SWEEP.format(name="mates", teacher_epochs=1, teacher_batch=100).replace(
+    sweep_file.write_text(SWEEP.format(name="mates", teacher_epochs=3, teacher_batch=16).replace(  # scancelled mid-way
         "temperature = [2, 4]", "temperature = [2]\nseed = [0, 1]").replace("[train]", "pack = 1\n[train]"))
     results = tmp_path / "r"
     plan = api.plan(sweep_file)
@@ -275,3 +285,28 @@ def test_a_student_cancelled_with_its_array_for_another_students_teacher_says_wh
     finally:
         subprocess.run(["scancel", *{s.split("_")[0] for r in (first, students) for s in r["jobs"].values()}],
                        check=False)
+
+
+def test_a_held_student_behind_a_failed_teacher_is_told_the_one_command_that_moves_it(slurm_cluster, tmp_path,
+                                                                                      mini_mnist_env):
+    """Held, and queued behind a teacher task that failed: its line gave both 'scontrol release' (which
+    would leave it waiting for ever) and 'resume cancels and resubmits it'. Only the second moves it."""
+    from sweep import slurm
+
+    sweep_file, results, folder, teacher, students = _planned(tmp_path, "stranded")
+    run = ["sbatch", "--parsable", "-o", "/dev/null"]
+    failed = subprocess.run([*run, "-J", "stranded-first", "--wrap", "exit 1"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    held = subprocess.run([*run, "-H", "-J", "stranded-students", f"--dependency=afterok:{failed}",
+                           "--kill-on-invalid-dep=no", "--wrap", "true"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    try:
+        slurm.add_submission(folder, "first", {teacher.id: failed}, "local-slurm", name="stranded-first")
+        slurm.add_submission(folder, "students", {j.id: held for j in students}, "local-slurm",
+                             name="stranded-students")
+        states = wait_until(sweep_file, results, lambda st: st["teacher-s0"].state == state.FAILED)
+        for j in students:
+            assert states[j.name].detail == f"slurm {held}: its teacher teacher-s0 failed: never to be met; resume " \
+                                            "cancels and resubmits it", states[j.name]
+    finally:
+        subprocess.run(["scancel", failed, held], check=False)
