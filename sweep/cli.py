@@ -244,7 +244,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         own = ", ".join(f"{k} {' / '.join(dict.fromkeys(_fmt(t.config[k]) for t in teachers))}" for k in unfollowed)
         print(f"note: teachers do not follow the grid's {', '.join(unfollowed)} (one teacher serves every value): "
               f"they train with {own}; [teacher] sets theirs")
-    missing = _missing_weights(plan.jobs)
+    missing = local.missing_weights(plan.jobs)
     if missing:
         print(f"warning: {sw.path or sw.name}: pretrained: {missing[1]}: no such weights file here (job "
               f"{missing[0].name}); a run here refuses it", file=sys.stderr)
@@ -326,7 +326,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UserError("--device: not with --profile: a SLURM job's device is the GPU that the profile's "
                             "gpus asks for", hint="leave --device out (gpus = 0 in the profile: CPU jobs)")
         if args.data_root:  # given here: the jobs will read it as given (a shared file system), so it is checked
-            _check_inputs(plan, plan.jobs, args.data_root)
+            local.check_inputs(plan, plan.jobs, args.data_root)
         return _submit(args, plan, folder)
     pack = _pack(args, plan)
     _check_device(args.device)
@@ -335,7 +335,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not todo:
         print(f"nothing to do: {status.totals(states)} in {folder}")
         return 0
-    _check_inputs(plan, todo, args.data_root)
     verb = "resuming" if args.command == "resume" else "running"
     bar = None
 
@@ -356,6 +355,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             packed = f", in a pack of {r['pack_size']}" if r.get("pack_size", 1) > 1 else ""
             line += f" trained in {wall:.0f} s{packed}" if wall is not None else ""
             line += f"  test accuracy {acc:.2%}" if acc is not None else ""
+            line += f"  ({e.detail})" if e.detail else ""
         else:
             # a skipped job never trained: its unit's time (waiting for a teacher) would read as its own
             ran = e.seconds and e.state != "skipped"
@@ -377,28 +377,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     after = status.job_states(plan, folder)
     print(f"{status.totals(after)}{_next_step(after, args)}")
     return 1 if summary.failed or summary.interrupted or summary.skipped else 0
-
-
-def _check_inputs(plan, jobs: list, data_root: Path | None) -> None:
-    """Before a local run makes any folder, cheaply: the files the jobs will read are there (each
-    dataset's, each weights file), so that a missing one is one line here, not a failure per job."""
-    from kd import data
-
-    for name in dict.fromkeys(j.config["dataset"] for j in jobs):
-        data.check_present(name, data_root)
-    missing = _missing_weights(jobs)
-    if missing:
-        raise UserError(f"{plan.sweep.path or plan.sweep.name}: pretrained: {missing[1]}: no such weights file "
-                        f"(job {missing[0].name})")
-
-
-def _missing_weights(jobs: list) -> tuple | None:
-    """(the first job, its weights file) whose pretrained weights file is not here, else None."""
-    for j in jobs:
-        weights = j.config.get("pretrained")
-        if weights not in (None, "imagenet", "none") and not Path(weights).is_file():
-            return j, weights
-    return None
 
 
 @contextmanager
@@ -438,6 +416,9 @@ def _submit(args: argparse.Namespace, plan, folder: Path) -> int:
 
     prof = profile.load(args.profile)
     out = submit.submit(plan, prof, folder.resolve(), args.data_root, pack=_pack(args, plan, prof))
+    if out.found:
+        print(f"recorded again: {_count(len(out.found), 'array')} of this sweep in Slurm's queue that "
+              f"{folder / 'slurm' / 'submissions.json'} did not list ({', '.join(out.found)}): not submitted twice")
     for level, array_id, n in out.arrays:
         print(f"submitted {level} array {array_id}: {n} tasks (profile {prof.name})")
     if out.cancelled:
@@ -461,7 +442,7 @@ def _add_status(sub) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sweep import api, state, status
+    from sweep import api, slurm, state, status
 
     plan = _load_plan(args)
     folder = api.folder(plan, args.results)
@@ -473,6 +454,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"{status.totals(states)} (no folder {folder}: not run here; --results DIR where it ran)")
         return 0
     _foreign_note(folder, plan)
+    found = slurm.unrecorded(folder)
+    if found:
+        print(f"note: {_count(len(found), 'array')} of this sweep in Slurm's queue that {folder / slurm.RECORD} does "
+              f"not list ({', '.join(found)}): their jobs' states above are Slurm's; resume records them again")
     running = state.sweep_run(folder)
     last = state.read_json(folder / "plan.json") or {}  # the plan last run: its jobs, its data root
     if running:

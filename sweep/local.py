@@ -105,6 +105,30 @@ def check_device(device: str | None, where: str = "device") -> None:
         raise UserError(f"{where}: {device!r}: kd trains on cpu, cuda or mps")
 
 
+def check_inputs(plan: Plan, jobs: list[Job], data_root: Path | None) -> None:
+    """Before a run makes any folder, cheaply: the files the jobs will read are there (each
+    dataset's, each weights file), so that a missing one is one line here, not a failure per job."""
+    from kd import data
+
+    for name in dict.fromkeys(j.config["dataset"] for j in jobs):
+        data.check_present(name, data_root)
+    if data_root is not None and not Path(data_root).is_dir():  # mnist-5k reads none; the sweep records it all
+        raise UserError(f"--data-root {data_root}: no such folder")  # the same, and names it in every next command
+    missing = missing_weights(jobs)
+    if missing:
+        raise UserError(f"{plan.sweep.path or plan.sweep.name}: pretrained: {missing[1]}: no such weights file "
+                        f"(job {missing[0].name})")
+
+
+def missing_weights(jobs: list[Job]) -> tuple[Job, str] | None:
+    """(the first job, its weights file) whose pretrained weights file is not here, else None."""
+    for j in jobs:
+        weights = j.config.get("pretrained")
+        if weights not in (None, "imagenet", "none") and not Path(weights).is_file():
+            return j, weights
+    return None
+
+
 def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", data_root: Path | None = None,
         device: str | None = None, on_event: Callable[[Event], None] | None = None,
         on_start: Callable[[], None] | None = None, poll: float = 0.2) -> Summary:
@@ -118,6 +142,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
         raise UserError(f"jobs: {jobs!r} must be a whole number >= 1")
     pack = check_pack(pack, "pack") or "auto"
     check_device(device)
+    check_inputs(plan, [j for j, s in status.job_states(plan, folder) if s.state != state.DONE], data_root)
     emit = on_event or (lambda e: None)
     summary = Summary()
     done: set[str] = set()
@@ -160,7 +185,7 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                     for job in unit.jobs:
                         s = state.job_state(state.job_dir(folder, job))
                         if s.state == state.DONE:
-                            finish(job, "done", seconds=seconds)
+                            finish(job, "done", _started_over(state.job_dir(folder, job)), seconds)
                         elif unit.stopped:
                             finish(job, "skipped", TEACHER_LOST if set(job.depends_on) & lost else PACK_LOST, seconds)
                         elif s.state == state.RUNNING and _trainer(folder, job) != _worker_pid(unit.proc):
@@ -255,6 +280,17 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+def _started_over(jdir: Path) -> str:
+    """Where the job's last attempt found its checkpoint damaged and trained from the start (a
+    warning in its log, which status could not tell from the checkpoint's last bytes): said so."""
+    try:
+        last = jdir.joinpath("log").read_text(errors="replace").rsplit("\n=== ", 1)[-1]
+    except OSError:
+        return ""
+    return ("its checkpoint was damaged: trained from the start (its log says how)"
+            if "is damaged" in last and "starting this job over" in last else "")
 
 
 def _error_in_log(unit: _Unit, folder: Path) -> str:

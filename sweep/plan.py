@@ -184,8 +184,7 @@ def check_size(sweep: Sweep) -> int:
     total = sum(sizes.values())
     if total > sweep.max_jobs:
         parts = "; ".join(f"{m}: " + " x ".join(f"{k} {len(axes[k])}" for k in axes_for(m, list(axes))) + f" = {n:,}"
-                          for m, n in sizes.items() if n > 1)
-        parts = parts or ", ".join(f"{m} 1" for m in sizes)  # each method one point
+                          if n > 1 else f"{m}: 1" for m, n in sizes.items())  # every method: they add up to total
         raise UserError(f"{sweep.path or sweep.name}: the grid has {total:,} points ({parts}), more than "
                         f"max_jobs = {sweep.max_jobs:,}",
                         hint="if you mean it: max_jobs = N at the top of the sweep file, or --max-jobs N")

@@ -163,13 +163,13 @@ def results_blocks(results: pd.DataFrame) -> tuple:
     rows = tuple((r.method, _num(r.get("alpha")), _num(r.get("temperature")), *(_num(r.get(c)) for c in varying),
                   str(r.n_seeds), _pct(r["mean"]), _ci(r.ci_low, r.ci_high, r.n_seeds)) for _, r in means.iterrows())
     jobs = results.sort_values(["method", "alpha", "temperature", "seed"], na_position="first")
-    job_rows = tuple((r["name"], r["method"], _num(r["alpha"]), _num(r["temperature"]), str(r["seed"]),
-                      _pct(r["test_accuracy"]), _num(r.get("wall_seconds"), ".1f"), str(r.get("pack_size", 1)))
-                     for _, r in jobs.iterrows())
+    job_rows = tuple((r["name"], r["method"], _num(r["alpha"]), _num(r["temperature"]), *(_num(r.get(c)) for c in varying),
+                      str(r["seed"]), _pct(r["test_accuracy"]), _num(r.get("wall_seconds"), ".1f"),
+                      str(r.get("pack_size", 1))) for _, r in jobs.iterrows())
     return (Text("Each grid point's mean test accuracy over its seeds, with the 95% t interval of the mean."),
             Table(header, rows),
-            Table(("job", "method", "alpha", "T", "seed", "test accuracy (%)", "its pack's training s", "pack"), job_rows,
-                  summary=f"every job ({len(job_rows)})"))
+            Table(("job", "method", "alpha", "T", *varying, "seed", "test accuracy (%)", "its pack's training s", "pack"),
+                  job_rows, summary=f"every job ({len(job_rows)})"))
 
 
 def _num(v, fmt: str = "g") -> str:

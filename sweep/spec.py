@@ -114,7 +114,8 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Sweep:
         raise UserError(f"{f}name: missing (the sweep's name, used as its results folder)")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
         raise UserError(f"{f}name: {name!r} is not a plain folder name "
-                        "(letters, digits, '.', '_', '-'; no '/' or '..': it must stay inside the results folder)")
+                        "(1-100 letters, digits, '.', '_', '-', starting with a letter or digit; no '/': it must "
+                        "stay inside the results folder)")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise UserError(f"{f}description: expected a string, got {description!r}")

@@ -186,7 +186,7 @@ SWEEPS = [
      "the grid has 101,101 points (teacher: seed 1001 = 1,001; kd: alpha 1 x lr 100 x seed 1001 x temperature 1 = 100,100), "
      "more than max_jobs = 100,000"),
     ("max_jobs = 10\n" + _grid(f"seed = {_axis(6)}"), "the grid has 12 points"),
-    ("max_jobs = 1\n" + GOOD, "the grid has 2 points (teacher 1, kd 1), more than max_jobs = 1"),  # was "points ()"
+    ("max_jobs = 1\n" + GOOD, "the grid has 2 points (teacher: 1; kd: 1), more than max_jobs = 1"),  # was "points ()"
     (_train("batch_size = 5000"), "train.batch_size: 5000 is larger than the training set of 'mnist-5k' (4,000 images)"),
     (_grid("batch_size = [256, 4096]"), "grid.batch_size: 4096 is larger than the training set of 'mnist-5k'"),
     (GOOD + "[teacher]\nbatch_size = 4001\n", "teacher.batch_size: 4001 is larger than the training set"),
@@ -238,7 +238,9 @@ SWEEPS = [
     (_edit('name = "bad"', 'name = ""'), "name: '' is not a plain folder name"),
     (_edit('name = "bad"', 'name = ".."'), "name: '..' is not a plain folder name"),
     (_edit('name = "bad"', 'name = "my sweep"'), "name: 'my sweep' is not a plain folder name"),
-    (_edit('name = "bad"', 'name = "-x"'), "name: '-x' is not a plain folder name"),
+    (_edit('name = "bad"', 'name = "-x"'), "name: '-x' is not a plain folder name (1-100 letters, digits, '.', '_', "
+                                           "'-', starting with a letter or digit;"),
+    (_edit('name = "bad"', 'name = ".hidden"'), "name: '.hidden' is not a plain folder name"),
     (_edit('name = "bad"', f'name = "{"x" * 101}"'), "is not a plain folder name"),
     (_edit('name = "bad"', 'name = "bad\\n"'), "name: 'bad\\n' is not a plain folder name"),
     (_edit('name = "bad"\n', ""), "name: missing"),
@@ -270,7 +272,8 @@ def test_max_jobs_flag_overrides_the_sweep_file(work, capsys):
     f.write_text("max_jobs = 10\n" + _grid(f"seed = {_axis(6)}"))
     assert main(["plan", str(f), "--max-jobs", "12"]) == 0
     assert "12 jobs from 12 grid points (6 teacher, 6 kd)" in capsys.readouterr().out
-    too_many = "demo.toml: the grid has 11 points (kd: alpha 3 x temperature 3 x seed 1 = 9), more than max_jobs = 5"
+    too_many = ("demo.toml: the grid has 11 points (teacher: 1; scratch: 1; kd: alpha 3 x temperature 3 x seed 1 = 9), "
+                "more than max_jobs = 5")
     _refused(capsys, ["plan", "demo", "--max-jobs", "5"], ("error: ", too_many), work)
     _refused(capsys, ["plan", "demo", "--max-jobs", "0"], ("error: --max-jobs: 0 must be a number of jobs >= 1",), work)
 
@@ -731,9 +734,14 @@ RUNS = [
     (lambda w: ["run", "demo", "--pack", "many"], "--pack: 'many' must be \"auto\" or a number"),
     (lambda w: ["run", "demo", "--max-jobs", "0"], "--max-jobs: 0 must be a number of jobs >= 1"),
     (lambda w: ["resume", "demo", "--max-jobs", "3"],
-     "demo.toml: the grid has 11 points (kd: alpha 3 x temperature 3 x seed 1 = 9), more than max_jobs = 3"),
+     "demo.toml: the grid has 11 points (teacher: 1; scratch: 1; kd: alpha 3 x temperature 3 x seed 1 = 9), more "
+     "than max_jobs = 3"),
     (lambda w: ["run", _sweep(w, "mnist"), "--data-root", str(w / "nowhere")],
      "dataset 'mnist': IDX files not found in {w}/nowhere/MNIST/raw"),
+    (lambda w: ["run", "demo", "--data-root", str(w / "nowhere")],  # mnist-5k reads no data root: it would be
+     "--data-root {w}/nowhere: no such folder"),  # recorded all the same, and named in every next command
+    (lambda w: ["run", "demo", "--profile", "local-slurm", "--data-root", str(w / "nowhere")],
+     "--data-root {w}/nowhere: no such folder"),
     (lambda w: ["run", _sweep(w, "fashion-mnist-binary")],
      "dataset 'fashion-mnist': IDX files not found in {w}/default-data/FashionMNIST/raw"),
     (lambda w: ["run", _sweep(w, "mhist"), "--data-root", str(w)], "{w}/MHIST/annotations.csv: not found"),
@@ -838,3 +846,13 @@ def test_a_mistyped_switch_is_refused_before_any_job(work, capsys, monkeypatch, 
     train = ["train", "--method", "scratch", "--epochs", "1", "--out", str(work / "out")]  # reads TF32 and CUDNN_BENCHMARK only
     for argv in (["run", "demo"], ["run", "demo", "--profile", "local-slurm"], *([train] if "KEEP" not in name else [])):
         _refused(capsys, argv, (f"{name}: '{value}' must be 1 (on) or 0 (off)",), work)
+
+
+def test_the_api_checks_a_runs_inputs_before_any_folder_as_the_cli_does(work):
+    """api.run on a dataset that is not there trained nothing and returned every job failed or skipped."""
+    from kd.errors import UserError
+    from sweep import api
+
+    with pytest.raises(UserError, match=r"dataset 'mnist': IDX files not found in .*/nowhere/MNIST/raw"):
+        api.run(_sweep(work, "mnist"), results_root=work / "results", data_root=work / "nowhere")
+    assert not (work / "results").exists()

@@ -241,6 +241,8 @@ def test_an_axis_besides_alpha_and_t_is_a_column_everywhere_and_each_figure_is_o
     assert main(["report", str(path), "--results", str(root)]) == 0
     md = (folder / "report.md").read_text()
     assert "Jobs with lr 0.003 only." in md and "Jobs with lr 0.001 only." in md
+    assert "| job | method | alpha | T | lr | seed | test accuracy (%) |" in md, md  # every job's table too
+    assert "| kd-a0.5-T4-lr0.003-s1 | kd | 0.5 | 4 | 0.003 | 1 |" in md, md
 
 
 def test_a_subclass_students_teacher_settings_tell_its_points_apart(tmp_path):

@@ -779,3 +779,24 @@ def test_students_started_ahead_are_queued_behind_their_teacher_and_pending_afte
     assert state.job_state(state.job_dir(folder, teacher)).state == state.INTERRUPTED
     rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
     assert out.splitlines()[-1].startswith("0/3 done, 1 interrupted, 2 pending  ->  kdsweep resume"), out
+
+
+def test_a_resume_that_finds_a_damaged_checkpoint_says_it_trained_from_the_start(tmp_path, started):
+    """The checkpoint's last bytes whole, its middle damaged: status cannot tell, and the resume
+    trained the job over with a warning in its log alone. Its done line says so."""
+    sweep_file = tmp_path / "seeds.toml"
+    sweep_file.write_text(SEEDS.format(epochs=40, seeds="0"))
+    plan = api.plan(sweep_file)
+    job = state.job_dir(tmp_path / "seeds", plan.jobs[0])
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), env={**os.environ,
+                                                                              "KDSWEEP_CHECKPOINT_MINUTES": "epoch"})
+    _until_training(proc, job)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    checkpoint = job / "checkpoint.pt"
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 100] = bytes(100)
+    checkpoint.write_bytes(bytes(data))
+    assert state.job_state(job).detail == "stopped by SIGINT, checkpointed: resume continues it"
+    rc, out, err = _run_main(["resume", str(sweep_file), "--results", str(tmp_path)])
+    assert rc == 0 and "(its checkpoint was damaged: trained from the start (its log says how))" in out, (out, err)
