@@ -456,8 +456,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     _foreign_note(folder, plan)
     found = slurm.unrecorded(folder)
     if found:
+        unread = [t for _, _, tasks in found.values() for t in tasks]
         print(f"note: {_count(len(found), 'array')} of this sweep in Slurm's queue that {folder / slurm.RECORD} does "
-              f"not list ({', '.join(found)}): their jobs' states above are Slurm's; resume records them again")
+              f"not list ({', '.join(found)}): their jobs' states above are Slurm's; " + (
+                  f"but {_count(len(unread), 'task')} of them ({', '.join(unread[:5])}) train what is unknown (their "
+                  f"files under slurm/ are gone): scancel {' '.join(unread)} or wait for them, then resume"
+                  if unread else "a resume with --profile records them again"))
     running = state.sweep_run(folder)
     last = state.read_json(folder / "plan.json") or {}  # the plan last run: its jobs, its data root
     if running:

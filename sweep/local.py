@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kd import results
 from kd.errors import UserError
 from sweep import state, status, worker
 from sweep.plan import Job, Plan, units
@@ -185,10 +186,10 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                     for job in unit.jobs:
                         s = state.job_state(state.job_dir(folder, job))
                         if s.state == state.DONE:
-                            finish(job, "done", _started_over(state.job_dir(folder, job)), seconds)
+                            finish(job, "done", _started_over(folder, unit, job), seconds)
                         elif unit.stopped:
                             finish(job, "skipped", TEACHER_LOST if set(job.depends_on) & lost else PACK_LOST, seconds)
-                        elif s.state == state.RUNNING and _trainer(folder, job) != _worker_pid(unit.proc):
+                        elif status.active(s) and _trainer(folder, job) != _worker_pid(unit.proc):
                             # another process still trains it (a killed run's worker, past the lock's wait)
                             finish(job, "skipped", f"already running ({s.detail})", seconds)
                         elif unit.proc.returncode > 128:  # its worker was asked to stop, and did
@@ -282,15 +283,17 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _started_over(jdir: Path) -> str:
+def _started_over(folder: Path, unit: _Unit, job: Job) -> str:
     """Where the job's last attempt found its checkpoint damaged and trained from the start (a
-    warning in its log, which status could not tell from the checkpoint's last bytes): said so."""
+    warning in its unit's log, a pack's first member's: status could not tell it from the
+    checkpoint's last bytes): said so."""
     try:
-        last = jdir.joinpath("log").read_text(errors="replace").rsplit("\n=== ", 1)[-1]
+        last = (state.job_dir(folder, unit.jobs[0]) / "log").read_text(errors="replace").rsplit("\n=== ", 1)[-1]
     except OSError:
         return ""
+    mine = f"{job.id}/{results.CHECKPOINT} is damaged"
     return ("its checkpoint was damaged: trained from the start (its log says how)"
-            if "is damaged" in last and "starting this job over" in last else "")
+            if any(mine in line and "starting this job over" in line for line in last.splitlines()) else "")
 
 
 def _error_in_log(unit: _Unit, folder: Path) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from kd import atomic
 
 RECORD = "slurm/submissions.json"
+LEVEL_NAMES = ("first", "students")  # the arrays of a plan's levels, named <sweep>-<level>
 SLURM_ID = re.compile(r"\d+(_\d+)?")
 # sacct state -> (our state, reason)
 SACCT = {
@@ -58,12 +59,13 @@ def read_record(folder: Path) -> list[dict[str, Any]]:
 
 
 def add_submission(folder: Path, level: str, slurm_ids: dict[str, str], profile: str,
-                   profile_file: Path | None = None, name: str | None = None) -> None:
+                   profile_file: Path | None = None, name: str | None = None, found: bool = False) -> None:
     """Record an array: its level, profile, when, each job's task id, and the array's Slurm job name
-    (by which status tells this sweep's task from another job that got its id since)."""
+    (by which status tells this sweep's task from another job that got its id since); ``found``: an
+    array found in Slurm's queue, recorded again (its profile is the one of the resume that found it)."""
     record = read_record(folder)
     record.append({"level": level, "profile": profile, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                   **({"name": name} if name else {}),
+                   **({"name": name} if name else {}), **({"found_in_queue": True} if found else {}),
                    "jobs": slurm_ids, **({"profile_file": str(profile_file.resolve())} if profile_file else {})})
     atomic.write_json(folder / RECORD, record)
 
@@ -83,38 +85,37 @@ def submitted_names(folder: Path) -> dict[str, str]:
             for sid in sub["jobs"].values()}
 
 
-def unrecorded(folder: Path) -> dict[str, tuple[str, dict[str, str]]]:
+def unrecorded(folder: Path) -> dict[str, tuple[str, dict[str, str], list[str]]]:
     """Arrays that Slurm holds (queued or running) for this user, submitted from this sweep's folder
     (their batch script is under its slurm/), that its record does not list (the record lost, or put
-    back from an older copy): array id -> (its job name, job id -> task id), read from the tasks'
-    own submitit files. Empty where nothing was submitted from here or Slurm cannot be asked."""
+    back from an older copy): array id -> (its job name, job id -> task id, the tasks whose own
+    submitit files are gone, so that what they train is unknown), from the tasks' submitit files.
+    Empty where nothing was submitted from here or Slurm cannot be asked."""
     base = folder / "slurm"
     if not base.is_dir() or not shutil.which("squeue"):
         return {}
     recorded = {sid.split("_")[0] for sids in submitted_ids(folder).values() for sid in sids}
-    try:
-        p = subprocess.run(["squeue", "--me", "-h", "-o", "%A|%j|%Z|%o"], capture_output=True, text=True, timeout=60)
+    try:  # -r: a line per task; %F: the array's id (%A is each task's own job id once it runs)
+        p = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%F|%i|%j|%Z|%o"], capture_output=True, text=True,
+                           timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return {}
     if p.returncode != 0:
         return {}
     here = os.path.realpath(base) + os.sep
-    out: dict[str, tuple[str, dict[str, str]]] = {}
+    out: dict[str, tuple[str, dict[str, str], list[str]]] = {}
     for line in p.stdout.splitlines():
-        array, name, workdir, script = (line.split("|", 3) + ["", "", ""])[:4]
-        if not array.isdigit() or array in recorded or array in out \
+        array, task, name, workdir, script = (line.split("|", 4) + ["", "", "", ""])[:5]
+        if not array.isdigit() or array in recorded \
                 or not os.path.realpath(os.path.join(workdir, script)).startswith(here):
             continue
-        jobs = {}
-        for task in [base / array, *sorted(base.glob(f"{array}_*"))]:
-            try:
-                with open(task / f"{task.name}_submitted.pkl", "rb") as f:
-                    call = pickle.load(f)  # submitit's, written by kd-sweep's submission: (job folders, data root)
-                jobs.update({Path(job).name: task.name for job in call.args[0]})
-            except Exception:  # noqa: BLE001 - no such task, or a file not of this shape: nothing to read
-                continue
-        if jobs:
-            out[array] = (name, jobs)
+        _, jobs, unread = out.setdefault(array, (name, {}, []))
+        try:
+            with open(base / task / f"{task}_submitted.pkl", "rb") as f:
+                call = pickle.load(f)  # submitit's, written by kd-sweep's submission: (job folders, data root)
+            jobs.update({Path(job).name: task for job in call.args[0]})
+        except Exception:  # noqa: BLE001 - gone, or not of this shape: what it trains is unknown
+            unread.append(task)
     return dict(sorted(out.items(), key=lambda kv: int(kv[0])))  # submitted in this order: teachers first
 
 
@@ -127,7 +128,7 @@ class Unreachable(Exception):
     """Neither sacct nor squeue answered (no controller, no Slurm commands here): what Slurm runs is unknown."""
 
 
-def query(slurm_ids: list[str], names: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+def query(slurm_ids: list[str], names: dict[str, str | tuple[str, ...]] | None = None) -> dict[str, tuple[str, str]]:
     """Slurm id -> (our state, reason); sacct where accounting exists, squeue otherwise.
     ``Unreachable`` when neither answers: an id missing from an answer means Slurm forgot it, which
     must not be said of ids no one could ask about. ``names``: the job name each id was submitted
@@ -208,12 +209,22 @@ def parse_sacct(text: str, names: dict[str, str] | None = None) -> dict[str, tup
     return found
 
 
-def _others(jobid: str, name: str | None, names: dict[str, str] | None) -> set[str]:
+def _others(jobid: str, name: str | None, names: dict[str, str | tuple[str, ...]] | None) -> set[str]:
     """The ids in a line of sacct or squeue that belong to another job than the one submitted under
     them: Slurm holds them under another name (``names``: id -> the name it was submitted under)."""
     if name is None or not names:
         return set()
-    return {jid for jid in _expand(jobid) if names.get(jid, name) != name}
+    return {jid for jid in _expand(jobid) if jid in names and name not in _as_tuple(names[jid])}
+
+
+def _as_tuple(expected: str | tuple[str, ...]) -> tuple[str, ...]:
+    return expected if isinstance(expected, tuple) else (expected,)
+
+
+def sweep_names(sweep: str) -> tuple[str, ...]:
+    """The job names kd-sweep gives the arrays of a sweep: what a task named in a job's
+    attempt.json, unrecorded, must be called to be this sweep's."""
+    return tuple(f"{sweep}-{level}" for level in LEVEL_NAMES)
 
 
 def _signal_name(number: str) -> str:

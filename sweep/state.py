@@ -231,6 +231,7 @@ def record_began(folder: Path) -> None:
     """A unit started ahead of its teacher begins training: no longer waiting (``waiting_for``)."""
     attempt = read_json(folder / "attempt.json") or {}
     attempt.pop("waiting_for", None)
+    attempt.pop("waiting_for_pack", None)
     atomic.write_json(folder / "attempt.json", attempt)
 
 
@@ -294,7 +295,8 @@ def job_state(folder: Path, config: dict[str, Any] | None = None) -> JobState:
     living = alive(attempt)
     if living and lock_holder(folder) is not False:
         if attempt.get("waiting_for"):  # started ahead: queued behind its teacher, in its process
-            return JobState(QUEUED, f"waiting for its teacher {', '.join(map(str, attempt['waiting_for']))} "
+            whom = "the teachers of others in its pack" if attempt.get("waiting_for_pack") else "its teacher"
+            return JobState(QUEUED, f"waiting for {whom} {', '.join(map(str, attempt['waiting_for']))} "
                                     f"(pid {attempt['pid']} on {attempt['host']}, started ahead)")
         return JobState(RUNNING, f"pid {attempt['pid']} on {attempt['host']}")
     if attempt.get("stopped"):

@@ -26,7 +26,7 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
     states = {jid: _folder_state(state.job_dir(folder, jid), jobs[jid]) for jid in jobs}
     every = slurm.submitted_ids(folder)
     names = slurm.submitted_names(folder)
-    for name, found in slurm.unrecorded(folder).values():  # missing from the record: Slurm holds them all the same
+    for name, found, _ in slurm.unrecorded(folder).values():  # missing from the record: Slurm holds them all the same
         for jid, sid in found.items():
             every.setdefault(jid, []).append(sid)
             names[sid] = name
@@ -46,7 +46,8 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
             states[jid] = dataclasses.replace(states[jid], unasked=True)
     for jid, sids in submitted.items():
         known = [sid for sid in sids if sid in seen]
-        if not known:  # Slurm has forgotten it (no accounting): the folder tells
+        if not known:  # Slurm has forgotten it (no accounting), or gave its id to another job: the folder tells
+            ids.pop(jid)  # and no task of it is newer or older than another's
             if states[jid].state == state.PENDING and not states[jid].unasked:  # and it never began: a task
                 # cancelled while it waited
                 states[jid] = state.JobState(state.PENDING, f"slurm {sids[-1]}: Slurm no longer knows it (cancelled "
@@ -67,9 +68,12 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
         trainer = attempt_task(folder, jid) \
             if st in (state.FAILED, state.CANCELLED) and states[jid].state == state.RUNNING else None
         if trainer and trainer != sid:
-            # its folder's heartbeat is another task's (one whose record was lost): that one trains it
-            states[jid] = state.JobState(state.RUNNING, f"{states[jid].detail}, slurm {trainer} (slurm {sid}, "
-                                                        f"submitted again, stood aside)", slurm_id=trainer)
+            # its folder's heartbeat is another task's (one whose record was lost): that one trains it, if
+            # Slurm holds it as this sweep's (an id it forgot, or gave another job since, is no task to wait on)
+            held = _holds(trainer, plan.sweep.name)
+            aside = f"slurm {sid}, submitted again, stood aside" if st == state.FAILED else f"slurm {sid} {st}"
+            states[jid] = state.JobState(state.RUNNING, f"{states[jid].detail}, slurm {trainer} ({aside})" + (
+                "" if held else f"; Slurm does not hold slurm {trainer}"), slurm_id=trainer if held else None)
             continue
         if st == state.FAILED and states[jid].state == state.FAILED:
             reason = states[jid].detail  # the job's own last error line says more than an exit code
@@ -178,6 +182,15 @@ def _beating(folder: Path, jid: str, sid: str) -> bool:
                 and time.time() - (state.job_dir(folder, jid) / "attempt.json").stat().st_mtime < state.STALE_S)
     except OSError:
         return False
+
+
+def _holds(sid: str, sweep: str) -> bool:
+    """Whether Slurm holds task ``sid`` queued or running as one of this sweep's (by its job name)."""
+    try:
+        seen = slurm.query([sid], {sid: slurm.sweep_names(sweep)})
+    except slurm.Unreachable:
+        return False
+    return seen.get(sid, ("",))[0] in (state.RUNNING, state.QUEUED)
 
 
 def active(s: state.JobState) -> bool:

@@ -20,7 +20,7 @@ from kd.errors import UserError
 from sweep import profile as prof, slurm, state, status
 from sweep.plan import Job, Plan, units
 
-LEVEL_NAMES = ("first", "students")
+LEVEL_NAMES = slurm.LEVEL_NAMES
 
 
 def python_command(p: prof.Profile, mounts: list[str]) -> str:
@@ -117,10 +117,18 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
     out = Submitted()
     with state.sweep_lock(folder):
         state.write_plan(folder, plan, data_root)
-        for array, (name, jobs) in slurm.unrecorded(folder).items():  # Slurm holds them: recorded again, not
-            level = name.rsplit("-", 1)[-1]  # submitted twice
-            slurm.add_submission(folder, level if level in LEVEL_NAMES else LEVEL_NAMES[0], jobs,
-                                 "(found in Slurm's queue)", name=name)
+        found = slurm.unrecorded(folder)
+        unread = [t for _, _, tasks in found.values() for t in tasks]
+        if unread:
+            raise UserError(f"Slurm holds {len(unread)} tasks submitted from {folder} that its record "
+                            f"({slurm.RECORD}) does not list, and whose own files under slurm/ are gone "
+                            f"({', '.join(unread[:5])}{', ...' * (len(unread) > 5)}): what they train is unknown, "
+                            "and submitting again could train it twice",
+                            hint=f"scancel {' '.join(unread)} (or wait for them to end), then resume")
+        for array, (name, jobs, _) in found.items():  # Slurm holds them: recorded again, not submitted twice
+            level = name.rsplit("-", 1)[-1]
+            slurm.add_submission(folder, level if level in LEVEL_NAMES else LEVEL_NAMES[0], jobs, p.name, p.path,
+                                 name=name, found=True)
             out.found.append(array)
         states = dict((j.id, s) for j, s in status.job_states(plan, folder, strict=True))
         out.already_done = sum(s.state == state.DONE for s in states.values())
@@ -130,7 +138,7 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
                 and (not status.active(states[j.id]) or j.id in stranded)}
         if not todo:
             return out
-        known = _waitable(folder, states)
+        known = _waitable(folder, states, plan.sweep.name)
         if stranded:
             slurm.cancel(sorted({states[jid].slurm_id for jid in stranded}))  # a pack's students share one task
             out.cancelled = len(stranded)
@@ -191,7 +199,7 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
     return out
 
 
-def _waitable(folder: Path, states: dict[str, state.JobState]) -> dict[str, str]:
+def _waitable(folder: Path, states: dict[str, state.JobState], sweep: str) -> dict[str, str]:
     """The Slurm task of each job that Slurm holds queued or running now: what a student may wait on.
     An id Slurm no longer knows (or that names another job now: its ids start again after its state
     is lost) would be a dependency it takes as met, and the student would start at once and fail."""
@@ -199,8 +207,9 @@ def _waitable(folder: Path, states: dict[str, state.JobState]) -> dict[str, str]
     # training, its submission unrecorded (the record lost): the task its attempt.json names, if Slurm holds it
     lost = {jid: sid for jid, s in states.items()
             if status.active(s) and jid not in known and (sid := status.attempt_task(folder, jid))}
-    try:
-        seen = slurm.query(sorted(set(lost.values()))) if lost else {}
+    try:  # by their job names: an id Slurm gave another job since is not one to wait on
+        seen = slurm.query(sorted(set(lost.values())), {sid: slurm.sweep_names(sweep) for sid in lost.values()}) \
+            if lost else {}
     except slurm.Unreachable:
         seen = {}
     known.update({jid: sid for jid, sid in lost.items() if seen.get(sid, ("",))[0] in (state.RUNNING, state.QUEUED)})

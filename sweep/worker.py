@@ -122,14 +122,15 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
         if not todo:
             logging.getLogger(__name__).info("done meanwhile by the process that held its lock: nothing to do")
             return [state.read_json(f / "result.json") for f in folders]
-        waiting = [(state.read_json(Path(a) / "config.json") or {}).get("name", Path(a).name) for a in after]
+        teachers = {Path(a).name: (state.read_json(Path(a) / "config.json") or {}).get("name", Path(a).name)
+                    for a in after}  # job id -> name, of the teachers this unit waits for
         for f in todo:
             for stray in f.glob(".tmp-*"):  # a write cut by a kill; under the lock no one else writes here
                 stray.unlink(missing_ok=True)
             if now[f].state == state.DAMAGED:  # unreadable, another job's result, a teacher's model.pt gone
                 logging.getLogger(__name__).warning("%s: %s: kept as %s; the job runs again", f,
                                                     state.own_result(f)[1], results.keep_aside(f / "result.json").name)
-            state.record_attempt(f, pack_size=len(todo), **attempt, **({"waiting_for": waiting} if after else {}))
+            state.record_attempt(f, pack_size=len(todo), **attempt, **_waiting(f, teachers))
         stop_heartbeat = state.heartbeat(todo)
         try:
             began = _train(todo, data_root, device, stop, after)
@@ -157,6 +158,17 @@ def run_unit(folders: list[Path], *, data_root: Path | None = None, device: str 
         finally:
             stop_heartbeat()
     return [state.read_json(f / "result.json") for f in folders]
+
+
+def _waiting(folder: Path, teachers: dict[str, str]) -> dict:
+    """What a unit started ahead waits for, for its job's attempt.json: its own teacher, or (its own
+    done) the teachers of others in its pack."""
+    if not teachers:
+        return {}
+    own = ((state.read_json(folder / "config.json") or {}).get("config") or {}).get("teacher")
+    if own in teachers:
+        return {"waiting_for": [teachers[own]]}
+    return {"waiting_for": sorted(teachers.values()), "waiting_for_pack": True}
 
 
 def _teacher_damaged(folder: Path, line: str) -> None:

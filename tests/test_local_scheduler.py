@@ -232,3 +232,24 @@ def test_status_during_a_run_names_the_jobs_of_an_edited_file_that_the_run_will_
     note = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("note: a 'kdsweep run'"))
     assert note.endswith("its pending jobs are its to start, but for 1 job it does not plan (the file changed since "
                          "it started: kd-a0.7-T4-s0): resume them once it ends"), note
+
+
+def test_a_pack_members_damaged_checkpoint_is_said_on_its_own_done_line(tmp_path):
+    """A pack logs into its first member's log: the note went to the first member whoever's
+    checkpoint was damaged, and never to the member that trained over."""
+    from sweep_tables import sweep_file
+    from sweep import api
+
+    plan = api.plan(sweep_file(tmp_path))
+    folder = tmp_path / "r" / "hand"
+    state.write_plan(folder, plan)
+    first, second = [j for j in plan.jobs if j.method == "kd"][:2]
+    unit = local._Unit([first, second])
+    log = state.job_dir(folder, first) / "log"
+    log.write_text("=== 2026-11-27 07:00:00 an earlier attempt\nW checkpoint "
+                   f"{state.job_dir(folder, first)}/checkpoint.pt is damaged (x): starting this job over\n"
+                   f"=== 2026-11-27 08:00:00 this one\nW checkpoint {state.job_dir(folder, second)}/checkpoint.pt "
+                   "is damaged (UnpicklingError: ...): starting this job over\n")
+    assert local._started_over(folder, unit, first) == ""  # its own warning was an earlier attempt's
+    assert local._started_over(folder, unit, second) == ("its checkpoint was damaged: trained from the start (its "
+                                                         "log says how)")

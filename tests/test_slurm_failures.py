@@ -5,6 +5,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -128,6 +129,7 @@ def test_a_lost_record_is_made_again_from_slurms_queue_and_nothing_runs_twice(sl
     again = _submissions(results, "lost")
     assert [r["jobs"] for r in again] == [r["jobs"] for r in first] and [r["name"] for r in again] == \
         [r["name"] for r in first]
+    assert {r["profile"] for r in again} == {"local-slurm"}  # the resume's: status's next command names it
     states = wait_until(sweep_file, results, all_final, timeout=300)
     assert {s.state for s in states.values()} == {state.DONE}, states
     for job in api.plan(sweep_file).jobs:  # each trained by one task, once
@@ -237,20 +239,37 @@ def test_a_recorded_id_that_slurm_now_gives_another_job_is_not_this_sweeps(slurm
             subprocess.run(["scancel", *mine], check=False)
 
 
-def test_students_do_not_wait_on_a_task_slurm_has_forgotten(slurm_cluster, tmp_path, mini_mnist_env):
+@pytest.mark.parametrize("case", ["forgotten", "another-job", "recorded-task-cancelled"])
+def test_students_do_not_wait_on_a_task_slurm_has_forgotten(slurm_cluster, tmp_path, mini_mnist_env, case):
     """A teacher trains (its heartbeat is fresh) under a task Slurm no longer knows (the cluster's
-    state lost): an afterok on that id is met at once, and the students started and failed. They are
-    held back until the teacher is done."""
-    sweep_file, results, folder, teacher, _ = _planned(tmp_path, "forgotten")
+    state lost), or whose id Slurm gave another job since, or named by its attempt.json while its
+    recorded task was cancelled: an afterok on an unknown id is met at once (the students started
+    and failed), and one on another job's waits for that job. They are held back until it is done."""
     from sweep import slurm
 
-    placeholder = _held_job("placeholder")
+    sweep_file, results, folder, teacher, _ = _planned(tmp_path, "forgotten")
+    placeholder = _held_job("forgotten-first")  # recorded, then cancelled, where the case says so
     subprocess.run(["scancel", placeholder], check=True)
-    gone = str(int(placeholder) + 1000)  # an id this cluster has not given (yet)
-    slurm.add_submission(folder, "first", {teacher.id: gone}, "local-slurm", name="forgotten-first")
+    deadline = time.monotonic() + 60
+    while not re.fullmatch(r"CANCELLED[^|]*\|forgotten-first\n", subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-j", placeholder, "-o", "State,JobName"], capture_output=True,
+            text=True).stdout):  # accounting has it (a moment after the cancel, its line may name it 'allocation')
+        assert time.monotonic() < deadline, "sacct never said the placeholder was cancelled"
+        time.sleep(0.2)
+    trainer = {"forgotten": str(int(placeholder) + 1000),  # an id this cluster has not given (yet)
+               "another-job": _held_job("someone-elses"), "recorded-task-cancelled": str(int(placeholder) + 1000)}[case]
+    recorded = placeholder if case == "recorded-task-cancelled" else trainer
+    slurm.add_submission(folder, "first", {teacher.id: recorded}, "local-slurm", name="forgotten-first")
     (state.job_dir(folder, teacher) / "attempt.json").write_text(
-        json.dumps({"host": "node7", "pid": 4242, "slurm_job_id": gone}))
-    out = kdsweep("resume", sweep_file, "--results", results, "--profile", "local-slurm").stdout
+        json.dumps({"host": "node7", "pid": 4242, "slurm_job_id": trainer}))
+    try:
+        if case == "recorded-task-cancelled":  # the task its folder names is not taken for one Slurm holds
+            line = _status_lines(sweep_file, results)[1]["teacher-s0"]
+            assert line.endswith(f"slurm {trainer} (slurm {placeholder} cancelled); Slurm does not hold slurm "
+                                 f"{trainer}"), line
+        out = kdsweep("resume", sweep_file, "--results", results, "--profile", "local-slurm").stdout
+    finally:
+        subprocess.run(["scancel", trainer], check=False)
     assert "not submitted: 2 students whose teacher trains where Slurm cannot be asked to wait for it: " \
            "teacher-s0 (pid 4242 on node7" in out, out
     assert "submitted" not in out.replace("not submitted", ""), out

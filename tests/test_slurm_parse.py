@@ -290,3 +290,33 @@ def test_a_record_whose_ids_are_not_slurm_ids_is_damaged_in_one_line(tmp_path, j
     (tmp_path / "slurm" / "submissions.json").write_text(f'[{{"jobs": {jobs}}}]')
     with pytest.raises(UserError, match=f"submissions.json: damaged \\({why}"):
         slurm.read_record(tmp_path)
+
+
+def test_arrays_in_the_queue_that_the_record_lacks_are_found_by_their_scripts_and_tasks(tmp_path, monkeypatch):
+    """squeue --me lists every array submitted from the sweep's folder (%F: the array's id on each
+    line, a running task's too); its tasks' submitit files name the job folders. Arrays recorded,
+    or of another folder, are not listed."""
+    from submitit.core.utils import DelayedSubmission
+
+    folder = tmp_path / "r" / "s"
+    for task, jobs in (("90_0", ["aaa"]), ("90_1", ["bbb", "ccc"]), ("91", ["ddd"])):
+        (folder / "slurm" / task).mkdir(parents=True)
+        DelayedSubmission(print, [str(folder / "jobs" / j) for j in jobs], None).dump(
+            folder / "slurm" / task / f"{task}_submitted.pkl")
+    script = f"{folder}/slurm/.submission_file_1.sh"
+    queue = (f"90|90_0|s-students|{tmp_path}|{script}\n90|90_1|s-students|{tmp_path}|{script}\n"
+             f"91|91|s-first|{tmp_path}|r/s/slurm/.submission_file_2.sh\n"  # relative to its working directory
+             f"92|92_0|other|{tmp_path}|/elsewhere/slurm/.submission_file_3.sh\n")
+    (tmp_path / "queue.txt").write_text(queue)
+    stand_in = tmp_path / "bin" / "squeue"
+    stand_in.parent.mkdir()
+    stand_in.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/squeue.args\ncat {tmp_path}/queue.txt\n')
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_in.parent}:{os.environ['PATH']}")
+    assert slurm.unrecorded(folder) == {"90": ("s-students", {"aaa": "90_0", "bbb": "90_1", "ccc": "90_1"}, []),
+                                        "91": ("s-first", {"ddd": "91"}, [])}
+    assert (tmp_path / "squeue.args").read_text().split() == ["--me", "-h", "-r", "-o", "%F|%i|%j|%Z|%o"]
+    slurm.add_submission(folder, "first", {"ddd": "91"}, "local-slurm", name="s-first")
+    assert list(slurm.unrecorded(folder)) == ["90"]
+    (folder / "slurm" / "90_1" / "90_1_submitted.pkl").unlink()  # what it trains is unknown now
+    assert slurm.unrecorded(folder) == {"90": ("s-students", {"aaa": "90_0"}, ["90_1"])}

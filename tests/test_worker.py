@@ -383,3 +383,29 @@ def test_asking_whether_a_folder_is_locked_keeps_this_processs_own_lock(tmp_path
         assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout == "True\n"  # still held
     assert state.lock_holder(folder) is False
     assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_a_unit_started_ahead_records_what_each_of_its_jobs_waits_for(tmp_path):
+    """A pack across seeds waits for every seed's teacher: each student names its own, and one whose
+    own is done names the others' (it said 'its teacher teacher-s0, teacher-s1' for every member)."""
+    import socket
+
+    from sweep import worker
+
+    jobs = tmp_path / "jobs"
+    for jid, name, teacher in (("t0", "teacher-s0", None), ("t1", "teacher-s1", None), ("k0", "kd-s0", "t0"),
+                               ("k2", "kd-s2", "t2")):
+        (jobs / jid).mkdir(parents=True)
+        (jobs / jid / "config.json").write_text(json.dumps({"name": name, "config": {"teacher": teacher}}))
+    teachers = {"t0": "teacher-s0", "t1": "teacher-s1"}
+    assert worker._waiting(jobs / "k0", teachers) == {"waiting_for": ["teacher-s0"]}
+    assert worker._waiting(jobs / "k2", teachers) == {"waiting_for": ["teacher-s0", "teacher-s1"],
+                                                      "waiting_for_pack": True}  # its teacher t2 is done
+    assert worker._waiting(jobs / "k0", {}) == {}
+    with state.job_locks([jobs / "k2"]):
+        state.record_attempt(jobs / "k2", **worker._waiting(jobs / "k2", teachers))
+        assert state.job_state(jobs / "k2").detail == (
+            f"waiting for the teachers of others in its pack teacher-s0, teacher-s1 (pid {os.getpid()} on "
+            f"{socket.gethostname()}, started ahead)")
+        state.record_began(jobs / "k2")
+        assert state.job_state(jobs / "k2").state == state.RUNNING
