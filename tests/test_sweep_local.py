@@ -759,7 +759,8 @@ def test_students_started_ahead_are_queued_behind_their_teacher_and_pending_afte
     folder = tmp_path / "tiny"
     teacher = next(j for j in plan.jobs if j.method == "teacher")
     kd = [state.job_dir(folder, j) for j in plan.jobs if j.method == "kd"]
-    proc = started("run", str(sweep_file), "--results", str(tmp_path), "-j", "2")
+    proc = started("run", str(sweep_file), "--results", str(tmp_path), "-j", "2",
+                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal starts it
     deadline = time.monotonic() + 120
     while not all("waiting_for" in (state.read_json(d / "attempt.json") or {}) for d in kd):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
@@ -789,7 +790,8 @@ def test_a_resume_that_finds_a_damaged_checkpoint_says_it_trained_from_the_start
     plan = api.plan(sweep_file)
     job = state.job_dir(tmp_path / "seeds", plan.jobs[0])
     proc = started("run", str(sweep_file), "--results", str(tmp_path), env={**os.environ,
-                                                                              "KDSWEEP_CHECKPOINT_MINUTES": "epoch"})
+                                                                              "KDSWEEP_CHECKPOINT_MINUTES": "epoch"},
+                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal starts it
     _until_training(proc, job)
     os.killpg(proc.pid, signal.SIGINT)
     proc.communicate(timeout=60)
