@@ -454,6 +454,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"{status.totals(states)} (no folder {folder}: not run here; --results DIR where it ran)")
         return 0
     _foreign_note(folder, plan)
+    moved = slurm.elsewhere(folder)
+    if moved:
+        print(f"note: {folder / slurm.RECORD} lists Slurm arrays submitted from {', '.join(moved)} (this folder "
+              "copied or moved since?): their tasks train the jobs there, not here")
     found = slurm.unrecorded(folder)
     if found:
         unread = [t for _, _, tasks in found.values() for t in tasks]

@@ -66,14 +66,30 @@ def add_submission(folder: Path, level: str, slurm_ids: dict[str, str], profile:
     record = read_record(folder)
     record.append({"level": level, "profile": profile, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    **({"name": name} if name else {}), **({"found_in_queue": True} if found else {}),
+                   "folder": os.path.realpath(folder),  # its tasks train this folder's jobs, not a copy's
                    "jobs": slurm_ids, **({"profile_file": str(profile_file.resolve())} if profile_file else {})})
     atomic.write_json(folder / RECORD, record)
 
 
+def elsewhere(folder: Path) -> list[str]:
+    """The folders, other than ``folder``, that its record's arrays were submitted from (a results
+    folder copied or moved since): their tasks train the jobs there, not here."""
+    here = os.path.realpath(folder)
+    return sorted({sub["folder"] for sub in read_record(folder) if isinstance(sub.get("folder"), str)
+                   and sub["folder"] != here})
+
+
+def _here(folder: Path) -> list[dict[str, Any]]:
+    """The record's submissions made from this folder (all of a record older than their "folder")."""
+    here = os.path.realpath(folder)
+    return [sub for sub in read_record(folder) if sub.get("folder", here) == here]
+
+
 def submitted_ids(folder: Path) -> dict[str, list[str]]:
-    """Each submitted job's Slurm ids, oldest first (a job submitted again has several)."""
+    """Each submitted job's Slurm ids, oldest first (a job submitted again has several), of the
+    arrays submitted from this folder."""
     out: dict[str, list[str]] = {}
-    for sub in read_record(folder):
+    for sub in _here(folder):
         for jid, sid in sub["jobs"].items():
             out.setdefault(jid, []).append(sid)
     return out
@@ -81,7 +97,7 @@ def submitted_ids(folder: Path) -> dict[str, list[str]]:
 
 def submitted_names(folder: Path) -> dict[str, str]:
     """Each recorded Slurm id -> the job name it was submitted under (where its record says)."""
-    return {sid: sub["name"] for sub in read_record(folder) if isinstance(sub.get("name"), str)
+    return {sid: sub["name"] for sub in _here(folder) if isinstance(sub.get("name"), str)
             for sid in sub["jobs"].values()}
 
 

@@ -216,7 +216,8 @@ def record_attempt(folder: Path, **extra: Any) -> None:
     (folder / "error.json").unlink(missing_ok=True)
     pid = os.getpid()
     atomic.write_json(folder / "attempt.json", {"host": socket.gethostname(), "pid": pid,
-                                                 "proc_start": _process_start(pid), **extra})
+                                                 "proc_start": _process_start(pid),
+                                                 "folder": os.path.realpath(folder), **extra})
 
 
 def record_error(folder: Path, line: str, traceback: str | None = None) -> None:
@@ -292,6 +293,9 @@ def job_state(folder: Path, config: dict[str, Any] | None = None) -> JobState:
             return JobState(INTERRUPTED, ("attempt.json unreadable" if damaged else "attempt.json missing")
                             + f" (who ran it, and how it ended, unknown); {resume_from(folder)}")
         return JobState(PENDING)
+    if isinstance(attempt.get("folder"), str) and attempt["folder"] != os.path.realpath(folder):
+        return JobState(INTERRUPTED, f"its last attempt trained {attempt['folder']} (this folder a copy of it, or "
+                                     f"moved since): nothing trains it here; {resume_from(folder)}")
     living = alive(attempt)
     if living and lock_holder(folder) is not False:
         if attempt.get("waiting_for"):  # started ahead: queued behind its teacher, in its process

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -171,8 +172,13 @@ def _newer(teacher: str | None, student: str | None) -> bool:
 
 
 def attempt_task(folder: Path, jid: str) -> str | None:
-    """The Slurm task that last began training the job (its attempt.json says), or None."""
-    return (state.read_json(state.job_dir(folder, jid) / "attempt.json") or {}).get("slurm_job_id")
+    """The Slurm task that last began training the job (its attempt.json says), or None (or where
+    that attempt trained another folder: this one a copy of it)."""
+    job = state.job_dir(folder, jid)
+    attempt = state.read_json(job / "attempt.json") or {}
+    if attempt.get("folder", os.path.realpath(job)) != os.path.realpath(job):
+        return None
+    return attempt.get("slurm_job_id")
 
 
 def _beating(folder: Path, jid: str, sid: str) -> bool:

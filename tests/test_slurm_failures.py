@@ -329,3 +329,31 @@ def test_a_held_student_behind_a_failed_teacher_is_told_the_one_command_that_mov
                                             "cancels and resubmits it", states[j.name]
     finally:
         subprocess.run(["scancel", failed, held], check=False)
+
+
+def test_a_results_folder_copied_while_its_arrays_run_is_not_trained_by_them(slurm_cluster, tmp_path, mini_mnist_env):
+    """A copy (cp -a) took the record and the teacher's attempt.json with it: status there called the
+    original's tasks its own (running, queued), resume submitted nothing, and once they ended its jobs
+    read 'failed: ended without a result'. The copy's jobs are its own to run."""
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name="copied", teacher_epochs=3, teacher_batch=16))
+    results = tmp_path / "r"
+    kdsweep("run", sweep_file, "--results", results, "--profile", "local-slurm")
+    teacher = next(j for j in api.plan(sweep_file).jobs if j.method == "teacher")
+    try:
+        wait_until(sweep_file, results, lambda st: st["teacher-s0"].state == state.RUNNING
+                   and (state.job_dir(results / "copied", teacher) / "attempt.json").exists())
+        copy = tmp_path / "copy"
+        shutil.copytree(results, copy, symlinks=True)
+        out, lines = _status_lines(sweep_file, copy)
+        assert f"interrupted  its last attempt trained {state.job_dir(results / 'copied', teacher)} (this folder a " \
+               "copy of it, or moved since): nothing trains it here" in lines["teacher-s0"], out
+        assert all("pending" in lines[n] for n in ("kd-a0.5-T2-s0", "kd-a0.5-T4-s0")), out
+        assert f"lists Slurm arrays submitted from {results / 'copied'} (this folder copied or moved since?)" in out
+        out = kdsweep("resume", sweep_file, "--results", copy, "--profile", "local-slurm").stdout
+        assert "submitted first array" in out and "submitted students array" in out, out
+        assert _status_lines(sweep_file, results)[1]["teacher-s0"].split()[2] == "running"  # the original's, still
+    finally:
+        ids = {sid.split("_")[0] for root in (results, tmp_path / "copy") if (root / "copied" / "slurm").is_dir()
+               for r in _submissions(root, "copied") for sid in r["jobs"].values()}
+        subprocess.run(["scancel", *ids], check=False)
