@@ -143,7 +143,9 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
         raise UserError(f"jobs: {jobs!r} must be a whole number >= 1")
     pack = check_pack(pack, "pack") or "auto"
     check_device(device)
-    check_inputs(plan, [j for j, s in status.job_states(plan, folder) if s.state != state.DONE], data_root)
+    # the jobs not done, by their folders alone (job_states would ask Slurm too, and is asked under the lock)
+    check_inputs(plan, [j for j in plan.jobs if state.own_result(state.job_dir(folder, j), j.config)[0] is None],
+                 data_root)
     emit = on_event or (lambda e: None)
     summary = Summary()
     done: set[str] = set()
