@@ -220,6 +220,13 @@ def record_attempt(folder: Path, **extra: Any) -> None:
                                                  "folder": os.path.realpath(folder), **extra})
 
 
+def trained_elsewhere(folder: Path, attempt: dict[str, Any]) -> str | None:
+    """The folder an attempt.json says its attempt trained, where that is not ``folder`` (a copy of
+    it, or moved since); None for this folder's own attempt (or one that does not say)."""
+    there = attempt.get("folder")
+    return there if isinstance(there, str) and there != os.path.realpath(folder) else None
+
+
 def record_error(folder: Path, line: str, traceback: str | None = None) -> None:
     """The attempt failed: its error's last line (what status shows), and its traceback if any
     (nothing where the folder is gone: moved during the run, it is not made anew)."""
@@ -293,8 +300,9 @@ def job_state(folder: Path, config: dict[str, Any] | None = None) -> JobState:
             return JobState(INTERRUPTED, ("attempt.json unreadable" if damaged else "attempt.json missing")
                             + f" (who ran it, and how it ended, unknown); {resume_from(folder)}")
         return JobState(PENDING)
-    if isinstance(attempt.get("folder"), str) and attempt["folder"] != os.path.realpath(folder):
-        return JobState(INTERRUPTED, f"its last attempt trained {attempt['folder']} (this folder a copy of it, or "
+    elsewhere = trained_elsewhere(folder, attempt)
+    if elsewhere:
+        return JobState(INTERRUPTED, f"its last attempt trained {elsewhere} (this folder a copy of it, or "
                                      f"moved since): nothing trains it here; {resume_from(folder)}")
     living = alive(attempt)
     if living and lock_holder(folder) is not False:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -71,7 +70,7 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
         if trainer and trainer != sid:
             # its folder's heartbeat is another task's (one whose record was lost): that one trains it, if
             # Slurm holds it as this sweep's (an id it forgot, or gave another job since, is no task to wait on)
-            held = _holds(trainer, plan.sweep.name)
+            held = trainer in held_tasks([trainer], plan.sweep.name)
             aside = f"slurm {sid}, submitted again, stood aside" if st == state.FAILED else f"slurm {sid} {st}"
             states[jid] = state.JobState(state.RUNNING, f"{states[jid].detail}, slurm {trainer} ({aside})" + (
                 "" if held else f"; Slurm does not hold slurm {trainer}"), slurm_id=trainer if held else None)
@@ -176,9 +175,7 @@ def attempt_task(folder: Path, jid: str) -> str | None:
     that attempt trained another folder: this one a copy of it)."""
     job = state.job_dir(folder, jid)
     attempt = state.read_json(job / "attempt.json") or {}
-    if attempt.get("folder", os.path.realpath(job)) != os.path.realpath(job):
-        return None
-    return attempt.get("slurm_job_id")
+    return None if state.trained_elsewhere(job, attempt) else attempt.get("slurm_job_id")
 
 
 def _beating(folder: Path, jid: str, sid: str) -> bool:
@@ -190,13 +187,14 @@ def _beating(folder: Path, jid: str, sid: str) -> bool:
         return False
 
 
-def _holds(sid: str, sweep: str) -> bool:
-    """Whether Slurm holds task ``sid`` queued or running as one of this sweep's (by its job name)."""
+def held_tasks(sids: list[str], sweep: str) -> set[str]:
+    """The tasks among ``sids`` that Slurm holds queued or running as this sweep's (by their job
+    names: an id it forgot, or gave another job since, is none); none where it cannot be asked."""
     try:
-        seen = slurm.query([sid], {sid: slurm.sweep_names(sweep)})
+        seen = slurm.query(sorted(set(sids)), {sid: slurm.sweep_names(sweep) for sid in sids}) if sids else {}
     except slurm.Unreachable:
-        return False
-    return seen.get(sid, ("",))[0] in (state.RUNNING, state.QUEUED)
+        return set()
+    return {sid for sid in sids if seen.get(sid, ("",))[0] in (state.RUNNING, state.QUEUED)}
 
 
 def active(s: state.JobState) -> bool:

@@ -207,12 +207,8 @@ def _waitable(folder: Path, states: dict[str, state.JobState], sweep: str) -> di
     # training, its submission unrecorded (the record lost): the task its attempt.json names, if Slurm holds it
     lost = {jid: sid for jid, s in states.items()
             if status.active(s) and jid not in known and (sid := status.attempt_task(folder, jid))}
-    try:  # by their job names: an id Slurm gave another job since is not one to wait on
-        seen = slurm.query(sorted(set(lost.values())), {sid: slurm.sweep_names(sweep) for sid in lost.values()}) \
-            if lost else {}
-    except slurm.Unreachable:
-        seen = {}
-    known.update({jid: sid for jid, sid in lost.items() if seen.get(sid, ("",))[0] in (state.RUNNING, state.QUEUED)})
+    held = status.held_tasks(list(lost.values()), sweep)
+    known.update({jid: sid for jid, sid in lost.items() if sid in held})
     return known
 
 
