@@ -412,13 +412,13 @@ def _pack(args: argparse.Namespace, plan, prof=None) -> int | str:
 
 
 def _submit(args: argparse.Namespace, plan, folder: Path) -> int:
-    from sweep import profile, status, submit
+    from sweep import profile, slurm, status, submit
 
     prof = profile.load(args.profile)
     out = submit.submit(plan, prof, folder.resolve(), args.data_root, pack=_pack(args, plan, prof))
     if out.found:
         print(f"recorded again: {_count(len(out.found), 'array')} of this sweep in Slurm's queue that "
-              f"{folder / 'slurm' / 'submissions.json'} did not list ({', '.join(out.found)}): not submitted twice")
+              f"{folder / slurm.RECORD} did not list ({', '.join(out.found)}): not submitted twice")
     for level, array_id, n in out.arrays:
         print(f"submitted {level} array {array_id}: {n} tasks (profile {prof.name})")
     if out.cancelled:
