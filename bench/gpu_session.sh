@@ -16,9 +16,10 @@
 #   The fourth (2026-11-27, H100s, each call a fresh machine, about 30 s a start): `tests seeds seeds
 #   gridj` (186 s), `spy startup` (49 s: where a run's time goes, every process sampled), `seeds
 #   seeds seeds d2h compile` (192 s), `seeds seeds seeds gridj` (125 s): 685 s of its 900.
-#   Next: `seeds seeds seeds gridj` (about 2.5 min) on an H100: the teachers' logits cache now written
-#   after their results and the early student's wait for its teacher's job lock (made after that
-#   session's last call, so not timed on a GPU): the 5-seed grid should stay at 28-30 s.
+#   The fifth (2026-11-27, an H100) ran `seeds seeds seeds gridj` in 134 s (one call, about 30 s to
+#   start) on the code with the teachers' logits cache written after their results and the early
+#   student's wait for its teacher's job lock: 5 seeds 32.8 s (fresh machine), 28.9, 29.1 s; the
+#   reference grid 13.0 s (-j 1), 12.0 s (-j 2).
 #
 # Stages (each bounded by `timeout`, each writing $OUT/<stage>.txt; a failing stage does not stop
 # the next):
