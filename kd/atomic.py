@@ -45,7 +45,7 @@ def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, *_FULL):
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, *_FULL):
             raise _cannot_write(path, e) from None
         raise
 
@@ -54,7 +54,13 @@ _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk or quota: the u
 
 
 def _cannot_write(path: Path, e: OSError) -> Exception:
-    """A write refused by the file system (permissions, read-only, full) as one line naming the file."""
+    """A write refused by the file system (permissions, read-only, full, a folder where the file
+    belongs or a file where its folder does) as one line naming the file."""
+    if e.errno == errno.EISDIR or (e.errno == errno.ENOTDIR and path.is_dir()):
+        return UserError(f"{path}: a folder where this file belongs", hint=f"move {path} away and run again")
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):  # making its folder: a file (or one above it) is there
+        above = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        return UserError(f"{above}: a file where a folder belongs (writing {path})", hint=f"move {above} away and run again")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, *_FULL):
         return UserError(f"{path}: cannot write it ({e.strerror})",
                          hint="check the folder's permissions and free space" if e.errno not in _FULL else None)

@@ -21,6 +21,11 @@ def read(path: Path) -> dict[str, Any] | None:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise DamagedResult(f"{path}: damaged result, a folder, not a file") from None
+    except NotADirectoryError:  # its job folder (or one above) is a file
+        raise DamagedResult(f"{path}: damaged result, {not_a_folder(Path(path).parent)} is a file, "
+                            "not a folder") from None
     try:
         result = json.loads(raw)
     except ValueError as e:  # UnicodeDecodeError is a ValueError too
@@ -40,6 +45,15 @@ def read(path: Path) -> dict[str, Any] | None:
     if problem:
         raise DamagedResult(f"{path}: damaged result, {problem}")
     return result
+
+
+def not_a_folder(folder: Path) -> Path | None:
+    """The first of ``folder`` and the folders above it that is there but not a folder (a file where
+    a job's folder, or its ``jobs/``, belongs), else None."""
+    for p in (Path(folder), *Path(folder).parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
 
 
 def _number(x: Any) -> bool:

@@ -2,6 +2,7 @@
 paired comparisons of every student grid point with its baseline (sweep.compare)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,9 +95,12 @@ def collect(plan: Plan, folder: Path) -> Collected:
     out_r, out_e, out_c = folder / RESULTS, folder / EPOCHS, folder / COMPARISONS
     _keep_rows_of_gone_jobs(plan, folder, (out_r, out_e), {r["job_id"] for r in rows})
     comparisons = compare.paired(results)
-    atomic.write_with(out_r, lambda f: results.to_parquet(f, index=False))
-    atomic.write_with(out_e, lambda f: history.to_parquet(f, index=False))
-    atomic.write_with(out_c, lambda f: comparisons.to_parquet(f, index=False))
+    for out in (out_r, out_e, out_c):
+        if out.is_dir():
+            raise UserError(f"{out}: a folder where this table belongs", hint=f"move {out} away and run again")
+    with contextlib.ExitStack() as written:  # the three written in full before any replaces its old one: a
+        for out, table in ((out_r, results), (out_e, history), (out_c, comparisons)):  # full disk keeps them all old
+            table.to_parquet(written.enter_context(atomic.atomic_path(out)), index=False)
     return Collected(out_r, out_e, len(rows), missing, out_c, save_code_diff(results, folder),
                      state.foreign_done(folder, plan))
 
@@ -176,6 +180,8 @@ def read_tables(folder: Path, names: tuple[str, ...] = (RESULTS, EPOCHS)):
     out = []
     for name in names:
         path = Path(folder) / name
+        if path.is_dir():  # pandas would read it as an empty dataset of parts: no rows, no word
+            raise UserError(f"{path}: a folder, not a Parquet table", hint=f"move {path} away and run 'kdsweep collect'")
         try:
             out.append(pd.read_parquet(path))
         except FileNotFoundError:
@@ -183,4 +189,41 @@ def read_tables(folder: Path, names: tuple[str, ...] = (RESULTS, EPOCHS)):
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise UserError(f"{path}: damaged, not a Parquet table ({str(e).splitlines()[0]})",
                             hint="run 'kdsweep collect' again to rewrite it") from None
+        problem = _values_problem(out[-1]) if name in (RESULTS, EPOCHS) else None
+        if problem:
+            raise UserError(f"{path}: damaged, {problem}", hint="run 'kdsweep collect' again to rewrite it")
     return out
+
+
+NUMBERS = ("alpha", "temperature", "seed", "epochs", "batch_size", "lr", "epoch", "seconds", "test_loss",
+           "train_loss", "wall_seconds", "epochs_run")  # where present: what collect writes as numbers
+
+
+def _fraction(column: str) -> bool:
+    return column in ("test_accuracy", "macro_f1") or column.startswith("f1_")
+
+
+def _values_problem(table) -> str | None:
+    """What in a results or epochs table is not what collect writes (a column edited by hand into
+    words, an accuracy in percent): the first such column and row, or None."""
+    import pandas as pd
+
+    for column in [c for c in table.columns if c in NUMBERS or _fraction(c)]:
+        values = table[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            bad = values[values.map(lambda v: v is not None and not (
+                isinstance(v, (int, float)) and not isinstance(v, bool)))]
+            if len(bad):
+                return f"column {column} holds {bad.iloc[0]!r} ({_row(table, bad.index[0])}), not a number"
+            continue  # numbers and gaps (an object column of None where no job has the setting)
+        if _fraction(column):
+            out = values[(values < 0) | (values > 1)]
+            if len(out):
+                return (f"column {column} holds {out.iloc[0]:g} ({_row(table, out.index[0])}), "
+                        "not a fraction between 0 and 1")
+    return None
+
+
+def _row(table, index) -> str:
+    name = table.at[index, "name"] if "name" in table.columns else None
+    return f"row {table.index.get_loc(index) + 1}" + (f", job {name}" if isinstance(name, str) else "")

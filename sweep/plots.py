@@ -49,6 +49,8 @@ def plot_all(folder: Path, slices_of: dict[Path, dict] | None = None, results: p
         raise UserError(f"{folder / collect.RESULTS}: damaged, no column {', '.join(missing)}",
                         hint="run 'kdsweep collect' again to rewrite it")
     out = folder / "plots"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: a file where the figures' folder belongs", hint=f"move {out} away and run again")
     out.mkdir(exist_ok=True)
     datasets = sorted(results["dataset"].unique()) if "dataset" in results else []
     name = f"{results['sweep'].iloc[0]}" + (f" ({', '.join(datasets)})" if datasets else "")

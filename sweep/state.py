@@ -152,6 +152,9 @@ def write_plan(sweep_folder: Path, plan: Plan, data_root: Path | None = None) ->
     record = {"sweep": plan.sweep.name, "jobs": jobs}
     if data_root is not None:
         record["data_root"] = str(Path(data_root).resolve())
+    for j in plan.jobs:  # before anything is written: a file where a job folder belongs stops it all
+        if (bad := results.not_a_folder(job_dir(sweep_folder, j))) is not None:
+            raise UserError(f"{bad}: a file where job {j.name}'s folder belongs", hint=f"move {bad} away and run again")
     atomic.write_json(sweep_folder / "plan.json", record)
     for j in plan.jobs:
         folder = job_dir(sweep_folder, j)
@@ -285,6 +288,8 @@ def own_result(folder: Path, config: dict[str, Any] | None = None) -> tuple[dict
 
 def job_state(folder: Path, config: dict[str, Any] | None = None) -> JobState:
     """The folder's word on its job (``config``: the job's settings, where the plan is at hand)."""
+    if (bad := results.not_a_folder(folder)) is not None:  # nothing can run there until it is moved
+        return JobState(DAMAGED, f"{bad} is a file, not a folder: move it away, then resume")
     result, problem = own_result(folder, config)
     if result is not None:
         return JobState(DONE)

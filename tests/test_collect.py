@@ -117,6 +117,99 @@ def test_plot_on_a_damaged_table_is_one_error_line(tmp_path, capsys, damage):
         assert err[1:] == ["hint: run 'kdsweep collect' again to rewrite it"]
 
 
+@pytest.mark.parametrize("table, edit, said", [
+    ("results.parquet", lambda d: d.assign(test_accuracy=d["test_accuracy"].astype(str)),
+     "column test_accuracy holds '{v}' (row 1, job {name}), not a number"),
+    ("results.parquet", lambda d: d.assign(test_accuracy=d["test_accuracy"] * 100),  # in percent
+     "column test_accuracy holds {p} (row 1, job {name}), not a fraction between 0 and 1"),
+    ("epochs.parquet", lambda d: d.assign(epoch=d["epoch"].astype(str)), "column epoch holds '1' (row 1, job {name}), "
+     "not a number"),
+])
+def test_plot_and_report_on_a_table_of_wrong_values_is_one_error_line(tmp_path, capsys, table, edit, said):
+    """A column edited by hand (words for numbers, accuracy in percent) is damage, named with its
+    first bad row, not a traceback in the arithmetic or a figure drawn wrong without a word."""
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    api.collect(sweep_file, results_root=root)
+    path = api.folder(plan, root) / table
+    first = pd.read_parquet(api.folder(plan, root) / "results.parquet")
+    edit(pd.read_parquet(path)).to_parquet(path)
+    said = said.format(v=first["test_accuracy"].iloc[0], p=f"{first['test_accuracy'].iloc[0] * 100:g}",
+                       name=first["name"].iloc[0])
+    for command in ("plot", "report"):
+        assert main([command, str(sweep_file), "--results", str(root)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"error: {path}: damaged, {said}", "hint: run 'kdsweep collect' again to rewrite it"]
+
+
+@pytest.mark.parametrize("where", ["results.parquet", "epochs.parquet", "plots", "report.html"])
+def test_a_folder_or_file_in_the_way_of_what_collect_plot_report_write_is_one_line_and_nothing_half_written(
+        tmp_path, capsys, where):
+    """A folder where a table or the page belongs (or a file where the figures' folder does) is one
+    line naming it, for every command that would read or write it; pandas would read a folder as an
+    empty table (plot then removed every figure as stale); no table is replaced unless all are."""
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    api.collect(sweep_file, results_root=root)
+    assert main(["plot", str(sweep_file), "--results", str(root)]) == 0
+    folder = api.folder(plan, root)
+    figures = sorted((folder / "plots").iterdir())
+    tables = {n: (folder / n).read_bytes() for n in ("results.parquet", "epochs.parquet", "comparisons.parquet")}
+    capsys.readouterr()
+    bad = folder / where
+    if where == "plots":
+        for f in figures:
+            f.unlink()
+        bad.rmdir()
+        bad.write_text("x")
+    else:
+        bad.unlink(missing_ok=True)  # report.html: not written yet
+        bad.mkdir()
+    said = {"plots": f"error: {bad}: a file where the figures' folder belongs",
+            "report.html": f"error: {bad}: a folder where this file belongs"}
+    for command in ("collect", "plot", "report"):
+        rc = main([command, str(sweep_file), "--results", str(root)])
+        err = capsys.readouterr().err.splitlines()
+        if (command == "collect" and where in ("plots", "report.html")) or (command, where) == ("plot", "report.html"):
+            assert rc == 0  # neither reads nor writes it
+            continue
+        expect = said.get(where) or (f"error: {bad}: a folder where this table belongs" if command == "collect"
+                                     else f"error: {bad}: a folder, not a Parquet table")
+        assert (rc, err[0]) == (2, expect), err
+        assert err[1].startswith(f"hint: move {bad} away and run")
+    for n, data in tables.items():
+        assert n == where or (folder / n).read_bytes() == data  # collect replaced none of the tables
+    assert where == "plots" or sorted((folder / "plots").iterdir()) == figures  # none removed as stale
+    assert not list(folder.glob(".tmp-*"))
+
+
+def test_collect_that_cannot_write_one_table_replaces_none(tmp_path, monkeypatch):
+    """A full disk while the second table is written: the first, written already, does not replace
+    its old one either, so results.parquet and epochs.parquet always come from the same collect."""
+    import errno
+
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    api.collect(sweep_file, results_root=root)
+    folder = api.folder(plan, root)
+    tables = {p: p.read_bytes() for p in folder.glob("*.parquet")}
+    path = state.job_dir(folder, plan.jobs[-1]) / "result.json"  # something new to collect
+    result = json.loads(path.read_text())
+    result["metrics"]["test_accuracy"] = 0.5
+    path.write_text(json.dumps(result))
+    written = pd.DataFrame.to_parquet
+    calls = []
+
+    def full_disk(df, path, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return written(df, path, **kw)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
+    with pytest.raises(UserError, match="cannot write it \\(No space left on device\\)"):
+        api.collect(sweep_file, results_root=root)
+    assert len(calls) == 2 and {p: p.read_bytes() for p in folder.glob("*.parquet")} == tables
+    assert not list(folder.glob(".tmp-*"))
+
+
 def test_plot_without_collect_says_so(tmp_path, capsys):
     sweep_file, root, plan = finished_sweep(tmp_path)
     assert main(["plot", str(sweep_file), "--results", str(root)]) == 2

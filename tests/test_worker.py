@@ -99,6 +99,45 @@ def test_a_damaged_result_is_a_damaged_job(tmp_path):
         assert s.state == state.DAMAGED and "resume keeps result.json aside and reruns the job" in s.detail
 
 
+def test_a_file_where_a_folder_belongs_is_a_damaged_job_and_stops_a_resume_before_it_writes(tmp_path):
+    """result.json a folder, a job's folder a file, jobs/ a file: status names the thing in one line,
+    never a traceback; resume (write_plan) refuses before it writes anything, naming the file."""
+    import pytest
+
+    from kd import results
+    from sweep import api
+    from kd.errors import UserError
+
+    folder = _folder(tmp_path)
+    (folder / "result.json").mkdir()
+    s = state.job_state(folder)
+    assert (s.state, s.detail) == (state.DAMAGED, "result.json unreadable (a folder, not a file): resume keeps "
+                                                  "result.json aside and reruns the job")
+    aside = results.keep_aside(folder / "result.json")  # as resume does: a folder moves aside as a file does
+    assert aside.is_dir() and not (folder / "result.json").exists()
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('name = "s"\ndataset = "mnist-5k"\nmethods = ["scratch"]\n[train]\nepochs = 1\n')
+    plan = api.plan(sweep_file)
+    sweep = tmp_path / "s"
+    job = state.job_dir(sweep, plan.jobs[0])
+    job.parent.mkdir(parents=True)
+    for bad in (job, job.parent):
+        if bad.is_dir():
+            bad.rmdir()
+        bad.write_text("x")
+        s = state.job_state(job)
+        assert (s.state, s.detail) == (state.DAMAGED, f"{bad} is a file, not a folder: move it away, then resume")
+        with pytest.raises(results.DamagedResult, match=f"{bad} is a file, not a folder"):
+            results.read(job / "result.json")  # collect reads it so
+        with pytest.raises(UserError, match=f"^{bad}: a file where job scratch-s0's folder belongs$"):
+            state.write_plan(sweep, plan)
+        assert not (sweep / "plan.json").exists()  # nothing written
+        bad.unlink()
+        job.parent.mkdir(exist_ok=True)
+    state.write_plan(sweep, plan)
+    assert state.job_state(job).state == state.PENDING
+
+
 def test_a_result_of_another_job_is_a_damaged_job_not_done(tmp_path):
     """A result.json copied from another job's folder must not make this job 'done' under another
     job's numbers: it is damaged, and the settings that differ are named."""
