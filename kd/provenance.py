@@ -85,7 +85,22 @@ def container(record: Path = IMAGE_RECORD) -> dict[str, Any] | None:
         return None
     except (OSError, ValueError) as e:
         image = {"image": "kd-sweep", "record": f"unreadable: {e}"}
-    return {**image, "runtime": runtime()}
+    out = {**image, "runtime": runtime()}
+    if not _installed(CODE_ROOT):  # a host's checkout put in front of the image's code (PYTHONPATH)
+        out["code"] = str(CODE_ROOT)
+        log.warning("kd runs from %s, not from the image's own installation: the image's commit does not "
+                    "name this code", CODE_ROOT)
+    return out
+
+
+def _installed(root: Path) -> bool:
+    """Whether ``root`` (the folder that holds kd/) is this python's site-packages, where the image's
+    build installed the project."""
+    import site
+    import sysconfig
+
+    places = {*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    return any(root == Path(p).resolve() for p in places)
 
 
 def runtime() -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -77,8 +78,14 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
             continue
         if st == state.FAILED and states[jid].state == state.FAILED:
             reason = states[jid].detail  # the job's own last error line says more than an exit code
-        elif st == state.FAILED and reason.startswith("exit code") and states[jid].state == state.PENDING:
-            reason = "; ".join(filter(None, [reason, task_log_error(folder, sid)]))  # it never began
+        elif st == state.FAILED and reason.startswith("exit code"):  # the task's log says why: it never
+            line = task_log_error(folder, sid)  # began (no python, no container), or was killed
+            if KILLED.search(line):  # srun's word for its task's SIGKILL, which sacct gives as exit code 9
+                reason = f"killed by SIGKILL (out of memory, or a kill -9) ({line.rsplit(' (', 1)[-1]}"
+            else:
+                reason = "; ".join(filter(None, [reason, line]))
+            if states[jid].state != state.PENDING and not state.has_checkpoint(state.job_dir(folder, jid)):
+                reason = f"{reason}; {state.resume_from(state.job_dir(folder, jid))}"  # it began: say what resume does
         if st == state.QUEUED and not reason and _beating(folder, jid, sid):
             st = state.RUNNING  # the task writes its heartbeat: accounting has not caught up yet
         if st in (state.FAILED, state.CANCELLED) and state.has_checkpoint(job := state.job_dir(folder, jid)) \
@@ -150,19 +157,34 @@ def _folder_state(folder: Path, job: Job) -> state.JobState:
     return state.job_state(folder, job.config)  # a config.json gone: the result is still checked against the plan
 
 
+KILLED = re.compile(r"srun: error: .*: tasks? [\d,-]+: Killed")
+
+
 def task_log_error(folder: Path, sid: str) -> str:
-    """Where a task failed before its job began (no python at the profile's path, a container that
-    did not start), the first error line of the task's own log, and the log; else ''."""
+    """Where a task failed outside its job's own code (no python at the profile's path, a container
+    that did not start, an image without the project, a kill), why, from the task's own log: the
+    exception of its last Python traceback, else its first error line; and the log. Else ''."""
     for name in (f"{sid}_0_log.err", f"{sid}_0_log.out"):  # submitit's: slurm/<task>/<task>_0_log.* (an
         log = folder / "slurm" / sid / name  # array's task 54_1, or a submission of one task: 53)
         try:
             lines = log.read_text(errors="replace").splitlines()[-200:]
         except OSError:
             continue
-        hit = next((x.strip() for x in lines if "error" in x.lower()), None)
+        hit = _exception_line(lines) or next((x.strip() for x in lines if KILLED.search(x)), None) \
+            or next((x.strip() for x in lines if ": No module named " in x), None) \
+            or next((x.strip() for x in lines if "error" in x.lower()), None)  # python -m's own word, then srun's
         if hit:
             return f"{hit[:200]} ({log})"
     return ""
+
+
+def _exception_line(lines: list[str]) -> str | None:
+    """The exception line of the last traceback in ``lines`` ('ModuleNotFoundError: No module named
+    'sweep''): the first line after it that is not indented."""
+    starts = [i for i, x in enumerate(lines) if x.startswith("Traceback (most recent call last):")]
+    if not starts:
+        return None
+    return next((x.strip() for x in lines[starts[-1] + 1:] if x.strip() and not x[0].isspace()), None)
 
 
 def _newer(teacher: str | None, student: str | None) -> bool:

@@ -23,19 +23,26 @@ from sweep.plan import Job, Plan, units
 LEVEL_NAMES = slurm.LEVEL_NAMES
 
 
+# Inside the image its own code runs: sbatch hands the submitting shell's environment to the job,
+# and the runtimes hand it on, so a PYTHONPATH (or a ~/.local site-packages in a bound home) would
+# put the host's kd and sweep in front of the image's, under the image's name in every result.
+IMAGE_PYTHON = ["env", "-u", "PYTHONPATH", "-u", "PYTHONHOME", "PYTHONNOUSERSITE=1"]
+
+
 def python_command(p: prof.Profile, mounts: list[str]) -> str:
     """The command that starts python for a job: inside the container where the profile has one."""
     c = p.container
     if c.runtime == "apptainer":
         binds = [*c.binds, *mounts]
         parts = ["apptainer", "exec", *(["--nv"] if c.nv else []),
-                 *[a for b in binds for a in ("--bind", b)], c.image, c.python]
+                 *[a for b in binds for a in ("--bind", b)], c.image, *IMAGE_PYTHON, c.python]
         return shlex.join(parts)
     if c.runtime == "charliecloud":  # --set-env: the image's ENV (PATH to its python, KDSWEEP_DATA ...)
-        parts = ["ch-run", "--set-env", *[a for b in [*c.binds, *mounts] for a in ("-b", b)], c.image, "--", c.python]
+        parts = ["ch-run", "--set-env", *[a for b in [*c.binds, *mounts] for a in ("-b", b)], c.image, "--",
+                 *IMAGE_PYTHON, c.python]
         return shlex.join(parts)
     if c.runtime == "pyxis":
-        return shlex.quote(c.python)
+        return shlex.join([*IMAGE_PYTHON, c.python])
     return shlex.quote(p.python or sys.executable)
 
 

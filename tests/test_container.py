@@ -179,8 +179,15 @@ def test_demo_on_slurm_runs_every_job_inside_the_image(image, user, user_dir, ho
         os.chown(user_dir / name, user.pw_uid, user.pw_gid)
     results = user_dir / "results"
     kdsweep = ["kdsweep", "-q"]
+    # a PYTHONPATH in the user's shell (a .bashrc's) reaches the job through sbatch and ch-run: inside the image
+    # it must not put the host's packages in front of the image's (here a torch that cannot be imported)
+    shadow = user_dir / "host-site" / "torch"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("the host PYTHONPATH reached the job")\n')
+    for path in (shadow.parent, shadow, shadow / "__init__.py"):
+        os.chown(path, user.pw_uid, user.pw_gid)
     p = as_user(user, *kdsweep, "run", "demo.toml", "--profile", "cc.toml", "--results", results, cwd=user_dir,
-                SLURM_CONF=slurm_cluster)
+                SLURM_CONF=slurm_cluster, PYTHONPATH=shadow.parent)
     assert p.returncode == 0 and "submitted students array" in p.stdout, p.stdout + p.stderr
     states = wait_until(user_dir / "demo.toml", results, all_final, timeout=300)
     assert {s.state for s in states.values()} == {state.DONE}, states

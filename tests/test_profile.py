@@ -68,7 +68,7 @@ def test_sbatch_scripts_say_what_matters(capsys, monkeypatch, tmp_path):
         assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --time=120" in script
         assert "#SBATCH --signal=USR2@120" in script and "#SBATCH --partition=gpu" in script
         assert ("apptainer exec --nv --bind /scratch --bind /shared/results /shared/containers/kd-sweep.sif "
-                "python3 -u -m submitit.core._submit") in script
+                "env -u PYTHONPATH -u PYTHONHOME PYTHONNOUSERSITE=1 python3 -u -m submitit.core._submit") in script
 
 
 def test_pack_one_gives_one_task_per_student(monkeypatch):
@@ -87,6 +87,7 @@ def test_pyxis_profile_puts_the_image_on_srun(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "srun --unbuffered" in out and "--container-image=/shared/containers/kd-sweep.sqsh" in out
     assert "--container-mounts=/scratch:/scratch,/shared/results:/shared/results" in out
+    assert "env -u PYTHONPATH -u PYTHONHOME PYTHONNOUSERSITE=1 python3 -u -m submitit.core._submit" in out
 
 
 def test_plan_with_profile_needs_no_slurm(tmp_path):
@@ -107,7 +108,7 @@ def test_charliecloud_profile_runs_python_through_ch_run(capsys, monkeypatch):
     assert main(["plan", "demo", "--profile", "charliecloud", "--results", "/shared/results"]) == 0
     out = capsys.readouterr().out
     assert ("ch-run --set-env -b /scratch -b /shared/results /shared/containers/kd-sweep -- "
-            "python3 -u -m submitit.core._submit") in out
+            "env -u PYTHONPATH -u PYTHONHOME PYTHONNOUSERSITE=1 python3 -u -m submitit.core._submit") in out
 
 
 def test_charliecloud_refuses_a_bind_the_image_has_no_directory_for(tmp_path, capsys):

@@ -2,6 +2,8 @@
 import hashlib
 import shutil
 import subprocess
+import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +89,11 @@ def test_the_image_a_job_ran_in_is_recorded(tmp_path, monkeypatch):
     for var in ("CH_RUNNING", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "container"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CH_RUNNING", "Weird Al Yankovic")  # what ch-run 0.31 sets
+    # this test's kd is a checkout's, not an installation's: inside an image, that is a host's code put in
+    # front of the image's (PYTHONPATH): the image's commit does not name it, so where it ran from is said
+    assert provenance.container(record) == {"image": "kd-sweep", "commit": "abc123", "built": "2026-11-25T21:48:54Z",
+                                            "runtime": "charliecloud", "code": str(provenance.CODE_ROOT)}
+    monkeypatch.setattr(provenance, "CODE_ROOT", Path(sysconfig.get_paths()["purelib"]))  # as the image installs it
     assert provenance.container(record) == {"image": "kd-sweep", "commit": "abc123", "built": "2026-11-25T21:48:54Z",
                                             "runtime": "charliecloud"}
     monkeypatch.delenv("CH_RUNNING")

@@ -211,7 +211,8 @@ def test_container_path_through_an_apptainer_stand_in(slurm_cluster, tmp_path):
     args = log.read_text().split()
     assert args[:2] == ["exec", "--nv"]
     assert ["--bind", str(tmp_path), "--bind", str((tmp_path / "r").resolve())] == args[2:6]
-    assert args[6:9] == [str(image), sys.executable, "-u"] and "submitit.core._submit" in args
+    assert args[6:9] == [str(image), "env", "-u"] and args[10:15] == ["-u", "PYTHONHOME", "PYTHONNOUSERSITE=1", sys.executable, "-u"]
+    assert "submitit.core._submit" in args  # the host PYTHONPATH unset inside the image
 
 
 @pytest.mark.parametrize("profile_text, why", [

@@ -102,6 +102,33 @@ def test_cancelled_teacher_cancels_its_students_and_one_resume_recovers(slurm_cl
         f"3/3 done  ->  kdsweep collect {sweep_file} --results {results}"
 
 
+def test_a_task_killed_by_sigkill_says_so_and_one_resume_recovers(slurm_cluster, tmp_path, mini_mnist_env):
+    """The kernel's out-of-memory killer (or a kill -9) takes the task's python: sacct says exit code 9,
+    srun's log 'task 0: Killed'; status said 'exit code 9' alone, with no word of what resume does."""
+    import os
+    import signal
+
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name="killed", teacher_epochs=3, teacher_batch=16))
+    results = tmp_path / "r"
+    args = ("--results", results, "--profile", "local-slurm")
+    kdsweep("run", sweep_file, *args)
+    teacher = next(j for j in api.plan(sweep_file).jobs if j.method == "teacher")
+    folder = state.job_dir(results / "killed", teacher)
+    wait_until(sweep_file, results, lambda st: trained_an_epoch(folder))
+    os.kill(json.loads((folder / "attempt.json").read_text())["pid"], signal.SIGKILL)
+    wait_until(sweep_file, results, lambda st: st["teacher-s0"].state == state.FAILED
+               and all(s.state == state.CANCELLED for n, s in st.items() if n.startswith("kd")), timeout=60)
+    out, lines = _status_lines(sweep_file, results)
+    task = _submissions(results, "killed")[0]["jobs"][teacher.id]
+    assert lines["teacher-s0"].endswith(
+        f"failed     slurm {task}: killed by SIGKILL (out of memory, or a kill -9) "
+        f"({results / 'killed' / 'slurm' / task / task}_0_log.out); no checkpoint: resume starts it over"), out
+    kdsweep("resume", sweep_file, *args)
+    states = wait_until(sweep_file, results, all_final, timeout=300)
+    assert {s.state for s in states.values()} == {state.DONE}, states
+
+
 def test_a_lost_record_is_made_again_from_slurms_queue_and_nothing_runs_twice(slurm_cluster, tmp_path,
                                                                             mini_mnist_env):
     """The record lost while the teacher trained and its students waited: status called them

@@ -320,3 +320,25 @@ def test_arrays_in_the_queue_that_the_record_lacks_are_found_by_their_scripts_an
     assert list(slurm.unrecorded(folder)) == ["90"]
     (folder / "slurm" / "90_1" / "90_1_submitted.pkl").unlink()  # what it trains is unknown now
     assert slurm.unrecorded(folder) == {"90": ("s-students", {"aaa": "90_0"}, ["90_1"])}
+
+
+@pytest.mark.parametrize("log, said", [
+    ("submitit INFO (2026-11-27 09:15:34,500) - Starting with JobEnvironment(job_id=4_0, hostname=vm)\n"
+     "submitit ERROR (2026-11-27 09:15:34,624) - Submitted job triggered an exception\n"
+     "Traceback (most recent call last):\n  File \"<frozen runpy>\", line 198, in _run_module_as_main\n"
+     "    return _run_code(code, main_globals, None,\n  File \"/usr/lib/python3/submitit/core/_submit.py\", line 11\n"
+     "ModuleNotFoundError: No module named 'sweep'\nsrun: error: vm: task 0: Exited with exit code 1\n",
+     "ModuleNotFoundError: No module named 'sweep'"),  # an image without the project: the exception, not submitit's line
+    ("/usr/bin/python3: No module named submitit\nsrun: error: vm: task 0: Exited with exit code 1\n",
+     "/usr/bin/python3: No module named submitit"),  # a python without the project's packages
+    ("slurmstepd-vm: error: execve(): /nonexistent/python3: No such file or directory\n",
+     "slurmstepd-vm: error: execve(): /nonexistent/python3: No such file or directory"),
+    ("12:00:01.000 I kd.train: epoch 1/3\nsrun: error: vm: task 0: Killed\n", "srun: error: vm: task 0: Killed"),
+])
+def test_a_tasks_log_says_why_it_failed_in_one_line(tmp_path, log, said):
+    from sweep import status
+
+    (tmp_path / "slurm" / "4_0").mkdir(parents=True)
+    (tmp_path / "slurm" / "4_0" / "4_0_0_log.out").write_text(log)
+    assert status.task_log_error(tmp_path, "4_0") == f"{said} ({tmp_path / 'slurm' / '4_0' / '4_0_0_log.out'})"
+    assert bool(status.KILLED.search(said)) == said.endswith("Killed")
