@@ -321,6 +321,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.command == "resume" and not folder.is_dir():  # run from another folder: it would start all over
         raise UserError(f"{folder}: no such folder: sweep {plan.sweep.name} has not run here, nothing to resume",
                         hint="'kdsweep run' starts it; or give --results DIR where it ran")
+    if args.command == "resume" and args.data_root is None:  # as it ran: not another copy of the data by default
+        last = (state.read_json(folder / "plan.json") or {}).get("data_root")
+        here = os.environ.get("KDSWEEP_DATA")
+        if isinstance(last, str) and not (here and Path(here).resolve() == Path(last).resolve()):
+            args.data_root = Path(last)
+            print(f"data root: {last}, the one the sweep last ran with (--data-root DIR to change it)")
     if args.profile:
         if args.device:
             raise UserError("--device: not with --profile: a SLURM job's device is the GPU that the profile's "
@@ -533,11 +539,14 @@ def _last_profile(folder: Path) -> str | None:
         record = slurm.read_record(folder)
     except UserError:  # damaged: status has said so
         return None
-    if not record:
+    if record:
+        path, name = record[-1].get("profile_file"), record[-1].get("profile")
+    elif latest := slurm.submitted_with(folder):  # the record lost (slurm/ deleted): plan.json says it still
+        path, name = latest.get("file"), latest["name"]
+    else:
         return None
-    path = record[-1].get("profile_file")
     if not path:
-        return record[-1].get("profile")
+        return name
     bundled = any(Path(path).parent == d.resolve() for d in profile.PROFILE_DIRS)
     return Path(path).stem if bundled else path
 

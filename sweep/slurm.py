@@ -108,8 +108,8 @@ def unrecorded(folder: Path) -> dict[str, tuple[str, dict[str, str], list[str]]]
     submitit files are gone, so that what they train is unknown), from the tasks' submitit files.
     Empty where nothing was submitted from here or Slurm cannot be asked."""
     base = folder / "slurm"
-    if not base.is_dir() or not shutil.which("squeue"):
-        return {}
+    if not (base.is_dir() or submitted_with(folder)) or not shutil.which("squeue"):
+        return {}  # never submitted from here (a local sweep): Slurm is not asked
     recorded = {sid.split("_")[0] for sids in submitted_ids(folder).values() for sid in sids}
     try:  # -r: a line per task; %F: the array's id (%A is each task's own job id once it runs)
         p = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%F|%i|%j|%Z|%o"], capture_output=True, text=True,
@@ -133,6 +133,16 @@ def unrecorded(folder: Path) -> dict[str, tuple[str, dict[str, str], list[str]]]
         except Exception:  # noqa: BLE001 - gone, or not of this shape: what it trains is unknown
             unread.append(task)
     return dict(sorted(out.items(), key=lambda kv: int(kv[0])))  # submitted in this order: teachers first
+
+
+def submitted_with(folder: Path) -> dict[str, str] | None:
+    """The profile of the latest SLURM submission as plan.json records it ({"name", "file"}), where
+    the latest run of the sweep was one (a local run after it records none)."""
+    try:
+        profile = json.loads((folder / "plan.json").read_text()).get("profile")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return profile if isinstance(profile, dict) and isinstance(profile.get("name"), str) else None
 
 
 def latest_ids(folder: Path) -> dict[str, str]:

@@ -144,14 +144,18 @@ def foreign_done(folder: Path, plan: Plan) -> int:
         return 0
 
 
-def write_plan(sweep_folder: Path, plan: Plan, data_root: Path | None = None) -> None:
+def write_plan(sweep_folder: Path, plan: Plan, data_root: Path | None = None,
+               profile: tuple[str, Path | None] | None = None) -> None:
     """Record the plan and each job's config, so any later shell can see what was run (and with
-    which data root: the command that resumes it names it again)."""
+    which data root and, for a SLURM submission, which profile: the command that resumes it names
+    them again, even where the submissions' record is lost)."""
     jobs = [{"id": j.id, "name": j.name, "method": j.method, "config": j.config, "depends_on": list(j.depends_on)}
             for j in plan.jobs]
-    record = {"sweep": plan.sweep.name, "jobs": jobs}
+    record: dict[str, Any] = {"sweep": plan.sweep.name, "jobs": jobs}
     if data_root is not None:
         record["data_root"] = str(Path(data_root).resolve())
+    if profile is not None:
+        record["profile"] = {"name": profile[0], **({"file": str(Path(profile[1]).resolve())} if profile[1] else {})}
     for j in plan.jobs:  # before anything is written: a file where a job folder belongs stops it all
         if (bad := results.not_a_folder(job_dir(sweep_folder, j))) is not None:
             raise UserError(f"{bad}: a file where job {j.name}'s folder belongs", hint=f"move {bad} away and run again")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -57,7 +58,8 @@ def executor_parameters(p: prof.Profile, name: str, mounts: list[str]) -> dict[s
         if getattr(p, key):
             params[key] = getattr(p, key)
     if p.mem_gb:
-        params["mem"] = f"{int(p.mem_gb)}GB" if p.mem_gb == int(p.mem_gb) else f"{int(p.mem_gb * 1024)}MB"
+        # MB rounded up: --mem=0 asks Slurm for all of a node's memory
+        params["mem"] = f"{int(p.mem_gb)}GB" if p.mem_gb == int(p.mem_gb) else f"{math.ceil(p.mem_gb * 1024)}MB"
     if p.setup:
         params["setup"] = list(p.setup)
     if p.sbatch:
@@ -123,7 +125,7 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
 
     out = Submitted()
     with state.sweep_lock(folder):
-        state.write_plan(folder, plan, data_root)
+        state.write_plan(folder, plan, data_root, (p.name, p.path))
         found = slurm.unrecorded(folder)
         unread = [t for _, _, tasks in found.values() for t in tasks]
         if unread:

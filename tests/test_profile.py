@@ -132,3 +132,13 @@ def test_plan_with_a_profile_counts_the_array_tasks_not_a_local_runs_units(capsy
     out = capsys.readouterr().out
     assert "SLURM submission (profile generic-apptainer): 3 array tasks (pack auto, sized for the profile's GPUs" in out
     assert "local run:" not in out
+
+
+@pytest.mark.parametrize("mem_gb, mem", [(32, "32GB"), (1.5, "1536MB"), (0.0001, "1MB"), (2.0004, "2049MB")])
+def test_memory_is_asked_in_whole_megabytes_rounded_up(tmp_path, mem_gb, mem):
+    """0.0001 GB was --mem=0MB, which Slurm reads as all of the node's memory."""
+    from sweep import submit
+
+    path = tmp_path / "p.toml"
+    path.write_text(f"mem_gb = {mem_gb}\n" + GOOD)
+    assert submit.executor_parameters(prof.load(path), "s-first", [])["mem"] == mem

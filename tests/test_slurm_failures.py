@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import trained_an_epoch
-from sweep import api, state
+from sweep import api, slurm, state
 from test_slurm import all_final, kdsweep, wait_until
 
 pytestmark = pytest.mark.slurm
@@ -161,6 +161,34 @@ def test_a_lost_record_is_made_again_from_slurms_queue_and_nothing_runs_twice(sl
     assert {s.state for s in states.values()} == {state.DONE}, states
     for job in api.plan(sweep_file).jobs:  # each trained by one task, once
         assert (state.job_dir(results / "lost", job) / "log").read_text().count("=== ") == 1
+
+
+def test_the_slurm_folder_deleted_while_arrays_wait_is_said_and_resume_keeps_the_profile(slurm_cluster, tmp_path,
+                                                                                        mini_mnist_env):
+    """results/<sweep>/slurm/ deleted (logs, the record and the tasks' files) while both arrays waited:
+    status said '3 pending -> kdsweep resume s.toml', a local run on the login node, and nothing of the
+    arrays Slurm holds; resume --profile submitted both again beside them."""
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.format(name="gone", teacher_epochs=1, teacher_batch=100))
+    results = tmp_path / "r"
+    args = ("--results", results, "--profile", "local-slurm")
+    kdsweep("run", sweep_file, *args)
+    arrays = sorted({sid.split("_")[0] for r in _submissions(results, "gone") for sid in r["jobs"].values()}, key=int)
+    subprocess.run(["scontrol", "hold", *arrays], check=True)
+    shutil.rmtree(results / "gone" / "slurm")
+    out = kdsweep("status", sweep_file, "--results", results).stdout
+    assert f"note: 2 arrays of this sweep in Slurm's queue that {results / 'gone' / 'slurm' / 'submissions.json'} " \
+           f"does not list ({', '.join(arrays)})" in out and "train what is unknown" in out, out
+    assert out.splitlines()[-1].endswith(f"kdsweep resume {sweep_file} --results {results} --profile local-slurm"), out
+    p = kdsweep("resume", sweep_file, *args, check=False)
+    assert p.returncode == 2 and p.stderr.startswith("error: Slurm holds 2 tasks submitted from"), p.stderr
+    assert "submitted" not in p.stdout and not (results / "gone" / "slurm" / "submissions.json").exists()
+    scancel = p.stderr.splitlines()[-1].removeprefix("hint: ").split(" (or wait")[0]
+    subprocess.run(shlex.split(scancel), check=True)  # the command it named
+    wait_until(sweep_file, results, lambda st: not slurm.unrecorded(results / "gone"), timeout=60)
+    kdsweep("resume", sweep_file, *args)
+    states = wait_until(sweep_file, results, all_final, timeout=300)
+    assert {s.state for s in states.values()} == {state.DONE}, states
 
 
 def test_students_of_a_teacher_training_out_of_slurms_sight_are_held_back(slurm_cluster, tmp_path, mini_mnist_env):

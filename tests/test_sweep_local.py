@@ -802,3 +802,31 @@ def test_a_resume_that_finds_a_damaged_checkpoint_says_it_trained_from_the_start
     assert state.job_state(job).detail == "stopped by SIGINT, checkpointed: resume continues it"
     rc, out, err = _run_main(["resume", str(sweep_file), "--results", str(tmp_path)])
     assert rc == 0 and "(its checkpoint was damaged: trained from the start (its log says how))" in out, (out, err)
+
+
+def test_resume_reads_the_data_root_the_sweep_ran_with_unless_told_otherwise(tmp_path, mini_mnist_env, monkeypatch,
+                                                                              capsys):
+    """Run with --data-root, resume from a shell without it: resume read the default data root (another
+    copy of the data, or none) without a word; now the one the sweep ran with, said in one line."""
+    sweep_file = tmp_path / "one.toml"
+    sweep_file.write_text('name = "one"\ndataset = "mnist"\nmethods = ["scratch"]\n[train]\nepochs = 1\n'
+                          'batch_size = 100\n[grid]\nseed = [0, 1]\n')
+    data = tmp_path / "data"
+    shutil.copytree(mini_mnist_env, data)
+    monkeypatch.delenv("KDSWEEP_DATA")  # a shell without it: the default root has no mnist
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root = ("--results", str(tmp_path / "r"))
+    assert main(["run", str(sweep_file), *root, "--data-root", str(data), "--pack", "1"]) == 0
+    folder = tmp_path / "r" / "one"
+    job = state.job_dir(folder, api.plan(sweep_file).jobs[1])
+    (job / "result.json").unlink()
+    capsys.readouterr()
+    assert main(["resume", str(sweep_file), *root]) == 0
+    out = capsys.readouterr().out
+    assert f"data root: {data.resolve()}, the one the sweep last ran with (--data-root DIR to change it)" in out, out
+    assert (job / "result.json").exists()
+    assert json.loads((folder / "plan.json").read_text())["data_root"] == str(data.resolve())
+    (job / "result.json").unlink()
+    monkeypatch.setenv("KDSWEEP_DATA", str(data))  # this shell's own is that one: nothing to say
+    assert main(["resume", str(sweep_file), *root]) == 0
+    assert "data root:" not in capsys.readouterr().out
