@@ -122,8 +122,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_device(args.device)
     from kd import phases, train
 
+    from sweep.worker import StopFlag
+
     phases.skip_dynamo_import()  # kdsweep's own process: nothing in it compiles
-    result = train.run(config, args.out, data_root=args.data_root, device=args.device)
+    from sweep import state
+
+    stop = StopFlag()  # Ctrl-C: the step in flight, a checkpoint there, then out (a second: at once)
+    stop.catch(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    made = not args.out.exists()
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        with state.job_locks([args.out], wait_s=0):  # the same command twice: one trains, the other says so
+            result = train.run(config, args.out, data_root=args.data_root, device=args.device, stop=stop)
+    except UserError:
+        if made and [p.name for p in args.out.iterdir()] == [".lock"]:  # refused before it wrote: as it was
+            (args.out / ".lock").unlink()
+            args.out.rmdir()
+        raise
+    if result is None:
+        print(f"interrupted ({signal.Signals(stop.signal).name}): checkpointed in {args.out}; the same command "
+              "goes on from there", file=sys.stderr)
+        return 128 + stop.signal
     m = result["metrics"]
     print(f"{config.method} on {config.dataset}: test accuracy {m['test_accuracy']:.2%}  "
           f"(test loss {m['test_loss']:.4f}, {result['wall_seconds']:.0f} s on {result['device']})  -> {args.out}")

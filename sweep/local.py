@@ -200,7 +200,9 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                                    "resume starts it", seconds)
                         else:
                             rc = unit.proc.returncode
-                            last = getattr(unit.proc, "last_line", "") or _error_in_log(unit, folder)
+                            last = getattr(unit.proc, "last_line", "") or _error_in_log(unit, folder) or (
+                                "" if (folder / "plan.json").is_file() else
+                                "the sweep's folder is gone (moved or deleted during the run)")
                             detail = (s.detail if 0 <= rc < 128 and s.detail and s.state == state.FAILED else
                                       _ended(rc) + (f": {last}" if last else ""))
                             if rc != 0 and s.state != state.FAILED:  # its worker failed or was killed before it
@@ -236,7 +238,8 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                     except OSError as e:  # its log cannot be made (a full disk): it fails, the run goes on
                         if not (folder / "plan.json").is_file():  # unless the sweep's folder is gone
                             raise UserError(f"{folder}: moved or deleted during the run: the run stopped",
-                                            hint="status and resume where the folder is now (--results)") from None
+                                            hint=f"status and resume where it is now: --results DIR names the "
+                                                 f"folder that holds it, under its name {folder.name}") from None
                         for job in unit.jobs:
                             finish(job, "failed", f"not started: {e.filename}: {e.strerror}")
                         continue

@@ -401,9 +401,9 @@ def job_locks(folders: list[Path], wait_s: float = 60.0) -> Iterator[None]:
                     break
                 except OSError:
                     if time.monotonic() >= deadline:
-                        raise UserError(f"{folder}: another process trains this job "
-                                        f"({(read_json(folder / 'attempt.json') or {}).get('host', '?')}); "
-                                        f"not starting a second one") from None
+                        host = (read_json(folder / "attempt.json") or {}).get("host")  # none: kdsweep train's
+                        raise UserError(f"{folder}: another process trains this job" + (f" ({host})" if host else "")
+                                        + "; not starting a second one") from None
                     time.sleep(0.5)
             _HELD_HERE.add(_file_key(f))
         yield

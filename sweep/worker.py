@@ -90,8 +90,8 @@ class StopFlag:
 
     def catch(self, *signums: int) -> None:
         for s in signums:
-            if s == signal.SIGHUP and signal.getsignal(s) == signal.SIG_IGN:
-                continue  # started under nohup: a hangup is to be ignored, as asked
+            if s in (signal.SIGHUP, signal.SIGINT) and signal.getsignal(s) == signal.SIG_IGN:
+                continue  # started under nohup, or as a script's background job (`kdsweep run ... &`): as asked
             signal.signal(s, self._set)
 
     def _set(self, signum: int, frame) -> None:

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -64,3 +65,41 @@ def test_a_results_path_that_cannot_be_a_folder_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and why in err, (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop1", "loop2", "one.toml"]  # nothing made
+
+
+def test_train_stopped_checkpoints_where_it_is_says_so_and_the_same_command_goes_on(tmp_path, mini_mnist):
+    """Ctrl-C (or a SIGTERM) printed 'interrupted' and no more, and kept nothing inside the first
+    epoch; the same command run twice trained one folder from two processes."""
+    import os
+    import signal
+
+    out = tmp_path / "t"
+    cmd = [sys.executable, "-m", "sweep.cli", "train", "--method", "scratch", "--epochs", "300", "--dataset", "mnist",
+           "--data-root", str(mini_mnist), "--batch-size", "100", "--out", str(out)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        line = first.stderr.readline()
+        while line and not re.search(r"epoch +1/300", line):  # an epoch trained
+            line = first.stderr.readline()
+        assert line, first.communicate()
+        second = subprocess.run(cmd, capture_output=True, text=True)
+        assert (second.returncode, second.stderr.strip()) == (
+            2, f"error: {out}: another process trains this job; not starting a second one"), second.stderr
+        os.killpg(first.pid, signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 128 + signal.SIGINT
+    assert err.splitlines()[-1] == f"interrupted (SIGINT): checkpointed in {out}; the same command goes on from there"
+    assert (out / "checkpoint.pt").exists() and not (out / "result.json").exists()
+    resumed = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = resumed.stderr.readline()  # its first log line says where it goes on from
+        while line and "resuming" not in line and "training" not in line:
+            line = resumed.stderr.readline()
+        assert re.search(r"resuming .* from epoch \d+, step \d+ \(of 10\)", line), line
+    finally:
+        os.killpg(resumed.pid, signal.SIGKILL)
+        resumed.communicate(timeout=60)

@@ -510,15 +510,19 @@ def test_a_worker_stopped_by_a_signal_is_interrupted_not_failed(tmp_path, starte
     assert state.job_state(first).state == state.INTERRUPTED
 
 
-def test_a_run_under_nohup_goes_on_after_a_hangup(tmp_path):
+@pytest.mark.parametrize("ignored", [signal.SIGHUP, signal.SIGINT], ids=["nohup", "a-scripts-background-job"])
+def test_a_run_started_with_a_signal_ignored_goes_on_when_it_comes(tmp_path, ignored):
+    """nohup ignores SIGHUP; a script's background job (`kdsweep run ... &`) SIGINT, so that a Ctrl-C
+    in its terminal is not for it: its workers stopped all the same (their own handler), and the run
+    went on with every unit 'interrupted'."""
     sweep_file = tmp_path / "seeds.toml"
     sweep_file.write_text(SEEDS.format(epochs=200, seeds="0"))
     proc = _kdsweep("run", str(sweep_file), "--results", str(tmp_path), "--pack", "1", start_new_session=True,
-                    preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as nohup starts it
+                    preexec_fn=lambda: signal.signal(ignored, signal.SIG_IGN))  # as nohup, or the shell, starts it
     try:
         first = state.job_dir(tmp_path / "seeds", api.plan(sweep_file).jobs[0])
         _until_training(proc, first)
-        os.killpg(proc.pid, signal.SIGHUP)
+        os.killpg(proc.pid, ignored)  # the whole group, workers too, as a terminal sends it
         time.sleep(2)
         assert proc.poll() is None and state.job_state(first).state == state.RUNNING
     finally:
@@ -703,13 +707,16 @@ def test_a_results_folder_moved_during_the_run_stops_it_in_one_line_and_is_not_m
     plan = api.plan(sweep_file)
     teacher = next(j for j in plan.jobs if j.method == "teacher")
     old, new = tmp_path / "old", tmp_path / "new"
-    proc = _kdsweep("-q", "run", str(sweep_file), "--results", str(old))
+    proc = _kdsweep("run", str(sweep_file), "--results", str(old))
     _until_training(proc, state.job_dir(old / "moved", teacher))
     old.rename(new)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2 and "Traceback" not in out, out
     assert out.splitlines()[-2:] == [f"error: {old / 'moved'}: moved or deleted during the run: the run stopped",
-                                     "hint: status and resume where the folder is now (--results)"], out
+                                     "hint: status and resume where it is now: --results DIR names the folder that "
+                                     "holds it, under its name moved"], out
+    (line,) = [x for x in out.splitlines() if x.startswith("failed")]  # why, where it said 'exit status 2' alone
+    assert "teacher-s0" in line and line.endswith("the sweep's folder is gone (moved or deleted during the run)"), out
     assert not old.exists()  # nothing made anew there
     resumed = _kdsweep("-q", "resume", str(sweep_file), "--results", str(new))
     assert resumed.communicate(timeout=300)[0].splitlines()[-1].startswith("2/2 done") and resumed.returncode == 0
