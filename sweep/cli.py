@@ -222,6 +222,14 @@ def _add_plan(sub) -> None:
     p.add_argument("--all", action="store_true",
                    help=f"list every job (a plan of more than {SHORT_PLAN} jobs lists its first and last ones)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every job, and each job's full config")
+    p.add_argument("--device", type=_device_name, help="size packs as a local run on this device would (cpu, cuda, "
+                   "cuda:N, mps; default: this machine's): the plan of a GPU run, shown on a laptop")
+
+
+def _device_name(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (expected cpu, cuda, cuda:N or mps)")
+    return text
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -235,6 +243,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     out = api.folder(plan, args.results)
     _check_folder(out, "--results", write=False)
     prof = None
+    if args.profile and args.device:
+        raise UserError("--device: not with --profile: a SLURM job's device is the GPU that the profile's gpus asks for")
     if args.profile:  # loaded before anything is printed: a bad profile is one error line
         from sweep import profile, submit
 
@@ -286,9 +296,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         sized = f", sized for the profile's {'GPU' if prof.gpus else 'CPU'}s" if pack == "auto" else ""
         where = f"SLURM submission (profile {prof.name}): {_count(len(packs), 'array task')}"
     else:
-        kind = local.device_kind(None)
+        kind = local.device_kind(args.device)
         packs = units(plan, pack, kind)
-        sized = f", sized for this machine's {'GPU' if kind == 'cuda' else 'CPU'}" if pack == "auto" else ""
+        whose = "this machine's" if args.device is None else "a"
+        sized = f", sized for {whose} {'GPU' if kind == 'cuda' else 'CPU'}" if pack == "auto" else ""
         where = f"local run: {_count(len(packs), 'unit')}"
     print(f"{where} (pack {pack}{sized}: jobs that share a model and its settings train together); "
           f"largest pack {_count(max(len(u) for u in packs), 'job')}")
@@ -582,6 +593,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     from sweep import api, compare
 
+    _check_folder(args.results, "--results", write=False)  # a file there: said as run and status say it
     c = api.collect(args.sweep, results_root=args.results, max_jobs=args.max_jobs)
     df = pd.read_parquet(c.results) if c.rows else None
     pct = lambda v: "-" if pd.isna(v) else f"{100 * v:.2f}%"  # noqa: E731
@@ -637,6 +649,7 @@ def _add_plot(sub) -> None:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from sweep import api
 
+    _check_folder(args.results, "--results", write=False)  # a file there: said as run and status say it
     for path in api.plot(args.sweep, results_root=args.results, max_jobs=args.max_jobs):
         print(path)
     return 0
@@ -655,6 +668,7 @@ def _add_report(sub) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from sweep import api
 
+    _check_folder(args.results, "--results", write=False)  # a file there: said as run and status say it
     written = api.report(args.sweep, results_root=args.results, max_jobs=args.max_jobs)
     for line in written.headline:
         print(line)
@@ -737,7 +751,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug, args = False, None
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # argparse's top parser says so, naming itself: the command's own help lists its flags
+            raise UserError(f"kdsweep {args.command}: unrecognized arguments: {' '.join(extra)}",
+                            hint=f"see 'kdsweep {args.command} --help'")
         debug = args.debug
         logs.setup(logging.WARNING if args.quiet else logging.INFO)
         return COMMANDS[args.command][1](args)

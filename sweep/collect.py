@@ -64,8 +64,9 @@ def collect(plan: Plan, folder: Path) -> Collected:
         jdir = state.job_dir(folder, job)
         try:
             result, problem = state.own_result(jdir, job.config)
-            if problem:
-                raise UserError(f"{jdir / 'result.json'}: {problem}")
+            if problem:  # "result.json unreadable (...)", "model.pt missing ...": the file it is about, named once
+                raise UserError(f"{jdir / 'result.json'}: {problem.removeprefix('result.json ')}"
+                                if problem.startswith("result.json ") else f"{jdir}: {problem}")
             row = job_row(plan, job, result) if result is not None else None
         except (UserError, KeyError, TypeError, ValueError) as e:
             detail = str(e) if isinstance(e, UserError) else f"{jdir / 'result.json'}: damaged result ({e!r})"
@@ -119,7 +120,8 @@ def _keep_rows_of_gone_jobs(plan: Plan, folder: Path, tables: tuple[Path, ...], 
         gone = [j.name for j in plan.jobs if j.id in before and j.id not in collected
                 and not state.job_dir(folder, j).exists()]
         if gone:
-            raise UserError(f"{table} holds the rows of {len(gone):,} finished jobs whose folders are gone from "
+            raise UserError(f"{table} holds the rows of {len(gone):,} finished {'job' if len(gone) == 1 else 'jobs'} "
+                            f"whose {'folder is' if len(gone) == 1 else 'folders are'} gone from "
                             f"{folder / 'jobs'} ({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): "
                             "collecting again would drop them",
                             hint=f"restore those folders, or move {RESULTS}, {EPOCHS} and {COMPARISONS} aside "

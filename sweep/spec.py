@@ -65,6 +65,8 @@ def resolve_path(arg: str | Path) -> Path:
     example = EXAMPLES / f"{p.stem}.toml"
     if p.parent == Path(".") and example.is_file():
         return example
+    if p.is_dir():
+        raise UserError(f"{p}: a folder, not a sweep file")
     known = ", ".join(sorted(e.stem for e in EXAMPLES.glob("*.toml")))
     raise UserError(f"{p}: no such sweep file (bundled examples: {known})")
 

@@ -318,7 +318,7 @@ def job_state(folder: Path, config: dict[str, Any] | None = None) -> JobState:
         if attempt.get("waiting_for"):  # started ahead: queued behind its teacher, in its process
             whom = "the teachers of others in its pack" if attempt.get("waiting_for_pack") else "its teacher"
             return JobState(QUEUED, f"waiting for {whom} {', '.join(map(str, attempt['waiting_for']))} "
-                                    f"(pid {attempt['pid']} on {attempt['host']}, started ahead)")
+                                    f"(started ahead in pid {attempt['pid']} on {attempt['host']})")
         return JobState(RUNNING, f"pid {attempt['pid']} on {attempt['host']}")
     if attempt.get("stopped"):
         return JobState(INTERRUPTED, stopped(folder, attempt))

@@ -660,6 +660,10 @@ FOLDERS = [
     (lambda w: ["run", "demo", "--profile", "local-slurm", "--results", str(_file(w))], "--results: {w}/file/demo"),
     (lambda w: ["status", "demo", "--results", str(_file(w))], "--results: {w}/file/demo: {w}/file is a file"),
     (lambda w: ["plan", "demo", "--results", str(_file(w))], "--results: {w}/file/demo: {w}/file is a file"),
+    (lambda w: ["collect", "demo", "--results", str(_file(w))], "--results: {w}/file exists and is not a folder"),
+    (lambda w: ["plot", "demo", "--results", str(_file(w))], "--results: {w}/file exists and is not a folder"),
+    (lambda w: ["report", "demo", "--results", str(_file(w))], "--results: {w}/file exists and is not a folder"),
+    (lambda w: ["plan", str((w / "dir.toml").mkdir() or w / "dir.toml")], "{w}/dir.toml: a folder, not a sweep file"),
     (lambda w: ["data", "mnist", "--root", str(_file(w))], "--root: {w}/file exists and is not a folder"),
     (lambda w: ["data", "mnist", "--root", str(_file(w) / "sub")], "--root: {w}/file/sub: {w}/file is a file"),
 ]

@@ -45,6 +45,10 @@ def test_plan_shows_the_packs_that_run_will_make(capsys, monkeypatch):
     assert "local run: 3 units (pack auto, sized for this machine's CPU: " in capsys.readouterr().out
     assert main(["plan", "demo", "--pack", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: --pack: 0 must be")
+    assert main(["plan", "demo", "--device", "cuda"]) == 0  # a GPU run's plan, shown where there is no GPU
+    assert "local run: 3 units (pack auto, sized for a GPU: " in capsys.readouterr().out
+    assert main(["plan", "demo", "--device", "gpu"]) == 2
+    assert "argument --device: 'gpu' is not a device (expected cpu, cuda, cuda:N or mps)" in capsys.readouterr().err
 
 
 def test_a_results_path_that_cannot_be_a_folder_is_one_line(tmp_path, capsys):

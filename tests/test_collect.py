@@ -253,7 +253,7 @@ def test_a_result_of_another_job_is_not_collected_under_this_ones_name(tmp_path)
     shutil.copy(state.job_dir(folder, a) / "result.json", state.job_dir(folder, b) / "result.json")
     c = api.collect(sweep_file, results_root=root)
     assert [(n, s) for n, s, _ in c.missing] == [(b.name, collect.DAMAGED)]
-    assert "result.json holds another job's result (" in c.missing[0][2]
+    assert "result.json: holds another job's result (" in c.missing[0][2]
     assert b.id not in set(pd.read_parquet(c.results)["job_id"]) and c.rows == len(plan.jobs) - 1
     (state.job_dir(folder, b) / "config.json").unlink()  # nothing in the folder says whose it is: the plan does
     c = api.collect(sweep_file, results_root=root)
@@ -442,8 +442,9 @@ def test_collect_refuses_to_drop_the_rows_of_jobs_whose_folders_are_gone(tmp_pat
     assert main(["collect", str(sweep_file), "--results", str(root)]) == 2
     err = capsys.readouterr().err.splitlines()
     n = 1 if gone == "one" else len(plan.jobs)
-    assert err[0].startswith(f"error: {folder / collect.RESULTS} holds the rows of {n} finished jobs whose folders "
-                             f"are gone from {folder / 'jobs'} ({plan.jobs[-1].name if n == 1 else plan.jobs[0].name}")
+    which = "job whose folder is" if n == 1 else "jobs whose folders are"
+    assert err[0].startswith(f"error: {folder / collect.RESULTS} holds the rows of {n} finished {which} "
+                             f"gone from {folder / 'jobs'} ({plan.jobs[-1].name if n == 1 else plan.jobs[0].name}")
     assert err[1] == ("hint: restore those folders, or move results.parquet, epochs.parquet and comparisons.parquet "
                       "aside to collect without them")
     assert (folder / collect.RESULTS).read_bytes() == before  # the rows are where they were

@@ -775,8 +775,8 @@ def test_students_started_ahead_are_queued_behind_their_teacher_and_pending_afte
     pid = state.read_json(kd[0] / "attempt.json")["pid"]
     for d in kd:
         s = state.job_state(d)
-        assert (s.state, s.detail) == (state.QUEUED, f"waiting for its teacher teacher-s0 (pid {pid} on "
-                                                     f"{socket.gethostname()}, started ahead)"), s
+        assert (s.state, s.detail) == (state.QUEUED, f"waiting for its teacher teacher-s0 (started ahead in pid "
+                                                     f"{pid} on {socket.gethostname()})"), s
     rc, out, _ = _run_main(["status", str(sweep_file), "--results", str(tmp_path)])
     assert "0/3 done, 1 running, 2 queued" in out.splitlines()[-1], out
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C

@@ -444,7 +444,7 @@ def test_a_unit_started_ahead_records_what_each_of_its_jobs_waits_for(tmp_path):
     with state.job_locks([jobs / "k2"]):
         state.record_attempt(jobs / "k2", **worker._waiting(jobs / "k2", teachers))
         assert state.job_state(jobs / "k2").detail == (
-            f"waiting for the teachers of others in its pack teacher-s0, teacher-s1 (pid {os.getpid()} on "
-            f"{socket.gethostname()}, started ahead)")
+            f"waiting for the teachers of others in its pack teacher-s0, teacher-s1 (started ahead in pid "
+            f"{os.getpid()} on {socket.gethostname()})")
         state.record_began(jobs / "k2")
         assert state.job_state(jobs / "k2").state == state.RUNNING
