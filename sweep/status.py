@@ -115,6 +115,14 @@ def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job
             states[jid] = dataclasses.replace(s, detail=s.detail.removesuffix("its teacher") + (
                 f"the teachers of other students in its array ({', '.join(waits[:3])}{', ...' * (len(waits) > 3)}; "
                 "its own is done)"))
+        elif not lost and s.detail.endswith(": waiting for its teacher") and jobs[jid].depends_on \
+                and all(states[d].state == state.DONE for d in jobs[jid].depends_on):
+            # its teachers are done, but afterok waits for their tasks to end: one requeued after its
+            # teacher's result (a node failure, scontrol requeue) runs again, finds it done and ends
+            tasks = sorted({ids[d] for d in jobs[jid].depends_on if ids.get(d)})
+            states[jid] = dataclasses.replace(s, detail=s.detail.removesuffix("its teacher") + (
+                f"its teacher's task to end ({', '.join(jobs[d].name for d in jobs[jid].depends_on)} done; slurm "
+                f"{', '.join(tasks) or '?'} still in Slurm's queue: requeued, or ending)"))
         elif lost:
             t = lost[0]
             why = (f"its teacher {jobs[t].name} {states[t].state}" if not _newer(ids.get(t), ids.get(jid))

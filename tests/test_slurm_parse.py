@@ -342,3 +342,31 @@ def test_a_tasks_log_says_why_it_failed_in_one_line(tmp_path, log, said):
     (tmp_path / "slurm" / "4_0" / "4_0_0_log.out").write_text(log)
     assert status.task_log_error(tmp_path, "4_0") == f"{said} ({tmp_path / 'slurm' / '4_0' / '4_0_0_log.out'})"
     assert bool(status.KILLED.search(said)) == said.endswith("Killed")
+
+
+def test_a_student_whose_teacher_is_done_but_whose_task_was_requeued_says_what_it_waits_for(tmp_path, monkeypatch):
+    """A teacher's task requeued after it wrote its result (scontrol requeue, a node failure) sits
+    held until its BeginTime: its students said 'waiting for its teacher' of a teacher that is done."""
+    import json
+
+    from sweep import api, state, status
+    from sweep_tables import finish, sweep_file
+
+    plan = api.plan(sweep_file(tmp_path, "rq", (0,)))
+    folder = tmp_path / "r" / "rq"
+    students = tuple(j.name for j in plan.jobs if j.method == "kd")
+    finish(folder, plan, skip=students)
+    first = {j.id: f"50_{i}" for i, j in enumerate(j for j in plan.jobs if not j.depends_on)}
+    second = {j.id: "51_0" for j in plan.jobs if j.depends_on}
+    (folder / "slurm").mkdir()
+    (folder / slurm.RECORD).write_text(json.dumps([{"level": "first", "jobs": first}, {"level": "students", "jobs": second}]))
+    teacher = next(j for j in plan.jobs if j.method == "teacher")
+    monkeypatch.setattr(slurm, "query", lambda sids, names=None: {
+        **{sid: ("queued", "requeued, held until 12:00") for sid in first.values()},
+        "51_0": ("queued", "waiting for its teacher")})
+    states = {j.name: s for j, s in status.job_states(plan, folder)}
+    assert states["teacher-s0"].state == state.DONE
+    s = states[students[0]]
+    assert (s.state, s.detail) == (state.QUEUED, f"slurm 51_0: waiting for its teacher's task to end (teacher-s0 "
+                                                 f"done; slurm {first[teacher.id]} still in Slurm's queue: requeued, "
+                                                 "or ending)"), s
