@@ -31,7 +31,9 @@ from kd.errors import UserError
 from sweep.spec import check_pack, read_toml, unknown_key
 
 RUNTIMES = ("none", "apptainer", "charliecloud", "pyxis")
-PROFILE_DIRS = (Path("slurm/profiles"), Path(__file__).resolve().parent.parent / "slurm" / "profiles")
+# this folder's (a copy edited), the checkout's, and the installed package's (sweep/profiles links to slurm/profiles)
+PROFILE_DIRS = (Path("slurm/profiles"), Path(__file__).resolve().parent.parent / "slurm" / "profiles",
+                Path(__file__).resolve().parent / "profiles")
 KEYS = {"name": str, "description": str, "partition": str, "account": str, "qos": str, "constraint": str,
         "time": (str, int), "gpus": int, "cpus": int, "mem_gb": (int, float), "array_parallelism": int,
         "signal_delay_s": int, "max_requeue": int, "pack": (int, str), "sbatch": dict, "setup": list, "python": str, "container": dict}

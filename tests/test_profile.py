@@ -142,3 +142,20 @@ def test_memory_is_asked_in_whole_megabytes_rounded_up(tmp_path, mem_gb, mem):
     path = tmp_path / "p.toml"
     path.write_text(f"mem_gb = {mem_gb}\n" + GOOD)
     assert submit.executor_parameters(prof.load(path), "s-first", [])["mem"] == mem
+
+
+def test_the_bundled_profiles_are_in_the_installed_package(tmp_path):
+    """Installed from a wheel (pip install kd-sweep, the image's own), --profile local-slurm said 'no such
+    profile file (bundled profiles: )': the profiles live in slurm/, outside the packages."""
+    import zipfile
+
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
+                        "-w", str(tmp_path / "wheel")], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from sweep import profile; "
+            "print(profile.load('local-slurm').name, profile.load('charliecloud').name)")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})  # not the checkout's
+    assert (p.returncode, p.stdout.split()) == (0, ["local-slurm", "charliecloud"]), p.stderr
