@@ -40,14 +40,19 @@ def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
     try:
         yield Path(tmp)
         if fsync:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            flush_to_disk(Path(tmp))
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, *_FULL):
             raise _cannot_write(path, e) from None
         raise
+
+
+def flush_to_disk(path: Path) -> None:
+    """Flush a written file to the disk (where a full disk or a quota may first show, on NFS and Lustre)."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk or quota: the user's to fix, not a bug

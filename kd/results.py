@@ -24,8 +24,8 @@ def read(path: Path) -> dict[str, Any] | None:
     except IsADirectoryError:
         raise DamagedResult(f"{path}: damaged result, a folder, not a file") from None
     except NotADirectoryError:  # its job folder (or one above) is a file
-        raise DamagedResult(f"{path}: damaged result, {not_a_folder(Path(path).parent)} is a file, "
-                            "not a folder") from None
+        raise DamagedResult(f"{path}: damaged result, {not_a_folder(Path(path).parent) or Path(path).parent} is a "
+                            "file, not a folder") from None
     try:
         result = json.loads(raw)
     except ValueError as e:  # UnicodeDecodeError is a ValueError too

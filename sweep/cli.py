@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -86,8 +88,8 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
-    p.add_argument("--out", required=True, type=Path, help="output folder: checkpoint.pt, model.pt, result.json")
-    p.add_argument("--data-root", type=Path, help="where datasets live (default $KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
+    p.add_argument("--out", required=True, type=_path, help="output folder: checkpoint.pt, model.pt, result.json")
+    p.add_argument("--data-root", type=_path, help="where datasets live (default $KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
 
@@ -131,14 +133,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     stop.catch(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     made = not args.out.exists()
     args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        with state.job_locks([args.out], wait_s=0):  # the same command twice: one trains, the other says so
+    with contextlib.ExitStack() as held:
+        try:  # the same command twice: one trains, the other says so
+            held.enter_context(state.job_locks([args.out], wait_s=0))
+        except state.LocksUnsupported as e:  # NFS mounted nolock, sshfs: train as it did before it locked
+            logging.getLogger("sweep").warning("%s: training without its lock", e)
+        try:
             result = train.run(config, args.out, data_root=args.data_root, device=args.device, stop=stop)
-    except UserError:
-        if made and [p.name for p in args.out.iterdir()] == [".lock"]:  # refused before it wrote: as it was
-            (args.out / ".lock").unlink()
-            args.out.rmdir()
-        raise
+        except BaseException:
+            if made and [p.name for p in args.out.iterdir()] == [".lock"]:  # refused before it wrote: as it
+                shutil.rmtree(args.out)  # was (this process holds its lock: no other trains there)
+            raise
     if result is None:
         print(f"interrupted ({signal.Signals(stop.signal).name}): checkpointed in {args.out}; the same command "
               "goes on from there", file=sys.stderr)
@@ -152,7 +157,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="download a dataset into a data root (needs a network: use a login node)")
     p.add_argument("name", choices=["mnist", "fashion-mnist"])
-    p.add_argument("--root", type=Path, help="data root (default $KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
+    p.add_argument("--root", type=_path, help="data root (default $KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -185,7 +190,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("sweep", help="a sweep file (TOML), or a bundled example's name: "
                    + ", ".join(sorted(e.stem for e in EXAMPLES.glob("*.toml"))))
-    p.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+    p.add_argument("--results", type=_path, default=Path("results"), metavar="DIR",
                    help="results root; the sweep writes to DIR/<sweep name>/ (default: results)")
 
 
@@ -216,7 +221,7 @@ def _add_plan(sub) -> None:
     _sweep_args(p)
     p.add_argument("--profile", help="also print the sbatch script of each job array for this cluster profile "
                    "(a name under slurm/profiles/ or a TOML file)")
-    p.add_argument("--data-root", type=Path, help="data root the jobs will use (mounted into the container)")
+    p.add_argument("--data-root", type=_path, help="data root the jobs will use (mounted into the container)")
     _max_jobs_arg(p)
     _pack_arg(p)
     p.add_argument("--all", action="store_true",
@@ -224,6 +229,19 @@ def _add_plan(sub) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="list every job, and each job's full config")
     p.add_argument("--device", type=_device_name, help="size packs as a local run on this device would (cpu, cuda, "
                    "cuda:N, mps; default: this machine's): the plan of a GPU run, shown on a laptop")
+
+
+def _path(text: str) -> Path:
+    """A folder argument: an empty one ('--data-root ""', a variable unset in a script) would be '.'."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (a variable unset in the command?)")
+    return Path(text)
+
+
+def _default_data_root() -> Path:
+    from kd import data
+
+    return data.default_root()
 
 
 def _device_name(text: str) -> str:
@@ -331,7 +349,7 @@ def _add_run(sub, name: str = "run") -> None:
     p.add_argument("--profile", help="submit to SLURM with this cluster profile (a name under slurm/profiles/ "
                    "or a TOML file) instead of running locally")
     _pack_arg(p)
-    p.add_argument("--data-root", type=Path, help="where datasets live (default $KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
+    p.add_argument("--data-root", type=_path, help="where datasets live (default $KDSWEEP_DATA, else ~/.cache/kdsweep/data)")
     p.add_argument("--device", help="cpu, cuda, cuda:N ... (default: cuda when present); local runs only: "
                    "a SLURM job's device comes from the profile's gpus")
     _max_jobs_arg(p)
@@ -355,8 +373,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         last = (state.read_json(folder / "plan.json") or {}).get("data_root")
         here = os.environ.get("KDSWEEP_DATA")
         if isinstance(last, str) and not (here and Path(here).resolve() == Path(last).resolve()):
-            args.data_root = Path(last)
-            print(f"data root: {last}, the one the sweep last ran with (--data-root DIR to change it)")
+            if here or not Path(last).is_dir():  # this shell names its own, or that one is gone: the default
+                print(f"note: the sweep last ran with data root {last}; this resume reads "
+                      f"{'$KDSWEEP_DATA, ' + here if here else 'the default (' + str(_default_data_root()) + ')'}"
+                      f"{'' if Path(last).is_dir() else ', as that one is gone'} (--data-root DIR to choose)")
+            else:
+                args.data_root = Path(last)
+                print(f"data root: {last}, the one the sweep last ran with (--data-root DIR to change it)")
     if args.profile:
         if args.device:
             raise UserError("--device: not with --profile: a SLURM job's device is the GPU that the profile's "
@@ -752,9 +775,10 @@ def main(argv: list[str] | None = None) -> int:
     debug, args = False, None
     try:
         args, extra = build_parser().parse_known_args(argv)
-        if extra:  # argparse's top parser says so, naming itself: the command's own help lists its flags
-            raise UserError(f"kdsweep {args.command}: unrecognized arguments: {' '.join(extra)}",
-                            hint=f"see 'kdsweep {args.command} --help'")
+        if extra:  # argparse's top parser says so, naming itself: the command's own help lists the flags
+            after = args.command in argv and argv.index(extra[0]) > argv.index(args.command)  # typed after it
+            who = f"kdsweep {args.command}" if after else "kdsweep"
+            raise UserError(f"{who}: unrecognized arguments: {' '.join(extra)}", hint=f"see '{who} --help'")
         debug = args.debug
         logs.setup(logging.WARNING if args.quiet else logging.INFO)
         return COMMANDS[args.command][1](args)

@@ -99,9 +99,11 @@ def collect(plan: Plan, folder: Path) -> Collected:
     for out in (out_r, out_e, out_c):
         if out.is_dir():
             raise UserError(f"{out}: a folder where this table belongs", hint=f"move {out} away and run again")
-    with contextlib.ExitStack() as written:  # the three written in full before any replaces its old one: a
-        for out, table in ((out_r, results), (out_e, history), (out_c, comparisons)):  # full disk keeps them all old
-            table.to_parquet(written.enter_context(atomic.atomic_path(out)), index=False)
+    with contextlib.ExitStack() as written:  # the three written in full, and on disk, before any replaces its
+        for out, table in ((out_r, results), (out_e, history), (out_c, comparisons)):  # old one: a full disk (or
+            tmp = written.enter_context(atomic.atomic_path(out, fsync=False))  # a quota met only at fsync, as
+            table.to_parquet(tmp, index=False)  # NFS and Lustre say it) keeps them all old
+            atomic.flush_to_disk(tmp)
     return Collected(out_r, out_e, len(rows), missing, out_c, save_code_diff(results, folder),
                      state.foreign_done(folder, plan))
 

@@ -16,6 +16,7 @@ only in a process's memory.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -383,6 +384,10 @@ def resume_from(folder: Path) -> str:
     return "resume continues from its checkpoint" if whole == WHOLE else f"{NO_CHECKPOINT[whole]}: resume starts it over"
 
 
+class LocksUnsupported(UserError):
+    """The file system of a job folder refuses POSIX locks (ENOLCK, EOPNOTSUPP): not another holder."""
+
+
 @contextmanager
 def job_locks(folders: list[Path], wait_s: float = 60.0) -> Iterator[None]:
     """Hold each job folder's lock while training it: one folder, one writer. A folder locked by
@@ -399,7 +404,12 @@ def job_locks(folders: list[Path], wait_s: float = 60.0) -> Iterator[None]:
                 try:
                     fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
-                except OSError:
+                except OSError as e:
+                    if e.errno not in (errno.EAGAIN, errno.EACCES):  # not another holder: no locks here at all
+                        raise LocksUnsupported(f"{folder}: cannot lock it ({e.strerror}): its file system keeps no "
+                                               "locks (NFS mounted nolock?), so one writer per job folder cannot "
+                                               "be made sure of", hint="put the results on a file system with "
+                                               "locks (NFSv4, Lustre with -o flock, a local disk)") from None
                     if time.monotonic() >= deadline:
                         host = (read_json(folder / "attempt.json") or {}).get("host")  # none: kdsweep train's
                         raise UserError(f"{folder}: another process trains this job" + (f" ({host})" if host else "")

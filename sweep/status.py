@@ -178,7 +178,10 @@ def task_log_error(folder: Path, sid: str) -> str:
             lines = log.read_text(errors="replace").splitlines()[-200:]
         except OSError:
             continue
-        hit = _exception_line(lines) or next((x.strip() for x in lines if KILLED.search(x)), None) \
+        # the later of its last traceback and a kill (a traceback logged and handled, then the OOM killer)
+        last = max([(i, x.strip()) for i, x in enumerate(lines) if KILLED.search(x)] + [_exception_line(lines)],
+                   default=None, key=lambda hit: hit[0] if hit else -1)
+        hit = (last[1] if last else None) \
             or next((x.strip() for x in lines if ": No module named " in x), None) \
             or next((x.strip() for x in lines if "error" in x.lower()), None)  # python -m's own word, then srun's
         if hit:
@@ -186,13 +189,14 @@ def task_log_error(folder: Path, sid: str) -> str:
     return ""
 
 
-def _exception_line(lines: list[str]) -> str | None:
-    """The exception line of the last traceback in ``lines`` ('ModuleNotFoundError: No module named
-    'sweep''): the first line after it that is not indented."""
+def _exception_line(lines: list[str]) -> tuple[int, str] | None:
+    """(where, the exception line) of the last traceback in ``lines`` ('ModuleNotFoundError: No module
+    named 'sweep''): the first line after it that is not indented; None without one."""
     starts = [i for i, x in enumerate(lines) if x.startswith("Traceback (most recent call last):")]
     if not starts:
         return None
-    return next((x.strip() for x in lines[starts[-1] + 1:] if x.strip() and not x[0].isspace()), None)
+    return next(((i, x.strip()) for i, x in enumerate(lines[starts[-1] + 1:], starts[-1] + 1)
+                 if x.strip() and not x[0].isspace()), None)
 
 
 def _newer(teacher: str | None, student: str | None) -> bool:

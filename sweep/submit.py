@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -24,10 +25,14 @@ from sweep.plan import Job, Plan, units
 LEVEL_NAMES = slurm.LEVEL_NAMES
 
 
-# Inside the image its own code runs: sbatch hands the submitting shell's environment to the job,
-# and the runtimes hand it on, so a PYTHONPATH (or a ~/.local site-packages in a bound home) would
-# put the host's kd and sweep in front of the image's, under the image's name in every result.
-IMAGE_PYTHON = ["env", "-u", "PYTHONPATH", "-u", "PYTHONHOME", "PYTHONNOUSERSITE=1"]
+def image_python() -> list[str]:
+    """What comes before the image's python, so that the image's own code runs: sbatch hands the
+    submitting shell's environment to the job and the runtimes hand it on, so its PYTHONPATH (or a
+    ~/.local site-packages in a bound home, or the submission's folder, a checkout, first on sys.path
+    under ``python -m``) would put the host's kd and sweep in front of the image's, under the image's
+    name in every result. PYTHONPATH is unset only where this shell has one: an image may set its own."""
+    unset = [a for var in ("PYTHONPATH", "PYTHONHOME") if var in os.environ for a in ("-u", var)]
+    return ["env", *unset, "PYTHONNOUSERSITE=1", "PYTHONSAFEPATH=1"]
 
 
 def python_command(p: prof.Profile, mounts: list[str]) -> str:
@@ -36,14 +41,14 @@ def python_command(p: prof.Profile, mounts: list[str]) -> str:
     if c.runtime == "apptainer":
         binds = [*c.binds, *mounts]
         parts = ["apptainer", "exec", *(["--nv"] if c.nv else []),
-                 *[a for b in binds for a in ("--bind", b)], c.image, *IMAGE_PYTHON, c.python]
+                 *[a for b in binds for a in ("--bind", b)], c.image, *image_python(), c.python]
         return shlex.join(parts)
     if c.runtime == "charliecloud":  # --set-env: the image's ENV (PATH to its python, KDSWEEP_DATA ...)
         parts = ["ch-run", "--set-env", *[a for b in [*c.binds, *mounts] for a in ("-b", b)], c.image, "--",
-                 *IMAGE_PYTHON, c.python]
+                 *image_python(), c.python]
         return shlex.join(parts)
     if c.runtime == "pyxis":
-        return shlex.join([*IMAGE_PYTHON, c.python])
+        return shlex.join([*image_python(), c.python])
     return shlex.quote(p.python or sys.executable)
 
 

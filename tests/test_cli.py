@@ -107,3 +107,27 @@ def test_train_stopped_checkpoints_where_it_is_says_so_and_the_same_command_goes
     finally:
         os.killpg(resumed.pid, signal.SIGKILL)
         resumed.communicate(timeout=60)
+
+
+def test_an_unknown_flag_names_the_help_that_lists_the_flags_where_it_was_typed(capsys):
+    assert main(["plan", "demo", "--bogus"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["error: kdsweep plan: unrecognized arguments: --bogus",
+                                                    "hint: see 'kdsweep plan --help'"]
+    assert main(["--bogus", "plan", "demo"]) == 2  # before the command: the top's help, which plan's cannot list
+    assert capsys.readouterr().err.splitlines() == ["error: kdsweep: unrecognized arguments: --bogus",
+                                                    "hint: see 'kdsweep --help'"]
+
+
+def test_train_on_a_file_system_without_locks_trains_unlocked_with_a_warning(tmp_path, mini_mnist, monkeypatch, caplog):
+    """NFS mounted nolock, sshfs: lockf fails with ENOLCK, which is no other process training there."""
+    import errno
+    import fcntl
+
+    def no_locks(*a):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    assert main(["-q", "train", "--method", "scratch", "--epochs", "1", "--dataset", "mnist", "--data-root",
+                 str(mini_mnist), "--batch-size", "100", "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "result.json").exists()
+    assert f"{tmp_path / 'o'}: cannot lock it (No locks available): its file system keeps no locks" in caplog.text

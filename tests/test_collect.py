@@ -181,10 +181,13 @@ def test_a_folder_or_file_in_the_way_of_what_collect_plot_report_write_is_one_li
     assert not list(folder.glob(".tmp-*"))
 
 
-def test_collect_that_cannot_write_one_table_replaces_none(tmp_path, monkeypatch):
-    """A full disk while the second table is written: the first, written already, does not replace
-    its old one either, so results.parquet and epochs.parquet always come from the same collect."""
+@pytest.mark.parametrize("at", ["write", "fsync"])
+def test_collect_that_cannot_write_one_table_replaces_none(tmp_path, monkeypatch, at):
+    """A full disk while the second table is written (or a quota that NFS or Lustre report only at its
+    fsync): the first, written already, does not replace its old one either, so results.parquet and
+    epochs.parquet always come from the same collect."""
     import errno
+    import os
 
     sweep_file, root, plan = finished_sweep(tmp_path)
     api.collect(sweep_file, results_root=root)
@@ -203,8 +206,20 @@ def test_collect_that_cannot_write_one_table_replaces_none(tmp_path, monkeypatch
             raise OSError(errno.ENOSPC, "No space left on device")
         return written(df, path, **kw)
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
-    with pytest.raises(UserError, match="cannot write it \\(No space left on device\\)"):
+    synced = os.fsync
+
+    def quota(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.EDQUOT if at == "fsync" else errno.ENOSPC, "Disk quota exceeded")
+        return synced(fd)
+
+    if at == "write":
+        monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
+    else:
+        monkeypatch.setattr(os, "fsync", quota)
+    with pytest.raises(UserError, match="epochs.parquet: cannot write it \\((No space left on device|Disk quota "
+                                        "exceeded)\\)"):
         api.collect(sweep_file, results_root=root)
     assert len(calls) == 2 and {p: p.read_bytes() for p in folder.glob("*.parquet")} == tables
     assert not list(folder.glob(".tmp-*"))

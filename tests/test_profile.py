@@ -45,6 +45,8 @@ def test_bundled_profiles_load():
 
 def _sbatch_text(capsys, monkeypatch, tmp_path) -> str:
     monkeypatch.chdir(ROOT)
+    for var in ("PYTHONPATH", "PYTHONHOME"):  # a shell without them: the image's python as it is
+        monkeypatch.delenv(var, raising=False)
     assert main(["plan", "reference-mnist", "--profile", "generic-apptainer", "--results", "/shared/results"]) == 0
     out = capsys.readouterr().out
     return out[out.index("# ---- array"):]
@@ -68,7 +70,7 @@ def test_sbatch_scripts_say_what_matters(capsys, monkeypatch, tmp_path):
         assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --time=120" in script
         assert "#SBATCH --signal=USR2@120" in script and "#SBATCH --partition=gpu" in script
         assert ("apptainer exec --nv --bind /scratch --bind /shared/results /shared/containers/kd-sweep.sif "
-                "env -u PYTHONPATH -u PYTHONHOME PYTHONNOUSERSITE=1 python3 -u -m submitit.core._submit") in script
+                "env PYTHONNOUSERSITE=1 PYTHONSAFEPATH=1 python3 -u -m submitit.core._submit") in script
 
 
 def test_pack_one_gives_one_task_per_student(monkeypatch):
@@ -83,11 +85,13 @@ def test_pack_one_gives_one_task_per_student(monkeypatch):
 
 def test_pyxis_profile_puts_the_image_on_srun(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("PYTHONPATH", "/home/me/src")  # a shell's own (a .bashrc's): unset inside the image
+    monkeypatch.delenv("PYTHONHOME", raising=False)
     assert main(["plan", "demo", "--profile", "pyxis-enroot", "--results", "/shared/results"]) == 0
     out = capsys.readouterr().out
     assert "srun --unbuffered" in out and "--container-image=/shared/containers/kd-sweep.sqsh" in out
     assert "--container-mounts=/scratch:/scratch,/shared/results:/shared/results" in out
-    assert "env -u PYTHONPATH -u PYTHONHOME PYTHONNOUSERSITE=1 python3 -u -m submitit.core._submit" in out
+    assert "env -u PYTHONPATH PYTHONNOUSERSITE=1 PYTHONSAFEPATH=1 python3 -u -m submitit.core._submit" in out
 
 
 def test_plan_with_profile_needs_no_slurm(tmp_path):
@@ -105,10 +109,12 @@ def test_dockerfile_lints_clean():
 
 def test_charliecloud_profile_runs_python_through_ch_run(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # none here: an image's own PYTHONPATH is left alone
+    monkeypatch.setenv("PYTHONHOME", "/opt/py")
     assert main(["plan", "demo", "--profile", "charliecloud", "--results", "/shared/results"]) == 0
     out = capsys.readouterr().out
     assert ("ch-run --set-env -b /scratch -b /shared/results /shared/containers/kd-sweep -- "
-            "env -u PYTHONPATH -u PYTHONHOME PYTHONNOUSERSITE=1 python3 -u -m submitit.core._submit") in out
+            "env -u PYTHONHOME PYTHONNOUSERSITE=1 PYTHONSAFEPATH=1 python3 -u -m submitit.core._submit") in out
 
 
 def test_charliecloud_refuses_a_bind_the_image_has_no_directory_for(tmp_path, capsys):

@@ -211,8 +211,10 @@ def test_container_path_through_an_apptainer_stand_in(slurm_cluster, tmp_path):
     args = log.read_text().split()
     assert args[:2] == ["exec", "--nv"]
     assert ["--bind", str(tmp_path), "--bind", str((tmp_path / "r").resolve())] == args[2:6]
-    assert args[6:9] == [str(image), "env", "-u"] and args[10:15] == ["-u", "PYTHONHOME", "PYTHONNOUSERSITE=1", sys.executable, "-u"]
-    assert "submitit.core._submit" in args  # the host PYTHONPATH unset inside the image
+    python = args.index(sys.executable)
+    assert args[6:8] == [str(image), "env"] and args[python - 2:python + 2] == [
+        "PYTHONNOUSERSITE=1", "PYTHONSAFEPATH=1", sys.executable, "-u"]  # the host's packages kept out of the image
+    assert ("PYTHONPATH" in os.environ) == ("PYTHONPATH" in args[8:python]) and "submitit.core._submit" in args
 
 
 @pytest.mark.parametrize("profile_text, why", [

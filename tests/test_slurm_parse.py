@@ -370,3 +370,13 @@ def test_a_student_whose_teacher_is_done_but_whose_task_was_requeued_says_what_i
     assert (s.state, s.detail) == (state.QUEUED, f"slurm 51_0: waiting for its teacher's task to end (teacher-s0 "
                                                  f"done; slurm {first[teacher.id]} still in Slurm's queue: requeued, "
                                                  "or ending)"), s
+
+
+def test_a_kill_after_a_handled_traceback_is_what_the_task_died_of(tmp_path):
+    from sweep import status
+
+    (tmp_path / "slurm" / "7_0").mkdir(parents=True)
+    (tmp_path / "slurm" / "7_0" / "7_0_0_log.out").write_text(
+        "Traceback (most recent call last):\n  File \"x.py\", line 1\nOSError: a retried read\n"
+        "12:00:01.000 I kd.train: epoch 2/3\nsrun: error: vm: task 0: Killed\n")
+    assert status.task_log_error(tmp_path, "7_0").startswith("srun: error: vm: task 0: Killed (")

@@ -836,4 +836,20 @@ def test_resume_reads_the_data_root_the_sweep_ran_with_unless_told_otherwise(tmp
     (job / "result.json").unlink()
     monkeypatch.setenv("KDSWEEP_DATA", str(data))  # this shell's own is that one: nothing to say
     assert main(["resume", str(sweep_file), *root]) == 0
-    assert "data root:" not in capsys.readouterr().out
+    assert "data root" not in capsys.readouterr().out
+    (job / "result.json").unlink()
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    monkeypatch.setenv("KDSWEEP_DATA", str(other))  # this shell names another: it wins, said
+    assert main(["resume", str(sweep_file), *root]) == 0
+    assert (f"note: the sweep last ran with data root {data.resolve()}; this resume reads $KDSWEEP_DATA, {other} "
+            "(--data-root DIR to choose)") in capsys.readouterr().out
+    (job / "result.json").unlink()
+    monkeypatch.delenv("KDSWEEP_DATA")
+    shutil.rmtree(other)  # the one recorded now (resume records what it read) is gone: the default, said
+    assert main(["resume", str(sweep_file), *root]) == 2  # the default has no mnist: the data's own error
+    out, err = capsys.readouterr()
+    assert (f"note: the sweep last ran with data root {other.resolve()}; this resume reads the default "
+            f"({tmp_path / 'home' / '.cache' / 'kdsweep' / 'data'}), as that one is gone (--data-root DIR to "
+            "choose)") in out, out
+    assert "--data-root" not in err.splitlines()[0], err  # not a flag the user never typed
