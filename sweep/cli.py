@@ -506,7 +506,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     plan = _load_plan(args)
     folder = api.folder(plan, args.results)
     _check_folder(folder, "--results", write=False)
-    states = status.job_states(plan, folder)
+    found = slurm.unrecorded(folder)  # asked once: the states and the note below both say it
+    states = status.job_states(plan, folder, found=found)
     rows = [[j.id, j.name, s.state, s.detail] for j, s in states]
     print(_table(["id", "name", "state", "detail"], rows))
     if not folder.is_dir():
@@ -517,7 +518,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if moved:
         print(f"note: {folder / slurm.RECORD} lists Slurm arrays submitted from {', '.join(moved)} (this folder "
               "copied or moved since?): their tasks train the jobs there, not here")
-    found = slurm.unrecorded(folder)
     if found:
         unread = [t for _, _, tasks in found.values() for t in tasks]
         print(f"note: {_count(len(found), 'array')} of this sweep in Slurm's queue that {folder / slurm.RECORD} does "

@@ -18,17 +18,19 @@ ORDER = (state.DONE, state.RUNNING, state.QUEUED, state.FAILED, state.CANCELLED,
          state.PENDING)
 
 
-def job_states(plan: Plan, folder: Path, strict: bool = False) -> list[tuple[Job, state.JobState]]:
+def job_states(plan: Plan, folder: Path, strict: bool = False,
+               found: dict[str, tuple[str, dict[str, str], list[str]]] | None = None) -> list[tuple[Job, state.JobState]]:
     """Each job's state: its folder's word, and Slurm's for submitted jobs that are not done; a
     student that waits on (or was cancelled for) a teacher that will not finish says so. Where
     Slurm cannot be asked the folders' word stands, with a warning; ``strict`` (before a
-    submission): a UserError instead, as jobs Slurm still holds would be submitted twice."""
+    submission): a UserError instead, as jobs Slurm still holds would be submitted twice.
+    ``found``: slurm.unrecorded(folder), where the caller has asked it already."""
     jobs = {job.id: job for job in plan.jobs}
     states = {jid: _folder_state(state.job_dir(folder, jid), jobs[jid]) for jid in jobs}
     every = slurm.submitted_ids(folder)
     names = slurm.submitted_names(folder)
-    for name, found, _ in slurm.unrecorded(folder).values():  # missing from the record: Slurm holds them all the same
-        for jid, sid in found.items():
+    for name, tasks, _ in (slurm.unrecorded(folder) if found is None else found).values():  # missing from the
+        for jid, sid in tasks.items():  # record: Slurm holds them all the same
             every.setdefault(jid, []).append(sid)
             names[sid] = name
     ids = {jid: sids[-1] for jid, sids in every.items()}  # the latest; below, the one whose state stands

@@ -144,7 +144,7 @@ def submit(plan: Plan, p: prof.Profile, folder: Path, data_root: Path | None = N
             slurm.add_submission(folder, level if level in LEVEL_NAMES else LEVEL_NAMES[0], jobs, p.name, p.path,
                                  name=name, found=True)
             out.found.append(array)
-        states = dict((j.id, s) for j, s in status.job_states(plan, folder, strict=True))
+        states = dict((j.id, s) for j, s in status.job_states(plan, folder, strict=True, found={}))  # recorded above
         out.already_done = sum(s.state == state.DONE for s in states.values())
         stranded = {jid for jid, s in states.items() if s.stranded}  # queued behind a teacher that failed
         out.skipped_active = sum(status.active(s) for jid, s in states.items() if jid not in stranded)
