@@ -34,10 +34,12 @@ WHERE = "https://bmirds.github.io/MHIST/ (free after signing the dataset's terms
 
 def _rows(csv_path: Path) -> list[tuple[int, str, int, str]]:
     """(row number, image name, label, partition) for every row, each checked."""
-    rows = []
+    rows, first = [], {}
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
+            if reader.fieldnames:  # "Image Name, Majority Vote Label": spaces after the commas, as around values
+                reader.fieldnames = [c.strip() for c in reader.fieldnames]
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise UserError(f"{csv_path}: missing column '{missing[0]}' (found: {', '.join(reader.fieldnames or [])})")
@@ -50,7 +52,11 @@ def _rows(csv_path: Path) -> list[tuple[int, str, int, str]]:
                     raise UserError(f"{csv_path}: row {i}: unknown label {label!r} (expected HP or SSA)")
                 if part not in ("train", "test"):
                     raise UserError(f"{csv_path}: row {i}: unknown partition {part!r} (expected train or test)")
-                rows.append((i, row["Image Name"].strip(), LABELS[label], part))
+                name = row["Image Name"].strip()
+                if name in first:  # trained on and tested on, or counted twice
+                    raise UserError(f"{csv_path}: row {i}: image '{name}' listed twice (rows {first[name]} and {i})")
+                first[name] = i
+                rows.append((i, name, LABELS[label], part))
     except FileNotFoundError:
         raise _csv_missing(csv_path) from None
     except csv.Error as e:
@@ -62,6 +68,10 @@ def _rows(csv_path: Path) -> list[tuple[int, str, int, str]]:
     for part in ("train", "test"):
         if not any(r[3] == part for r in rows):
             raise UserError(f"{csv_path}: no rows in partition '{part}'")
+        lacks = [label for label, y in LABELS.items() if not any(r[3] == part and r[2] == y for r in rows)]
+        if lacks:  # F1 of that class, ROC AUC and a balanced accuracy have no meaning without it
+            raise UserError(f"{csv_path}: no {lacks[0]} images in partition '{part}' (MHIST's two classes, HP "
+                            "and SSA, are both in each)")
     return rows
 
 
@@ -70,9 +80,9 @@ def _csv_missing(csv_path: Path) -> UserError:
 
 
 def check_present(root: Path) -> None:
-    """That annotations.csv is sound and every image it names is in images.zip or images/, before any
-    job starts (a job found each mistake alone, and every job of the sweep the same one); the images
-    themselves are decoded by the jobs."""
+    """That annotations.csv is sound, every image it names is in images.zip or images/, and each
+    decodes to the size of the others, before any job starts (a job found each mistake alone, and
+    every job of the sweep the same one): decoded here once into the cache the jobs then read."""
     if not (root / "annotations.csv").is_file():
         raise _csv_missing(root / "annotations.csv")
     images = _Images(root)  # the images missing altogether: said before any row of the CSV
@@ -80,6 +90,7 @@ def check_present(root: Path) -> None:
     for i, name, _, _ in _rows(root / "annotations.csv"):
         if name not in names:
             raise UserError(f"{images.source}: image '{name}' (named in annotations.csv row {i}) is missing")
+    load_arrays(root)  # a fresh cache: nothing decoded again
 
 
 def _images_path(root: Path) -> Path:
@@ -119,7 +130,10 @@ def _decode(blob: bytes, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(blob)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except UnidentifiedImageError:  # its message names a BytesIO object
+        raise UserError(f"{where}: not a readable image (Pillow cannot tell its format: damaged, or not an "
+                        "image)") from None
+    except (OSError, SyntaxError) as e:
         raise UserError(f"{where}: not a readable image ({e.__class__.__name__}: {e})") from None
 
 
@@ -171,7 +185,7 @@ def load_arrays(root: Path) -> dict[str, torch.Tensor]:
             raise UserError(f"{source}/{name}: cannot read ({e})") from None
         if blob is None:
             raise UserError(f"{source}: image '{name}' (named in {csv_path.name} row {i}) is missing")
-        img = _decode(blob, f"{source}/{name}")
+        img = _decode(blob, f"{source}/{name} ({csv_path.name} row {i})")
         if shape is None:
             shape = img.shape
         elif img.shape != shape:

@@ -555,7 +555,7 @@ def _zip(root: Path, members: dict[str, bytes]) -> None:
 
 
 def _bad_crc(root: Path) -> None:
-    make_mhist(root, n_train=4, n_test=2)
+    make_mhist(root, n_train=3, n_test=3)  # SSA (every third) in both partitions
     raw = bytearray((root / "images.zip").read_bytes())
     with zipfile.ZipFile(io.BytesIO(bytes(raw))) as z:
         info = z.getinfo("images/MHIST_003.png")
@@ -585,13 +585,19 @@ MHIST_CASES = [
     (lambda r: (make_mhist(r), (r / "annotations.csv").open("a").write("ghost.png,HP,0,test\n")),
      "images.zip: image 'ghost.png' (named in annotations.csv row 12) is missing"),
     (lambda r: make_mhist(r, pngs={"MHIST_002.png": b"\x89PNG\r\n\x1a\nbroken"}),
-     "images.zip/MHIST_002.png: not a readable image"),
+     "images.zip/MHIST_002.png (annotations.csv row 4): not a readable image"),
     (lambda r: make_mhist(r, pngs={"MHIST_004.png": _png(np.random.RandomState(1), 12)}),
      "images.zip/MHIST_004.png: image of 12x12, expected 16x16 like the others (annotations.csv row 6)"),
     (lambda r: (make_mhist(r), (r / "images.zip").write_bytes(b"not a zip at all")), "images.zip: not a zip file"),
     (lambda r: (make_mhist(r), (r / "images.zip").unlink()), "neither images.zip nor images/ found"),
     (lambda r: (make_mhist(r), _zip(r, {})), "images.zip: image 'MHIST_000.png' (named in annotations.csv row 2) is missing"),
     (_bad_crc, "images.zip/MHIST_003.png: cannot read"),
+    (lambda r: make_mhist(r, rows=_mhist_rows(r5=("MHIST_000.png", "HP", 3, "test"))),  # trained and tested on
+     "annotations.csv: row 7: image 'MHIST_000.png' listed twice (rows 2 and 7)"),
+    (lambda r: make_mhist(r, rows=_mhist_rows(r4=("MHIST_004.png", "HP", 3, "test"))),
+     "annotations.csv: no SSA images in partition 'test' (MHIST's two classes, HP and SSA, are both in each)"),
+    (lambda r: make_mhist(r, pngs={"MHIST_003.png": _png(np.random.RandomState(1), 16)[:60]}),  # cut short
+     "images.zip/MHIST_003.png (annotations.csv row 5): not a readable image"),
     (lambda r: (r / "annotations.csv").mkdir(), "annotations.csv: cannot read"),
 ]
 
@@ -718,14 +724,18 @@ def _mhist_broken(work: Path, how: str) -> Path:
 
     from test_mhist import make_mhist
 
-    rows = [(f"MHIST_{i:03d}.png", "hp" if how == "label" and i == 3 else "HP", 1, "train" if i < 4 else "test")
-            for i in range(6)]
+    rows = [(f"MHIST_{i:03d}.png", "hp" if how == "label" and i == 3 else "SSA" if i in (1, 5) else "HP", 1,
+             "train" if i < 4 else "test") for i in range(6)]
     root = make_mhist(work / "MHIST", rows=rows)
-    if how == "image":
+    if how in ("image", "corrupt"):
         with zipfile.ZipFile(root / "images.zip") as z:
             z.extractall(root)
         (root / "images.zip").unlink()
-        (root / "images" / "MHIST_004.png").unlink()
+        if how == "image":
+            (root / "images" / "MHIST_004.png").unlink()
+        else:  # cut short: found only by decoding it
+            png = root / "images" / "MHIST_004.png"
+            png.write_bytes(png.read_bytes()[:60])
     return work
 
 
@@ -757,6 +767,8 @@ RUNS = [
      "{w}/MHIST/annotations.csv: row 5: unknown label 'hp' (expected HP or SSA)"),
     (lambda w: ["run", _sweep(w, "mhist"), "--data-root", str(_mhist_broken(w, "image"))],
      "{w}/MHIST/images: image 'MHIST_004.png' (named in annotations.csv row 6) is missing"),
+    (lambda w: ["run", _sweep(w, "mhist"), "--data-root", str(_mhist_broken(w, "corrupt"))],  # each job found it
+     "{w}/MHIST/images/MHIST_004.png (annotations.csv row 6): not a readable image"),
     (lambda w: ["run", _sweep(w, "mnist-5k", f'model = "mobilenet_v2"\npretrained = "{w}/weights.pt"\n')],
      "s.toml: pretrained: {w}/weights.pt: no such weights file (job teacher-s0)"),
 ]

@@ -155,3 +155,13 @@ def test_mhist_sweep_collects_f1_columns_and_draws_the_f1_figure(tmp_path):
     assert (df[["tn", "fp", "fn", "tp"]].sum(axis=1) == 6).all()
     files = api.plot(sweep, results_root=tmp_path / "r")
     assert "accuracy_f1_vs_temperature.png" in [f.name for f in files]
+
+
+def test_spaces_after_the_commas_of_the_header_are_read_as_around_values(tmp_path):
+    """'Image Name, Majority Vote Label, ...' said: missing column 'Majority Vote Label' (found: ...
+    Majority Vote Label ...)."""
+    root = make_mhist(tmp_path / "MHIST")
+    text = (root / "annotations.csv").read_text()
+    header, rest = text.split("\n", 1)
+    (root / "annotations.csv").write_text(header.replace(",", ", ") + "\n" + rest)
+    assert len(data.load("mhist", tmp_path).train_y) == 6
