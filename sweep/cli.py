@@ -64,7 +64,8 @@ def _add_train(sub) -> None:
                        epilog="example: kdsweep train --method teacher --out runs/teacher && "
                               "kdsweep train --method kd --teacher runs/teacher --alpha 0.5 --temperature 4 --out runs/kd")
     p.add_argument("--dataset", default=d.dataset, help="mnist-5k (built in, offline), mnist, fashion-mnist, "
-                   f"and each with -binary (classes 0-4 vs 5-9) (default {d.dataset})")
+                   f"and each with -binary (classes 0-4 vs 5-9); mhist (its annotations.csv and images under "
+                   f"DATA_ROOT/MHIST) (default {d.dataset})")
     p.add_argument("--method", default="kd", choices=METHODS, help="what to train (default kd)")
     p.add_argument("--model", default="", help="model name (default: the method's: mnist-cnn teacher, mnist-mlp student)")
     p.add_argument("--alpha", type=float, default=None, help=f"weight of the distillation term, 0..1 (default {d.alpha})")

@@ -112,7 +112,7 @@ def build(plan: Plan, folder: Path, results: pd.DataFrame, figures: list[Path],
                              f"{len(comparisons)} points with no real difference about {0.05 * len(comparisons):.1f} "
                              "would exclude 0 by chance), on this sweep's fixed test set.", "note"))
     return [Section("Summary", tuple(headline)),
-            Section("Comparisons", comparison_blocks(comparisons)),
+            Section("Comparisons", comparison_blocks(comparisons, plan)),
             Section("Figures", tuple(Figure(f, _caption(f, seeds, (slices or {}).get(f, {})))
                                      for f in sorted(figures, key=_figure_order))),
             Section("Results", results_blocks(results)),
@@ -130,8 +130,12 @@ def _ci(lo: float, hi: float, n: int) -> str:
     return compare.no_interval(n) if n < 2 or pd.isna(lo) else f"{100 * lo:.2f} to {100 * hi:.2f}"
 
 
-def comparison_blocks(comparisons: pd.DataFrame) -> tuple:
+def comparison_blocks(comparisons: pd.DataFrame, plan: Plan | None = None) -> tuple:
     if comparisons.empty:
+        methods = {j.method for j in plan.jobs} if plan is not None else set(compare.BASELINES)
+        if not any(b in methods for m, bases in compare.BASELINES.items() if m in methods for b in bases):
+            return (Text("No comparisons: the sweep has no distilled student and baseline (a student from scratch) "
+                         "to compare (add \"scratch\" and \"kd\" to its methods)."),)
         return (Text("No comparisons: no distilled student has finished beside its baseline (the student from "
                      "scratch) of the same seed."),)
     blocks: list = []

@@ -337,8 +337,20 @@ def job_state(folder: Path, config: dict[str, Any] | None = None) -> JobState:
             return JobState(RUNNING, f"pid {attempt.get('pid')} on {attempt.get('host')} (heartbeat {silent:.0f} s ago)")
         return JobState(INTERRUPTED, f"no heartbeat from pid {attempt.get('pid')} on {attempt.get('host')} "
                                      f"for {silent / 60:.0f} min: taken for dead; {resume_from(folder)}")
+    if _finished_since(folder):  # model.pt is written with the result, at its attempt's end: the result was
+        return JobState(INTERRUPTED, "result.json missing beside its model.pt (deleted? its last attempt "
+                                     "finished): resume trains it again")
     return JobState(INTERRUPTED, "the process ended without a result or an error (killed? or a full disk: its log "
                                  f"says); {resume_from(folder)}")
+
+
+def _finished_since(folder: Path) -> bool:
+    """Whether the job's model.pt was written at the end of its last attempt (not left by an earlier one
+    that an interrupted rerun began after): no older than attempt.json, which heartbeats touch."""
+    try:
+        return (folder / "model.pt").stat().st_mtime >= (folder / "attempt.json").stat().st_mtime
+    except OSError:
+        return False
 
 
 def stopped(folder: Path, attempt: dict | None = None) -> str | None:

@@ -196,3 +196,21 @@ def test_a_job_whose_folder_is_gone_is_in_the_tables_and_said_so(tmp_path, capsy
     assert "not in the tables" not in md and "pending" not in md, md
     assert "1 in the tables from an earlier collect, whose folders no longer hold their result (see the detail)." in md
     assert f"| kd-a0.5-T4-s1 | done, folder gone | {report.GONE} |" in md, md
+
+
+def test_a_sweep_with_nothing_to_compare_is_not_said_to_be_unfinished(tmp_path):
+    """methods = ["kd"] (its teacher, no scratch) or ["scratch"]: 'no distilled student has finished
+    beside its baseline' read as if something were still to come."""
+    import pandas as pd
+
+    from sweep import api, report
+
+    def said(methods):
+        f = tmp_path / "s.toml"
+        f.write_text(f'name = "s"\ndataset = "mnist-5k"\nmethods = {methods}\n[train]\nepochs = 1\n')
+        (text,) = report.comparison_blocks(pd.DataFrame(), api.plan(f))
+        return text.text
+
+    assert said('["kd"]').startswith("No comparisons: the sweep has no distilled student and baseline")
+    assert said('["scratch"]').startswith("No comparisons: the sweep has no distilled student and baseline")
+    assert said('["scratch", "kd"]').startswith("No comparisons: no distilled student has finished beside")

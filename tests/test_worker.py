@@ -448,3 +448,18 @@ def test_a_unit_started_ahead_records_what_each_of_its_jobs_waits_for(tmp_path):
             f"{os.getpid()} on {socket.gethostname()})")
         state.record_began(jobs / "k2")
         assert state.job_state(jobs / "k2").state == state.RUNNING
+
+
+def test_a_result_deleted_after_its_job_finished_is_said_so_not_taken_for_a_crash(tmp_path):
+    """A finished job's result.json removed by hand: status said 'the process ended without a result or
+    an error (killed? or a full disk ...)'. Its model.pt, written at its attempt's end, says it finished."""
+    import socket
+
+    folder = _folder(tmp_path)
+    (folder / "attempt.json").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7}))  # gone
+    (folder / "model.pt").write_bytes(b"weights")
+    s = state.job_state(folder)
+    assert (s.state, s.detail) == (state.INTERRUPTED, "result.json missing beside its model.pt (deleted? its last "
+                                                      "attempt finished): resume trains it again"), s
+    os.utime(folder / "model.pt", (time.time() - 600, time.time() - 600))  # an earlier attempt's: a rerun began
+    assert state.job_state(folder).detail.startswith("the process ended without a result or an error")
