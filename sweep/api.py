@@ -9,26 +9,41 @@
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from kd.errors import UserError
 from sweep import spec
 from sweep.plan import Plan, plan as make_plan
 
 DEFAULT_RESULTS = Path("results")
 
 
-def plan(sweep_file: str | Path, max_jobs: int | None = None) -> Plan:
-    """The sweep's jobs; ``max_jobs`` (a number) raises the sweep file's limit, as --max-jobs does."""
+def _path(value, name: str) -> Path:
+    """A path argument as a notebook passes it: a str or a Path, else one error naming the argument (a
+    dict gave os.fspath's TypeError, naming none)."""
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise UserError(f"{name}: {value!r} is not a path (a str or a pathlib.Path)")
+    return Path(value)
+
+
+def plan(sweep_file: str | Path | Plan, max_jobs: int | None = None) -> Plan:
+    """The sweep's jobs; ``max_jobs`` (a number) raises the sweep file's limit, as --max-jobs does.
+    A Plan is taken as it is (``api.run(api.plan("demo"))``)."""
     from dataclasses import replace
 
-    sweep = spec.load(sweep_file)
+    if isinstance(sweep_file, Plan) and max_jobs is None:
+        return sweep_file
+    if isinstance(sweep_file, Plan):
+        sweep_file = sweep_file.sweep.path or sweep_file.sweep.name
+    sweep = spec.load(_path(sweep_file, "sweep_file"))
     if max_jobs is not None:
         sweep = replace(sweep, max_jobs=spec.check_max_jobs(max_jobs, "--max-jobs"))
     return make_plan(sweep)
 
 
 def folder(p: Plan, results_root: str | Path = DEFAULT_RESULTS) -> Path:
-    return Path(results_root) / p.sweep.name
+    return _path(results_root, "results_root") / p.sweep.name
 
 
 def run(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS, jobs: int = 1, **kwargs):
@@ -37,6 +52,11 @@ def run(sweep_file: str | Path, *, results_root: str | Path = DEFAULT_RESULTS, j
 
     p = plan(sweep_file)
     kwargs.setdefault("pack", p.sweep.pack or "auto")
+    for name in ("on_event", "on_start"):  # called at the first event: found there, mid-run, as a TypeError
+        if kwargs.get(name) is not None and not callable(kwargs[name]):
+            raise UserError(f"{name}: {kwargs[name]!r} is not callable")
+    if kwargs.get("data_root") is not None:
+        kwargs["data_root"] = _path(kwargs["data_root"], "data_root")
     return local.run(p, folder(p, results_root), jobs=jobs, **kwargs)
 
 

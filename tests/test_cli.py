@@ -131,3 +131,24 @@ def test_train_on_a_file_system_without_locks_trains_unlocked_with_a_warning(tmp
                  str(mini_mnist), "--batch-size", "100", "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "result.json").exists()
     assert f"{tmp_path / 'o'}: cannot lock it (No locks available): its file system keeps no locks" in caplog.text
+
+
+def test_the_python_api_names_the_argument_a_notebook_got_wrong(tmp_path):
+    """A dict for a path was os.fspath's TypeError, naming no argument; a non-callable on_event a
+    TypeError at the first event, mid-run. A Plan is taken where a sweep file is."""
+    import pytest
+
+    from kd.errors import UserError
+    from sweep import api
+
+    cases = [(lambda: api.plan({"name": "x"}), "sweep_file: {'name': 'x'} is not a path"),
+             (lambda: api.plan(3), "sweep_file: 3 is not a path"),
+             (lambda: api.status("demo", results_root={}), "results_root: {} is not a path"),
+             (lambda: api.run("demo", results_root=tmp_path, on_event=5), "on_event: 5 is not callable"),
+             (lambda: api.run("demo", results_root=tmp_path, data_root=[1]), "data_root: [1] is not a path")]
+    for call, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            call()
+    assert not (tmp_path / "demo").exists()  # refused before anything was written
+    p = api.plan("demo")
+    assert api.plan(p) is p and [j.id for j, _ in api.status(p, results_root=tmp_path)] == [j.id for j in p.jobs]
