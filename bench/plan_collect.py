@@ -1,4 +1,4 @@
-"""Benchmark: the planner on a 100,000-point grid, and collect on 10,000 job results.
+"""Benchmark: the planner on a 100,000-point grid, and status and collect on 10,000 job results.
 
     python bench/plan_collect.py [--repeat 3]
 
@@ -16,7 +16,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from sweep import collect, plan, spec, state
+from sweep import collect, plan, spec, state, status
 
 
 def grid(name: str, alphas: int, temps: int, seeds: int) -> spec.Sweep:
@@ -65,6 +65,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / p.sweep.name
         fake_results(p, folder)
+        seconds, states = median_time(lambda: status.job_states(p, folder), args.repeat)
+        print(f"status:  {len(states):,} jobs ({sum(s.state == state.DONE for _, s in states):,} done) in "
+              f"{seconds:.2f} s (median of {args.repeat})")
         seconds, c = median_time(lambda: collect.collect(p, folder), args.repeat)
         print(f"collect: {c.rows:,} job results (12 epochs each) -> results.parquet + epochs.parquet "
               f"in {seconds:.2f} s (median of {args.repeat})")
