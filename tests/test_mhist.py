@@ -26,7 +26,7 @@ def make_mhist(root, n_train=6, n_test=4, size=16, rows=None, pngs=None):
                      "train" if i < n_train else "test") for i in range(n_train + n_test)]
     (root / "annotations.csv").write_text(HEADER + "".join(f"{a},{b},{c},{d}\n" for a, b, c, d in rows))
     with zipfile.ZipFile(root / "images.zip", "w") as z:
-        for name, *_ in rows:
+        for name in dict.fromkeys(r[0] for r in rows):  # a name listed twice (a bad-input case) is one image
             z.writestr(f"images/{name}", (pngs or {}).get(name, _png(rng, size)))
     return root
 
