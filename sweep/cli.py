@@ -214,7 +214,7 @@ SHORT_PLAN, HEAD, TAIL = 200, 10, 5  # a longer plan lists its first HEAD and la
 
 def _pack_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pack", help="jobs trained together in one process (students; teachers with teachers): 'auto' (default) or a number; "
-                   "1 runs each job in its own process")
+                   "1 trains each job alone (units one after another in each worker)")
 
 
 def _add_plan(sub) -> None:
@@ -496,7 +496,8 @@ def _submit(args: argparse.Namespace, plan, folder: Path) -> int:
 
 
 def _add_status(sub) -> None:
-    p = sub.add_parser("status", help="done / running / failed / pending per job and in total")
+    p = sub.add_parser("status", help="each job's state (done, running, queued, failed, cancelled, damaged, "
+                       "interrupted, pending) with why, the totals, and the command that moves the sweep on")
     _sweep_args(p)
     _max_jobs_arg(p)
 
@@ -676,6 +677,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     _check_folder(args.results, "--results", write=False)  # a file there: said as run and status say it
     for path in api.plot(args.sweep, results_root=args.results, max_jobs=args.max_jobs):
         print(path)
+    from sweep import collect, report
+
+    plan = _load_plan(args)  # jobs done since the table was collected: not in these figures, as report says
+    folder = api.folder(plan, args.results)
+    later = sum(st == "done after collect" for _, st, _ in
+                report.unfinished_jobs(plan, folder, collect.current_results(plan, folder)))
+    if later:
+        print(f"note: {_count(later, 'job')} finished since the last collect {'is' if later == 1 else 'are'} not in "
+              f"these figures: run 'kdsweep collect' again")
     return 0
 
 

@@ -200,9 +200,12 @@ def run(plan: Plan, folder: Path, *, jobs: int = 1, pack: int | str = "auto", da
                                    "resume starts it", seconds)
                         else:
                             rc = unit.proc.returncode
+                            first = state.job_dir(folder, unit.jobs[0])  # its unit's log is there
                             last = getattr(unit.proc, "last_line", "") or _error_in_log(unit, folder) or (
-                                "" if (folder / "plan.json").is_file() else
-                                "the sweep's folder is gone (moved or deleted during the run)")
+                                "the sweep's folder is gone (moved or deleted during the run)"
+                                if not (folder / "plan.json").is_file() else
+                                f"{first} is gone (deleted during the run?), and its unit's log with it"
+                                if not first.is_dir() else "")
                             detail = (s.detail if 0 <= rc < 128 and s.detail and s.state == state.FAILED else
                                       _ended(rc) + (f": {last}" if last else ""))
                             if rc != 0 and s.state != state.FAILED:  # its worker failed or was killed before it

@@ -568,3 +568,21 @@ def test_figures_count_the_seeds_of_the_scratch_and_teacher_they_draw(tmp_path, 
     api.plot(sweep_file, results_root=root)
     for name in ("accuracy_vs_temperature.png", "heatmap_alpha_temperature.png"):
         assert "mean of 2-3 seeds (per point: some are missing)" in drawn[name][0], (name, drawn[name][0])
+
+
+def test_plot_says_when_jobs_finished_since_the_table_was_collected(tmp_path, capsys):
+    """A collect during a run, a plot after it: the figures drew 2 of 8 jobs without a word, where
+    report says '6 more finished since the last collect'."""
+    sweep_file, root, plan = finished_sweep(tmp_path)
+    folder = api.folder(plan, root)
+    later = state.job_dir(folder, plan.jobs[-1]) / "result.json"
+    later.rename(later.with_name("later.json"))
+    api.collect(sweep_file, results_root=root)
+    later.with_name("later.json").rename(later)  # it finishes after the collect
+    capsys.readouterr()
+    assert main(["plot", str(sweep_file), "--results", str(root)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == ("note: 1 job finished since the last collect is not in these "
+                                                        "figures: run 'kdsweep collect' again")
+    api.collect(sweep_file, results_root=root)
+    assert main(["plot", str(sweep_file), "--results", str(root)]) == 0
+    assert "note:" not in capsys.readouterr().out

@@ -722,6 +722,22 @@ def test_a_results_folder_moved_during_the_run_stops_it_in_one_line_and_is_not_m
     assert resumed.communicate(timeout=300)[0].splitlines()[-1].startswith("2/2 done") and resumed.returncode == 0
 
 
+def test_a_job_folder_deleted_during_its_training_is_named_on_its_failed_line(tmp_path):
+    """Its unit's log went with it: the line said 'exit status 2' and nothing more."""
+    sweep_file = tmp_path / "gone.toml"
+    sweep_file.write_text('name = "gone"\ndataset = "mnist"\nmethods = ["teacher", "scratch"]\n[train]\n'
+                          "epochs = 1\nbatch_size = 100\n[teacher]\nepochs = 3\n")
+    teacher = next(j for j in api.plan(sweep_file).jobs if j.method == "teacher")
+    jdir = state.job_dir(tmp_path / "gone", teacher)
+    proc = _kdsweep("run", str(sweep_file), "--results", str(tmp_path))
+    _until_training(proc, jdir)
+    shutil.rmtree(jdir)
+    out = proc.communicate(timeout=120)[0]
+    (line,) = [x for x in out.splitlines() if x.startswith("failed")]
+    assert "teacher-s0" in line and line.endswith(f"{jdir} is gone (deleted during the run?), and its unit's log "
+                                                  "with it"), out
+
+
 def test_a_run_whose_output_pipe_closes_says_it_stopped(tmp_path):
     """'kdsweep run ... | head -1': the run stopped at its second line, silently, with exit status 0
     (right for status's table, not for a run whose jobs did not run)."""
