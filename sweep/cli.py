@@ -423,8 +423,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         bar.write(line)
         bar.update(1)
 
+    got: list[int] = []  # (a KeyboardInterrupt before the with is entered: Ctrl-C's)
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt() as got:
             summary = local.run(plan, folder, jobs=args.jobs, pack=pack, data_root=args.data_root,
                                 device=args.device, on_event=on_event, on_start=on_start)
     except KeyboardInterrupt:  # the units stopped (checkpointed where they were): where it stands, and the way on
@@ -432,7 +433,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             bar.close()
         print(f"interrupted: {status.totals(status.job_states(plan, folder))}{_next_step([], args, 'resume')}",
               file=sys.stderr)
-        return 130
+        return 128 + (got[0] if got else signal.SIGINT)  # 130 Ctrl-C, 143 SIGTERM, 129 a hangup
     bar.close()
     after = status.job_states(plan, folder)
     print(f"{status.totals(after)}{_next_step(after, args)}")
@@ -440,13 +441,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def _sigterm_as_interrupt() -> Iterator[list[int]]:
     """``kill PID``, or a hangup (the terminal closed, the ssh session dropped), stops a run as
     Ctrl-C does: its children are stopped and waited for, their jobs checkpoint and show as
     interrupted, instead of being left running without a parent or killed without a checkpoint."""
     caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    got: list[int] = []  # the signal that stopped it: the exit status is 128 + it, as a shell's is
 
     def interrupt(signum, frame) -> None:
+        got.append(signum)
         for s in caught:  # a second one must not cut the clean-up short (nor leave workers running)
             signal.signal(s, again if s == signal.SIGINT else signal.SIG_IGN)
         raise KeyboardInterrupt
@@ -457,7 +460,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
     previous = {s: signal.signal(s, interrupt) for s in caught if signal.getsignal(s) != signal.SIG_IGN}  # nohup
     try:
-        yield
+        yield got
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
