@@ -55,6 +55,15 @@ def flush_to_disk(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def not_a_folder(folder: Path) -> Path | None:
+    """The first of ``folder`` and the folders above it that is there but not a folder (a file where
+    a job's folder, or its ``jobs/``, belongs), else None."""
+    for p in (Path(folder), *Path(folder).parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk or quota: the user's to fix, not a bug
 
 
@@ -64,7 +73,7 @@ def _cannot_write(path: Path, e: OSError) -> Exception:
     if e.errno == errno.EISDIR or (e.errno == errno.ENOTDIR and path.is_dir()):
         return UserError(f"{path}: a folder where this file belongs", hint=f"move {path} away and run again")
     if e.errno in (errno.EEXIST, errno.ENOTDIR):  # making its folder: a file (or one above it) is there
-        above = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        above = not_a_folder(path.parent) or path.parent
         return UserError(f"{above}: a file where a folder belongs (writing {path})", hint=f"move {above} away and run again")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, *_FULL):
         return UserError(f"{path}: cannot write it ({e.strerror})",

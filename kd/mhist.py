@@ -90,7 +90,8 @@ def check_present(root: Path) -> None:
     for i, name, _, _ in _rows(root / "annotations.csv"):
         if name not in names:
             raise UserError(f"{images.source}: image '{name}' (named in annotations.csv row {i}) is missing")
-    load_arrays(root)  # a fresh cache: nothing decoded again
+    if not any(p.exists() for p in cache_places(root)):  # a fresh cache holds them decoded: not read here
+        load_arrays(root)  # decoded once, into the cache the jobs read
 
 
 def _images_path(root: Path) -> Path:

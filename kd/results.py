@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kd import atomic
+
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"  # kd.train writes it; status asks only whether it is there
 
@@ -24,8 +26,8 @@ def read(path: Path) -> dict[str, Any] | None:
     except IsADirectoryError:
         raise DamagedResult(f"{path}: damaged result, a folder, not a file") from None
     except NotADirectoryError:  # its job folder (or one above) is a file
-        raise DamagedResult(f"{path}: damaged result, {not_a_folder(Path(path).parent) or Path(path).parent} is a "
-                            "file, not a folder") from None
+        bad = atomic.not_a_folder(Path(path).parent) or Path(path).parent
+        raise DamagedResult(f"{path}: damaged result, {bad} is a file, not a folder") from None
     try:
         result = json.loads(raw)
     except ValueError as e:  # UnicodeDecodeError is a ValueError too
@@ -45,15 +47,6 @@ def read(path: Path) -> dict[str, Any] | None:
     if problem:
         raise DamagedResult(f"{path}: damaged result, {problem}")
     return result
-
-
-def not_a_folder(folder: Path) -> Path | None:
-    """The first of ``folder`` and the folders above it that is there but not a folder (a file where
-    a job's folder, or its ``jobs/``, belongs), else None."""
-    for p in (Path(folder), *Path(folder).parents):
-        if p.exists() or p.is_symlink():
-            return None if p.is_dir() else p
-    return None
 
 
 def _number(x: Any) -> bool:

@@ -158,7 +158,7 @@ def write_plan(sweep_folder: Path, plan: Plan, data_root: Path | None = None,
     if profile is not None:
         record["profile"] = {"name": profile[0], **({"file": str(Path(profile[1]).resolve())} if profile[1] else {})}
     for j in plan.jobs:  # before anything is written: a file where a job folder belongs stops it all
-        if (bad := results.not_a_folder(job_dir(sweep_folder, j))) is not None:
+        if (bad := atomic.not_a_folder(job_dir(sweep_folder, j))) is not None:
             raise UserError(f"{bad}: a file where job {j.name}'s folder belongs", hint=f"move {bad} away and run again")
     atomic.write_json(sweep_folder / "plan.json", record)
     for j in plan.jobs:
@@ -293,7 +293,7 @@ def own_result(folder: Path, config: dict[str, Any] | None = None) -> tuple[dict
 
 def job_state(folder: Path, config: dict[str, Any] | None = None) -> JobState:
     """The folder's word on its job (``config``: the job's settings, where the plan is at hand)."""
-    if (bad := results.not_a_folder(folder)) is not None:  # nothing can run there until it is moved
+    if not folder.is_dir() and (bad := atomic.not_a_folder(folder)) is not None:  # nothing runs there till moved
         return JobState(DAMAGED, f"{bad} is a file, not a folder: move it away, then resume")
     result, problem = own_result(folder, config)
     if result is not None:
