@@ -124,12 +124,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_folder(args.out, "--out")
     _check_device(args.device)
     from kd import phases, train
-
+    from sweep import state
     from sweep.worker import StopFlag
 
     phases.skip_dynamo_import()  # kdsweep's own process: nothing in it compiles
-    from sweep import state
-
     stop = StopFlag()  # Ctrl-C: the step in flight, a checkpoint there, then out (a second: at once)
     stop.catch(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     made = not args.out.exists()
@@ -237,12 +235,6 @@ def _path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (a variable unset in the command?)")
     return Path(text)
-
-
-def _default_data_root() -> Path:
-    from kd import data
-
-    return data.default_root()
 
 
 def _device_name(text: str) -> str:
@@ -374,10 +366,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         last = (state.read_json(folder / "plan.json") or {}).get("data_root")
         here = os.environ.get("KDSWEEP_DATA")
         if isinstance(last, str) and not (here and Path(here).resolve() == Path(last).resolve()):
-            if here or not Path(last).is_dir():  # this shell names its own, or that one is gone: the default
+            there = Path(last).is_dir()
+            if here or not there:  # this shell names its own, or that one is gone: the default
+                from kd import data
+
                 print(f"note: the sweep last ran with data root {last}; this resume reads "
-                      f"{'$KDSWEEP_DATA, ' + here if here else 'the default (' + str(_default_data_root()) + ')'}"
-                      f"{'' if Path(last).is_dir() else ', as that one is gone'} (--data-root DIR to choose)")
+                      f"{'$KDSWEEP_DATA, ' + here if here else f'the default ({data.default_root()})'}"
+                      f"{'' if there else ', as that one is gone'} (--data-root DIR to choose)")
             else:
                 args.data_root = Path(last)
                 print(f"data root: {last}, the one the sweep last ran with (--data-root DIR to change it)")
@@ -423,9 +418,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         bar.write(line)
         bar.update(1)
 
-    got: list[int] = []  # (a KeyboardInterrupt before the with is entered: Ctrl-C's)
+    got: list[int] = []  # the signal that stops it (none caught: a KeyboardInterrupt, Ctrl-C's)
     try:
-        with _sigterm_as_interrupt() as got:
+        with _sigterm_as_interrupt(got):
             summary = local.run(plan, folder, jobs=args.jobs, pack=pack, data_root=args.data_root,
                                 device=args.device, on_event=on_event, on_start=on_start)
     except KeyboardInterrupt:  # the units stopped (checkpointed where they were): where it stands, and the way on
@@ -441,12 +436,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[list[int]]:
+def _sigterm_as_interrupt(got: list[int]) -> Iterator[None]:
     """``kill PID``, or a hangup (the terminal closed, the ssh session dropped), stops a run as
     Ctrl-C does: its children are stopped and waited for, their jobs checkpoint and show as
     interrupted, instead of being left running without a parent or killed without a checkpoint."""
-    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    got: list[int] = []  # the signal that stopped it: the exit status is 128 + it, as a shell's is
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # ``got``: the one that came (exit status 128 + it)
 
     def interrupt(signum, frame) -> None:
         got.append(signum)
@@ -460,7 +454,7 @@ def _sigterm_as_interrupt() -> Iterator[list[int]]:
 
     previous = {s: signal.signal(s, interrupt) for s in caught if signal.getsignal(s) != signal.SIG_IGN}  # nohup
     try:
-        yield got
+        yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -677,15 +671,16 @@ def _add_plot(sub) -> None:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from sweep import api
 
-    _check_folder(args.results, "--results", write=False)  # a file there: said as run and status say it
-    for path in api.plot(args.sweep, results_root=args.results, max_jobs=args.max_jobs):
-        print(path)
-    from sweep import collect, report
+    from sweep import collect, plots, report
 
-    plan = _load_plan(args)  # jobs done since the table was collected: not in these figures, as report says
+    _check_folder(args.results, "--results", write=False)  # a file there: said as run and status say it
+    plan = _load_plan(args)
     folder = api.folder(plan, args.results)
-    later = sum(st == "done after collect" for _, st, _ in
-                report.unfinished_jobs(plan, folder, collect.current_results(plan, folder)))
+    results = collect.current_results(plan, folder)  # not the table of an earlier sweep file (as api.plot)
+    for path in plots.plot_all(folder, results=results):
+        print(path)
+    # jobs done since the table was collected: not in these figures, as report says
+    later = sum(st == "done after collect" for _, st, _ in report.unfinished_jobs(plan, folder, results))
     if later:
         print(f"note: {_count(later, 'job')} finished since the last collect {'is' if later == 1 else 'are'} not in "
               f"these figures: run 'kdsweep collect' again")

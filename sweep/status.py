@@ -112,19 +112,16 @@ def job_states(plan: Plan, folder: Path, strict: bool = False,
             states[jid] = state.JobState(s.state, f"{s.detail}: the teacher {jobs[d].name} of a student in its {where} "
                                                   f"{states[d].state}", slurm_id=s.slurm_id)
         elif not lost and s.detail.endswith(": waiting for its teacher") and jobs[jid].depends_on \
-                and all(states[d].state == state.DONE for d in jobs[jid].depends_on) \
-                and (waits := sorted({jobs[d].name for m, d in mates if states[d].state != state.DONE})):
-            states[jid] = dataclasses.replace(s, detail=s.detail.removesuffix("its teacher") + (
-                f"the teachers of other students in its array ({', '.join(waits[:3])}{', ...' * (len(waits) > 3)}; "
-                "its own is done)"))
-        elif not lost and s.detail.endswith(": waiting for its teacher") and jobs[jid].depends_on \
-                and all(states[d].state == state.DONE for d in jobs[jid].depends_on):
-            # its teachers are done, but afterok waits for their tasks to end: one requeued after its
-            # teacher's result (a node failure, scontrol requeue) runs again, finds it done and ends
+                and all(states[d].state == state.DONE for d in jobs[jid].depends_on):  # its own teachers are done
+            waits = sorted({jobs[d].name for m, d in mates if states[d].state != state.DONE})
             tasks = sorted({ids[d] for d in jobs[jid].depends_on if ids.get(d)})
-            states[jid] = dataclasses.replace(s, detail=s.detail.removesuffix("its teacher") + (
-                f"its teacher's task to end ({', '.join(jobs[d].name for d in jobs[jid].depends_on)} done; slurm "
-                f"{', '.join(tasks) or '?'} still in Slurm's queue: requeued, or ending)"))
+            # the array's dependency waits for others' teachers; or afterok for its teachers' tasks to end: one
+            # requeued after its teacher's result (a node failure, scontrol requeue) runs again, finds it done
+            why = (f"the teachers of other students in its array ({', '.join(waits[:3])}{', ...' * (len(waits) > 3)}; "
+                   "its own is done)" if waits else
+                   f"its teacher's task to end ({', '.join(jobs[d].name for d in jobs[jid].depends_on)} done; slurm "
+                   f"{', '.join(tasks) or '?'} still in Slurm's queue: requeued, or ending)")
+            states[jid] = dataclasses.replace(s, detail=s.detail.removesuffix("its teacher") + why)
         elif lost:
             t = lost[0]
             why = (f"its teacher {jobs[t].name} {states[t].state}" if not _newer(ids.get(t), ids.get(jid))
@@ -180,12 +177,11 @@ def task_log_error(folder: Path, sid: str) -> str:
             lines = log.read_text(errors="replace").splitlines()[-200:]
         except OSError:
             continue
-        # the later of its last traceback and a kill (a traceback logged and handled, then the OOM killer)
-        last = max([(i, x.strip()) for i, x in enumerate(lines) if KILLED.search(x)] + [_exception_line(lines)],
-                   default=None, key=lambda hit: hit[0] if hit else -1)
-        hit = (last[1] if last else None) \
-            or next((x.strip() for x in lines if ": No module named " in x), None) \
-            or next((x.strip() for x in lines if "error" in x.lower()), None)  # python -m's own word, then srun's
+        # the later of its last traceback and a kill (a traceback logged and handled, then the OOM killer);
+        # else python -m's own word, else srun's
+        ends = [(i, x.strip()) for i, x in enumerate(lines) if KILLED.search(x)] + [_exception_line(lines) or (-1, "")]
+        hit = max(ends)[1] or next((x.strip() for x in lines if ": No module named " in x), None) \
+            or next((x.strip() for x in lines if "error" in x.lower()), None)
         if hit:
             return f"{hit[:200]} ({log})"
     return ""
